@@ -1,0 +1,192 @@
+//! Command-line interface (clap derive). Flags form the highest-precedence configuration layer.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::keys::Key;
+use crate::config::{ConfigError, Layer};
+
+/// Keeps HAProxy in step with Nomad's native service discovery.
+#[derive(Debug, Parser)]
+#[command(name = "haproxy-nomad-connector", version, about, long_about = None)]
+pub struct Cli {
+    /// JSON configuration file. Environment variables and flags override its values.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub flags: ConfigFlags,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load and validate the configuration, print it as JSON with secrets redacted.
+    /// Exit 0 when valid, 2 when not.
+    CheckConfig,
+    /// Print the version.
+    Version,
+}
+
+/// One flag per configuration key that may be set on the command line (secrets have none: use
+/// the environment or a `*_file` key). See the README's configuration table.
+#[derive(Debug, Default, Args)]
+pub struct ConfigFlags {
+    /// Nomad HTTP API address (http://, https:// or unix://).
+    #[arg(long, global = true, value_name = "URL")]
+    pub nomad_address: Option<String>,
+    /// File holding the Nomad ACL token.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub nomad_token_file: Option<String>,
+    /// Nomad region.
+    #[arg(long, global = true, value_name = "REGION")]
+    pub nomad_region: Option<String>,
+    /// Namespaces to watch: `*` or a comma-separated list.
+    #[arg(long, global = true, value_name = "LIST")]
+    pub nomad_namespaces: Option<String>,
+    /// CA certificate (PEM) for Nomad's HTTPS.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub nomad_ca_cert: Option<String>,
+    /// Client certificate (PEM) for mutual TLS with Nomad.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub nomad_client_cert: Option<String>,
+    /// Client key (PEM) for mutual TLS with Nomad.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub nomad_client_key: Option<String>,
+    /// Server name to verify Nomad's certificate against.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub nomad_tls_server_name: Option<String>,
+    /// Skip verification of Nomad's certificate (true/false).
+    #[arg(long, global = true, value_name = "BOOL")]
+    pub nomad_skip_verify: Option<String>,
+    /// Data Plane API base URL.
+    #[arg(long, global = true, value_name = "URL")]
+    pub haproxy_address: Option<String>,
+    /// Data Plane API user.
+    #[arg(long, global = true, value_name = "USER")]
+    pub haproxy_username: Option<String>,
+    /// File holding the Data Plane API password.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub haproxy_password_file: Option<String>,
+    /// use_existing, create_new or fail_on_conflict.
+    #[arg(long, global = true, value_name = "STRATEGY")]
+    pub haproxy_backend_strategy: Option<String>,
+    /// Drain timeout: whole seconds or a duration such as 30s.
+    #[arg(long, global = true, value_name = "DURATION")]
+    pub haproxy_drain_timeout: Option<String>,
+    /// Frontend that receives the connector's host-map rule.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub haproxy_frontend: Option<String>,
+    /// Log level or tracing filter directive.
+    #[arg(long, global = true, value_name = "FILTER")]
+    pub log_level: Option<String>,
+    /// Log format: text or json.
+    #[arg(long, global = true, value_name = "FORMAT")]
+    pub log_format: Option<String>,
+}
+
+impl ConfigFlags {
+    /// The flags as a configuration layer. Destructured field by field, so a new flag that is not
+    /// wired to a key fails to compile.
+    pub fn layer(&self) -> Result<Layer, ConfigError> {
+        let ConfigFlags {
+            nomad_address,
+            nomad_token_file,
+            nomad_region,
+            nomad_namespaces,
+            nomad_ca_cert,
+            nomad_client_cert,
+            nomad_client_key,
+            nomad_tls_server_name,
+            nomad_skip_verify,
+            haproxy_address,
+            haproxy_username,
+            haproxy_password_file,
+            haproxy_backend_strategy,
+            haproxy_drain_timeout,
+            haproxy_frontend,
+            log_level,
+            log_format,
+        } = self;
+        Layer::from_flags([
+            (Key::NomadAddress, nomad_address.as_deref()),
+            (Key::NomadTokenFile, nomad_token_file.as_deref()),
+            (Key::NomadRegion, nomad_region.as_deref()),
+            (Key::NomadNamespaces, nomad_namespaces.as_deref()),
+            (Key::NomadCaCert, nomad_ca_cert.as_deref()),
+            (Key::NomadClientCert, nomad_client_cert.as_deref()),
+            (Key::NomadClientKey, nomad_client_key.as_deref()),
+            (Key::NomadTlsServerName, nomad_tls_server_name.as_deref()),
+            (Key::NomadSkipVerify, nomad_skip_verify.as_deref()),
+            (Key::HaproxyAddress, haproxy_address.as_deref()),
+            (Key::HaproxyUsername, haproxy_username.as_deref()),
+            (Key::HaproxyPasswordFile, haproxy_password_file.as_deref()),
+            (
+                Key::HaproxyBackendStrategy,
+                haproxy_backend_strategy.as_deref(),
+            ),
+            (Key::HaproxyDrainTimeout, haproxy_drain_timeout.as_deref()),
+            (Key::HaproxyFrontend, haproxy_frontend.as_deref()),
+            (Key::LogLevel, log_level.as_deref()),
+            (Key::LogFormat, log_format.as_deref()),
+        ])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::keys::KEYS;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_documented_flag_exists_and_every_flag_is_documented() {
+        let cmd = Cli::command();
+        let flags: Vec<String> = cmd
+            .get_arguments()
+            .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
+            .filter(|f| f != "--config" && f != "--help" && f != "--version")
+            .collect();
+        for spec in KEYS {
+            if let Some(flag) = spec.flag {
+                assert!(
+                    flags.iter().any(|f| f == flag),
+                    "{} documents {flag}, which clap lacks",
+                    spec.json
+                );
+            }
+        }
+        for flag in &flags {
+            assert!(
+                KEYS.iter().any(|s| s.flag == Some(flag.as_str())),
+                "clap has {flag}, which no key documents"
+            );
+        }
+        cmd.debug_assert();
+    }
+
+    #[test]
+    fn each_flag_sets_the_key_it_documents() {
+        for spec in KEYS.iter().filter(|s| s.flag.is_some()) {
+            let flag = spec.flag.unwrap_or_default();
+            // Secret files must exist to be read; the rest are stored as text.
+            let file = tempfile::NamedTempFile::new().expect("temp file");
+            let value = file.path().display().to_string();
+            let cli = Cli::try_parse_from(["x", flag, &value, "version"]).expect("parses");
+            let layer = cli.flags.layer().expect("layer");
+            let target = match spec.key {
+                Key::NomadTokenFile => Key::NomadToken,
+                Key::HaproxyPasswordFile => Key::HaproxyPassword,
+                k => k,
+            };
+            assert!(
+                layer.get(target).is_some(),
+                "{flag} did not set {}",
+                spec.json
+            );
+        }
+    }
+}

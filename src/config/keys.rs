@@ -1,0 +1,285 @@
+//! The registry of every configuration key: its JSON path, environment variables, flag, default
+//! and meaning. Loading, `check-config` output and the README table are all checked against it,
+//! so a key cannot exist in one place and be missing from another.
+
+/// One configuration key. The order here is the order of the README table and of `check-config`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Key {
+    NomadAddress,
+    NomadToken,
+    NomadTokenFile,
+    NomadRegion,
+    NomadNamespaces,
+    NomadCaCert,
+    NomadClientCert,
+    NomadClientKey,
+    NomadTlsServerName,
+    NomadSkipVerify,
+    HaproxyAddress,
+    HaproxyUsername,
+    HaproxyPassword,
+    HaproxyPasswordFile,
+    HaproxyBackendStrategy,
+    HaproxyDrainTimeout,
+    HaproxyFrontend,
+    LogLevel,
+    LogFormat,
+}
+
+/// How a key is documented and where it may be set.
+#[derive(Debug)]
+pub struct KeySpec {
+    pub key: Key,
+    /// Dotted path in the JSON file, e.g. `nomad.address`.
+    pub json: &'static str,
+    /// Environment variables, highest precedence first.
+    pub env: &'static [&'static str],
+    /// Long command-line flag, if any. Secrets have none so they never show in process lists.
+    pub flag: Option<&'static str>,
+    /// The default, as documented.
+    pub default: &'static str,
+    /// What the key means (one sentence for the README table).
+    pub doc: &'static str,
+}
+
+/// Every key, in documentation order.
+pub const KEYS: &[KeySpec] = &[
+    KeySpec {
+        key: Key::NomadAddress,
+        json: "nomad.address",
+        env: &["NOMAD_ADDR"],
+        flag: Some("--nomad-address"),
+        default: "http://127.0.0.1:4646",
+        doc: "Nomad HTTP API address: `http://`, `https://` or `unix://` (e.g. the Task API socket).",
+    },
+    KeySpec {
+        key: Key::NomadToken,
+        json: "nomad.token",
+        env: &["NOMAD_TOKEN"],
+        flag: None,
+        default: "(none)",
+        doc: "Nomad ACL token, sent as `X-Nomad-Token`. Secret: never logged or printed.",
+    },
+    KeySpec {
+        key: Key::NomadTokenFile,
+        json: "nomad.token_file",
+        env: &["NOMAD_TOKEN_FILE"],
+        flag: Some("--nomad-token-file"),
+        default: "(none)",
+        doc: "Read the Nomad token from this file (trailing whitespace trimmed). Exclusive with `nomad.token` in the same source.",
+    },
+    KeySpec {
+        key: Key::NomadRegion,
+        json: "nomad.region",
+        env: &["NOMAD_REGION"],
+        flag: Some("--nomad-region"),
+        default: "(the agent's region)",
+        doc: "Nomad region to query.",
+    },
+    KeySpec {
+        key: Key::NomadNamespaces,
+        json: "nomad.namespaces",
+        env: &["NOMAD_NAMESPACE"],
+        flag: Some("--nomad-namespaces"),
+        default: "*",
+        doc: "Namespaces to watch: `*` for all, or a list (JSON array, or comma-separated in the environment and flag).",
+    },
+    KeySpec {
+        key: Key::NomadCaCert,
+        json: "nomad.ca_cert",
+        env: &["NOMAD_CACERT"],
+        flag: Some("--nomad-ca-cert"),
+        default: "(system roots)",
+        doc: "PEM file of the CA that signed Nomad's HTTPS certificate.",
+    },
+    KeySpec {
+        key: Key::NomadClientCert,
+        json: "nomad.client_cert",
+        env: &["NOMAD_CLIENT_CERT"],
+        flag: Some("--nomad-client-cert"),
+        default: "(none)",
+        doc: "PEM client certificate for mutual TLS (needs `nomad.client_key`).",
+    },
+    KeySpec {
+        key: Key::NomadClientKey,
+        json: "nomad.client_key",
+        env: &["NOMAD_CLIENT_KEY"],
+        flag: Some("--nomad-client-key"),
+        default: "(none)",
+        doc: "PEM private key for mutual TLS (needs `nomad.client_cert`).",
+    },
+    KeySpec {
+        key: Key::NomadTlsServerName,
+        json: "nomad.tls_server_name",
+        env: &["NOMAD_TLS_SERVER_NAME"],
+        flag: Some("--nomad-tls-server-name"),
+        default: "(host of `nomad.address`)",
+        doc: "Server name to verify Nomad's certificate against.",
+    },
+    KeySpec {
+        key: Key::NomadSkipVerify,
+        json: "nomad.skip_verify",
+        env: &["NOMAD_SKIP_VERIFY"],
+        flag: Some("--nomad-skip-verify"),
+        default: "false",
+        doc: "Do not verify Nomad's TLS certificate (testing only).",
+    },
+    KeySpec {
+        key: Key::HaproxyAddress,
+        json: "haproxy.address",
+        env: &["HAPROXY_DATAPLANE_URL"],
+        flag: Some("--haproxy-address"),
+        default: "http://127.0.0.1:5555",
+        doc: "HAProxy Data Plane API base URL (`http://` or `https://`).",
+    },
+    KeySpec {
+        key: Key::HaproxyUsername,
+        json: "haproxy.username",
+        env: &["HAPROXY_USERNAME"],
+        flag: Some("--haproxy-username"),
+        default: "admin",
+        doc: "Data Plane API Basic-auth user.",
+    },
+    KeySpec {
+        key: Key::HaproxyPassword,
+        json: "haproxy.password",
+        env: &["HAPROXY_PASSWORD"],
+        flag: None,
+        default: "(none)",
+        doc: "Data Plane API Basic-auth password. Secret: never logged or printed.",
+    },
+    KeySpec {
+        key: Key::HaproxyPasswordFile,
+        json: "haproxy.password_file",
+        env: &["HAPROXY_PASSWORD_FILE"],
+        flag: Some("--haproxy-password-file"),
+        default: "(none)",
+        doc: "Read the Data Plane API password from this file (trailing whitespace trimmed). Exclusive with `haproxy.password` in the same source.",
+    },
+    KeySpec {
+        key: Key::HaproxyBackendStrategy,
+        json: "haproxy.backend_strategy",
+        env: &["HAPROXY_BACKEND_STRATEGY"],
+        flag: Some("--haproxy-backend-strategy"),
+        default: "use_existing",
+        doc: "What to do when a service's backend name exists but is not ours: `use_existing`, `create_new` or `fail_on_conflict`.",
+    },
+    KeySpec {
+        key: Key::HaproxyDrainTimeout,
+        json: "haproxy.drain_timeout_sec",
+        env: &["HAPROXY_DRAIN_TIMEOUT_SEC"],
+        flag: Some("--haproxy-drain-timeout"),
+        default: "30s",
+        doc: "How long a removed instance drains before it is removed even with open sessions. Integer seconds or a duration such as `45s`, `2m`.",
+    },
+    KeySpec {
+        key: Key::HaproxyFrontend,
+        json: "haproxy.frontend",
+        env: &["HAPROXY_FRONTEND"],
+        flag: Some("--haproxy-frontend"),
+        default: "(none)",
+        doc: "Frontend into which the connector inserts its one host-map `use_backend` rule. Unset: you add the rule yourself.",
+    },
+    KeySpec {
+        key: Key::LogLevel,
+        json: "log.level",
+        env: &["RUST_LOG", "LOG_LEVEL"],
+        flag: Some("--log-level"),
+        default: "info",
+        doc: "Log filter: a level (`error`, `warn`, `info`, `debug`, `trace`) or a `tracing` filter directive. `RUST_LOG` wins over `LOG_LEVEL`.",
+    },
+    KeySpec {
+        key: Key::LogFormat,
+        json: "log.format",
+        env: &["LOG_FORMAT"],
+        flag: Some("--log-format"),
+        default: "text",
+        doc: "Log output format on stderr: `text` or `json`.",
+    },
+];
+
+impl Key {
+    /// The registry entry of this key.
+    pub fn spec(self) -> &'static KeySpec {
+        KEYS.iter()
+            .find(|s| s.key == self)
+            .expect("every Key variant has a KeySpec (checked by a unit test)")
+    }
+
+    /// The dotted JSON path, used in every message about the key.
+    pub fn json(self) -> &'static str {
+        self.spec().json
+    }
+}
+
+/// The key whose JSON path is `path`, if any.
+pub fn by_json(path: &str) -> Option<&'static KeySpec> {
+    KEYS.iter().find(|s| s.json == path)
+}
+
+/// Sections (JSON objects) that may appear in the file.
+pub fn is_section(path: &str) -> bool {
+    KEYS.iter().any(|s| {
+        s.json.len() > path.len()
+            && s.json.starts_with(path)
+            && s.json[path.len()..].starts_with('.')
+    })
+}
+
+/// The known key or section closest to `unknown` (typo help), when close enough to be useful.
+pub fn suggest(unknown: &str) -> Option<&'static str> {
+    KEYS.iter()
+        .map(|s| (edit_distance(unknown, s.json), s.json))
+        .filter(|(d, _)| *d <= 3)
+        .min()
+        .map(|(_, k)| k)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_has_exactly_one_spec() {
+        for spec in KEYS {
+            assert_eq!(
+                KEYS.iter().filter(|s| s.key == spec.key).count(),
+                1,
+                "{:?}",
+                spec.key
+            );
+            assert_eq!(
+                KEYS.iter().filter(|s| s.json == spec.json).count(),
+                1,
+                "{}",
+                spec.json
+            );
+        }
+    }
+
+    #[test]
+    fn sections_and_suggestions() {
+        assert!(is_section("nomad"));
+        assert!(is_section("haproxy"));
+        assert!(is_section("log"));
+        assert!(!is_section("nomad.address"));
+        assert!(!is_section("noma"));
+        assert_eq!(suggest("haproxy.adress"), Some("haproxy.address"));
+        assert_eq!(suggest("nomad.tokn"), Some("nomad.token"));
+        assert_eq!(suggest("completely.different"), None);
+    }
+}

@@ -1,0 +1,650 @@
+//! Configuration: built-in defaults < JSON file (`--config`) < environment < command-line flags.
+//!
+//! Two layers, as in ripgrep's low/high args: [`layer`] holds what the user wrote and where;
+//! [`Config::from_layer`] validates everything in one place and produces the typed [`Config`].
+//! The key registry in [`keys`] is the single list of keys, shared by loading, `check-config`
+//! and the README table.
+
+pub mod keys;
+pub mod layer;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use url::Url;
+
+use keys::Key;
+pub use layer::{Layer, Raw, Source, Sourced};
+
+/// A configuration problem. Every variant names the key or file and says why; the CLI maps all
+/// of them to exit code 2.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file given with `--config` could not be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    ReadFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A `*_file` key names a file that could not be read.
+    #[error("cannot read {key} file {}: {source}", path.display())]
+    ReadSecretFile {
+        key: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The config file is not valid JSON.
+    #[error("config file {} is not valid JSON: {message} (line {line}, column {column})", path.display())]
+    Json {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// The config file's top level is not an object.
+    #[error("config file {} must hold a JSON object, found {found}", path.display())]
+    NotAnObject { path: PathBuf, found: &'static str },
+    /// A section such as `nomad` is not an object.
+    #[error("config file {}: section `{section}` must be a JSON object, found {found}", path.display())]
+    SectionNotObject {
+        section: String,
+        path: PathBuf,
+        found: &'static str,
+    },
+    /// A key nobody reads: almost always a typo, which must not pass silently.
+    #[error("config file {}: unknown key `{key}`{}", path.display(), suggestion.map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default())]
+    UnknownKey {
+        key: String,
+        path: PathBuf,
+        suggestion: Option<&'static str>,
+    },
+    /// A value that does not fit its key.
+    #[error("invalid {key} (from {origin}): {reason}")]
+    Invalid {
+        key: &'static str,
+        origin: Source,
+        reason: String,
+    },
+    /// Several values were invalid; all are reported at once.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Many(Vec<ConfigError>),
+}
+
+/// A secret value. It shows as `<redacted>` in `Debug`, `Display` and `check-config`, so it cannot
+/// reach a log line or a status page by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for the one place that sends it (an auth header).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+pub const REDACTED: &str = "<redacted>";
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
+/// The effective, validated configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub nomad: NomadConfig,
+    pub haproxy: HaproxyConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct NomadConfig {
+    /// `http`, `https` or `unix` URL of the Nomad HTTP API.
+    pub address: Url,
+    pub token: Option<Secret>,
+    /// `None`: the agent's own region.
+    pub region: Option<String>,
+    pub namespaces: Namespaces,
+    pub tls: NomadTls,
+}
+
+/// Which Nomad namespaces to watch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Namespaces {
+    /// Every namespace the token can read (`namespace=*`).
+    All,
+    /// Exactly these, sorted and de-duplicated.
+    List(Vec<String>),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NomadTls {
+    pub ca_cert: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    pub server_name: Option<String>,
+    pub skip_verify: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct HaproxyConfig {
+    /// Data Plane API base URL.
+    pub address: Url,
+    pub username: String,
+    pub password: Option<Secret>,
+    pub backend_strategy: BackendStrategy,
+    pub drain_timeout: Duration,
+    pub frontend: Option<String>,
+}
+
+/// What to do with a dynamic service whose backend name already exists and is not ours.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendStrategy {
+    /// Adopt a compatible backend and manage only its servers.
+    UseExisting,
+    /// Skip the service with a diagnostic.
+    CreateNew,
+    /// Fail the whole pass.
+    FailOnConflict,
+}
+
+impl BackendStrategy {
+    pub const ALL: [BackendStrategy; 3] = [
+        BackendStrategy::UseExisting,
+        BackendStrategy::CreateNew,
+        BackendStrategy::FailOnConflict,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendStrategy::UseExisting => "use_existing",
+            BackendStrategy::CreateNew => "create_new",
+            BackendStrategy::FailOnConflict => "fail_on_conflict",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogConfig {
+    /// A `tracing` filter directive (a plain level is one).
+    pub filter: String,
+    pub format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+const DEFAULT_NOMAD_ADDRESS: &str = "http://127.0.0.1:4646";
+const DEFAULT_HAPROXY_ADDRESS: &str = "http://127.0.0.1:5555";
+const DEFAULT_HAPROXY_USERNAME: &str = "admin";
+const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_LOG_FILTER: &str = "info";
+
+impl Config {
+    /// Loads the configuration from all sources: an optional JSON file, the environment (through
+    /// `env`), and the command-line flag layer.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+        flags: Layer,
+    ) -> Result<Config, ConfigError> {
+        let file_layer = match file {
+            Some(path) => Layer::from_file(path)?,
+            None => Layer::default(),
+        };
+        let merged = file_layer.merged(Layer::from_env(env)?).merged(flags);
+        Config::from_layer(&merged)
+    }
+
+    /// Validates a merged layer; keys it does not set take their defaults. All invalid values are
+    /// reported together.
+    pub fn from_layer(layer: &Layer) -> Result<Config, ConfigError> {
+        let mut errors = Vec::new();
+        let mut v = Validator {
+            layer,
+            errors: &mut errors,
+        };
+
+        let nomad_address = v
+            .url(Key::NomadAddress, &["http", "https", "unix"])
+            .unwrap_or_else(|| Url::parse(DEFAULT_NOMAD_ADDRESS).expect("default URL parses"));
+        let token = v.string(Key::NomadToken).map(Secret::new);
+        let region = v.string(Key::NomadRegion);
+        if let Some(r) = &region {
+            v.check(
+                Key::NomadRegion,
+                !r.chars().any(|c| c.is_whitespace() || c.is_control()),
+                || "a region name cannot contain whitespace or control characters".to_string(),
+            );
+        }
+        let namespaces = v
+            .namespaces(Key::NomadNamespaces)
+            .unwrap_or(Namespaces::All);
+        let tls = NomadTls {
+            ca_cert: v.readable_path(Key::NomadCaCert),
+            client_cert: v.readable_path(Key::NomadClientCert),
+            client_key: v.readable_path(Key::NomadClientKey),
+            server_name: v.string(Key::NomadTlsServerName),
+            skip_verify: v.bool(Key::NomadSkipVerify).unwrap_or(false),
+        };
+        if tls.client_cert.is_some() != tls.client_key.is_some() {
+            let (set, missing) = if tls.client_cert.is_some() {
+                (Key::NomadClientCert, Key::NomadClientKey)
+            } else {
+                (Key::NomadClientKey, Key::NomadClientCert)
+            };
+            v.fail(set, format!("mutual TLS needs {} as well", missing.json()));
+        }
+
+        let haproxy_address = v
+            .url(Key::HaproxyAddress, &["http", "https"])
+            .unwrap_or_else(|| Url::parse(DEFAULT_HAPROXY_ADDRESS).expect("default URL parses"));
+        let username = v
+            .string(Key::HaproxyUsername)
+            .unwrap_or_else(|| DEFAULT_HAPROXY_USERNAME.to_string());
+        v.check(Key::HaproxyUsername, !username.contains(':'), || {
+            "a Basic-auth user name cannot contain `:`".to_string()
+        });
+        let password = v.string(Key::HaproxyPassword).map(Secret::new);
+        let backend_strategy = v
+            .strategy(Key::HaproxyBackendStrategy)
+            .unwrap_or(BackendStrategy::UseExisting);
+        let drain_timeout = v
+            .duration(Key::HaproxyDrainTimeout)
+            .unwrap_or(DEFAULT_DRAIN_TIMEOUT);
+        let frontend = v.string(Key::HaproxyFrontend);
+        if let Some(name) = &frontend {
+            v.check(Key::HaproxyFrontend, is_haproxy_name(name), || {
+                format!("`{name}` is not a valid HAProxy section name (allowed: letters, digits, `-`, `_`, `.`, `:`)")
+            });
+        }
+
+        let filter = v
+            .string(Key::LogLevel)
+            .unwrap_or_else(|| DEFAULT_LOG_FILTER.to_string());
+        if let Err(e) = check_log_filter(&filter) {
+            v.fail(
+                Key::LogLevel,
+                format!("`{filter}` is not a log level or filter directive: {e}"),
+            );
+        }
+        let format = v.log_format(Key::LogFormat).unwrap_or(LogFormat::Text);
+
+        match errors.len() {
+            0 => Ok(Config {
+                nomad: NomadConfig {
+                    address: nomad_address,
+                    token,
+                    region,
+                    namespaces,
+                    tls,
+                },
+                haproxy: HaproxyConfig {
+                    address: haproxy_address,
+                    username,
+                    password,
+                    backend_strategy,
+                    drain_timeout,
+                    frontend,
+                },
+                log: LogConfig { filter, format },
+            }),
+            1 => Err(errors.remove(0)),
+            _ => Err(ConfigError::Many(errors)),
+        }
+    }
+
+    /// The effective configuration as JSON, in the file's own shape, with secrets redacted.
+    pub fn to_redacted_json(&self) -> Value {
+        let secret = |s: &Option<Secret>| match s {
+            Some(_) => json!(REDACTED),
+            None => Value::Null,
+        };
+        let path = |p: &Option<PathBuf>| match p {
+            Some(p) => json!(p.display().to_string()),
+            None => Value::Null,
+        };
+        let namespaces = match &self.nomad.namespaces {
+            Namespaces::All => json!(["*"]),
+            Namespaces::List(list) => json!(list),
+        };
+        json!({
+            "nomad": {
+                "address": self.nomad.address.as_str(),
+                "token": secret(&self.nomad.token),
+                "region": self.nomad.region,
+                "namespaces": namespaces,
+                "ca_cert": path(&self.nomad.tls.ca_cert),
+                "client_cert": path(&self.nomad.tls.client_cert),
+                "client_key": path(&self.nomad.tls.client_key),
+                "tls_server_name": self.nomad.tls.server_name,
+                "skip_verify": self.nomad.tls.skip_verify,
+            },
+            "haproxy": {
+                "address": self.haproxy.address.as_str(),
+                "username": self.haproxy.username,
+                "password": secret(&self.haproxy.password),
+                "backend_strategy": self.haproxy.backend_strategy.as_str(),
+                "drain_timeout_sec": humantime::format_duration(self.haproxy.drain_timeout).to_string(),
+                "frontend": self.haproxy.frontend,
+            },
+            "log": {
+                "level": self.log.filter,
+                "format": self.log.format.as_str(),
+            },
+        })
+    }
+}
+
+/// HAProxy's section-name grammar.
+pub fn is_haproxy_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+}
+
+/// Reads each key from the merged layer and records every problem instead of stopping at the
+/// first one.
+struct Validator<'a> {
+    layer: &'a Layer,
+    errors: &'a mut Vec<ConfigError>,
+}
+
+impl Validator<'_> {
+    fn fail(&mut self, key: Key, reason: String) {
+        let source = self
+            .layer
+            .get(key)
+            .map(|s| s.source.clone())
+            .unwrap_or(Source::Default);
+        self.errors.push(ConfigError::Invalid {
+            key: key.json(),
+            origin: source,
+            reason,
+        });
+    }
+
+    fn check(&mut self, key: Key, ok: bool, reason: impl FnOnce() -> String) {
+        if !ok {
+            self.fail(key, reason());
+        }
+    }
+
+    /// The text of a key whose value must be a string (file) or any text (env, flag).
+    fn string(&mut self, key: Key) -> Option<String> {
+        let entry = self.layer.get(key)?;
+        match &entry.raw {
+            Raw::Text(s) => Some(s.clone()),
+            Raw::Json(Value::String(s)) => Some(s.clone()),
+            Raw::Json(other) => {
+                let found = layer::json_kind(other);
+                self.fail(key, format!("expected a string, found {found}"));
+                None
+            }
+        }
+    }
+
+    fn url(&mut self, key: Key, schemes: &[&str]) -> Option<Url> {
+        let text = self.string(key)?;
+        match Url::parse(&text) {
+            Ok(url) if !schemes.contains(&url.scheme()) => {
+                let accepted = schemes
+                    .iter()
+                    .map(|s| format!("{s}://"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                self.fail(
+                    key,
+                    format!(
+                        "`{text}` has scheme `{}`; accepted: {accepted}",
+                        url.scheme()
+                    ),
+                );
+                None
+            }
+            Ok(url) if url.scheme() != "unix" && url.host_str().is_none_or(str::is_empty) => {
+                self.fail(key, format!("`{text}` has no host"));
+                None
+            }
+            Ok(url) if url.scheme() == "unix" && url.path().len() <= 1 => {
+                self.fail(
+                    key,
+                    format!("`{text}` names no socket path (expected unix:///path/to/socket)"),
+                );
+                None
+            }
+            Ok(url) => Some(url),
+            Err(e) => {
+                self.fail(key, format!("`{text}` is not a valid URL: {e}"));
+                None
+            }
+        }
+    }
+
+    fn bool(&mut self, key: Key) -> Option<bool> {
+        let entry = self.layer.get(key)?;
+        let parsed = match &entry.raw {
+            Raw::Json(Value::Bool(b)) => Ok(*b),
+            Raw::Json(Value::String(s)) | Raw::Text(s) => {
+                parse_bool(s).ok_or_else(|| format!("`{s}` is not a boolean"))
+            }
+            Raw::Json(other) => Err(format!(
+                "expected a boolean, found {}",
+                layer::json_kind(other)
+            )),
+        };
+        parsed
+            .map_err(|reason| self.fail(key, format!("{reason} (accepted: true, false, 1, 0)")))
+            .ok()
+    }
+
+    fn duration(&mut self, key: Key) -> Option<Duration> {
+        let entry = self.layer.get(key)?;
+        let parsed = match &entry.raw {
+            Raw::Json(Value::Number(n)) => match n.as_i64() {
+                Some(secs) if secs > 0 => Ok(Duration::from_secs(secs.unsigned_abs())),
+                Some(secs) => Err(format!("must be greater than zero, got {secs}")),
+                None => Err(format!("expected whole seconds, got {n}")),
+            },
+            Raw::Json(Value::String(s)) | Raw::Text(s) => parse_duration(s),
+            Raw::Json(other) => Err(format!(
+                "expected seconds or a duration string such as \"30s\", found {}",
+                layer::json_kind(other)
+            )),
+        };
+        parsed.map_err(|reason| self.fail(key, reason)).ok()
+    }
+
+    fn strategy(&mut self, key: Key) -> Option<BackendStrategy> {
+        let text = self.string(key)?;
+        match BackendStrategy::ALL
+            .into_iter()
+            .find(|s| s.as_str() == text)
+        {
+            Some(s) => Some(s),
+            None => {
+                let accepted: Vec<_> = BackendStrategy::ALL.iter().map(|s| s.as_str()).collect();
+                self.fail(
+                    key,
+                    format!(
+                        "unknown strategy `{text}`; accepted: {}",
+                        accepted.join(", ")
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn log_format(&mut self, key: Key) -> Option<LogFormat> {
+        let text = self.string(key)?;
+        match text.as_str() {
+            "text" => Some(LogFormat::Text),
+            "json" => Some(LogFormat::Json),
+            _ => {
+                self.fail(
+                    key,
+                    format!("unknown log format `{text}`; accepted: text, json"),
+                );
+                None
+            }
+        }
+    }
+
+    fn namespaces(&mut self, key: Key) -> Option<Namespaces> {
+        let entry = self.layer.get(key)?;
+        let items: Vec<String> = match &entry.raw {
+            Raw::Text(s) | Raw::Json(Value::String(s)) => {
+                s.split(',').map(|p| p.trim().to_string()).collect()
+            }
+            Raw::Json(Value::Array(items)) => {
+                let mut out = Vec::new();
+                for item in items {
+                    match item {
+                        Value::String(s) => out.push(s.trim().to_string()),
+                        other => {
+                            let found = layer::json_kind(other);
+                            self.fail(
+                                key,
+                                format!("expected a list of namespace names, found {found} in it"),
+                            );
+                            return None;
+                        }
+                    }
+                }
+                out
+            }
+            Raw::Json(other) => {
+                let found = layer::json_kind(other);
+                self.fail(
+                    key,
+                    format!("expected a list of namespace names, found {found}"),
+                );
+                return None;
+            }
+        };
+        let mut items: Vec<String> = items.into_iter().filter(|s| !s.is_empty()).collect();
+        items.sort();
+        items.dedup();
+        if items.is_empty() {
+            self.fail(key, "no namespace given (use `*` for all)".to_string());
+            return None;
+        }
+        if items.iter().any(|n| n == "*") {
+            if items.len() > 1 {
+                self.fail(
+                    key,
+                    "`*` (all namespaces) cannot be combined with named namespaces".to_string(),
+                );
+                return None;
+            }
+            return Some(Namespaces::All);
+        }
+        if let Some(bad) = items.iter().find(|n| !is_nomad_namespace(n)) {
+            self.fail(
+                key,
+                format!(
+                    "`{bad}` is not a valid Nomad namespace name (1-128 letters, digits or `-`)"
+                ),
+            );
+            return None;
+        }
+        Some(Namespaces::List(items))
+    }
+
+    /// A path that must name a readable file (TLS material is read when the client is built; a
+    /// bad path should fail `check-config`, not the first request).
+    fn readable_path(&mut self, key: Key) -> Option<PathBuf> {
+        let path = PathBuf::from(self.string(key)?);
+        match std::fs::File::open(&path) {
+            Ok(_) => Some(path),
+            Err(e) => {
+                self.fail(key, format!("cannot read {}: {e}", path.display()));
+                None
+            }
+        }
+    }
+}
+
+/// `tracing`'s filter parser takes any bare word as a target name, so a typo such as `verbose`
+/// would silently disable logging. Require a level, or `target=level` directives.
+fn check_log_filter(filter: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    for directive in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let level = directive.rsplit_once('=').map_or(directive, |(_, l)| l);
+        if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "`{directive}` is not a level (accepted: off, error, warn, info, debug, trace, or target=level)"
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::builder()
+        .parse(filter)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Go's `strconv.ParseBool`, which Nomad's own tools use for `NOMAD_SKIP_VERIFY`.
+fn parse_bool(s: &str) -> Option<bool> {
+    match s {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+/// Whole seconds (`30`) or a humane duration (`30s`, `5m`, `1h 30m`); must be greater than zero.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<i64>() {
+        return if secs > 0 {
+            Ok(Duration::from_secs(secs.unsigned_abs()))
+        } else {
+            Err(format!("must be greater than zero, got {secs}"))
+        };
+    }
+    if s.starts_with('-') {
+        return Err(format!("must be greater than zero, got `{s}`"));
+    }
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err(format!("must be greater than zero, got `{s}`")),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!(
+            "`{s}` is not a duration ({e}); use whole seconds or a value such as 30s, 5m, 1h"
+        )),
+    }
+}
+
+fn is_nomad_namespace(s: &str) -> bool {
+    (1..=128).contains(&s.len()) && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,540 @@
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+
+use super::*;
+
+const PREDECESSOR: &str = r#"{"nomad":{"address":"http://localhost:4646","token":"","region":"global"},"haproxy":{"address":"http://localhost:5555","username":"admin","password":"adminpwd","backend_strategy":"use_existing"}}"#;
+
+fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
+    let map: HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    move |k| map.get(k).cloned()
+}
+
+fn file_layer(json: &str) -> Result<Layer, ConfigError> {
+    Layer::from_json_text(json, Path::new("test.json"))
+}
+
+fn from_file(json: &str) -> Result<Config, ConfigError> {
+    Config::from_layer(&file_layer(json)?)
+}
+
+fn from_env(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    Config::from_layer(&Layer::from_env(env(pairs))?)
+}
+
+fn flag_layer(pairs: &[(Key, &str)]) -> Layer {
+    Layer::from_flags(pairs.iter().map(|(k, v)| (*k, Some(*v)))).expect("flag layer")
+}
+
+fn err(r: Result<Config, ConfigError>) -> String {
+    match r {
+        Ok(c) => panic!("expected an error, got {c:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn defaults() {
+    let c = Config::from_layer(&Layer::default()).expect("defaults are valid");
+    assert_eq!(c.nomad.address.as_str(), "http://127.0.0.1:4646/");
+    assert_eq!(c.nomad.token, None);
+    assert_eq!(c.nomad.region, None);
+    assert_eq!(c.nomad.namespaces, Namespaces::All);
+    assert_eq!(c.nomad.tls, NomadTls::default());
+    assert_eq!(c.haproxy.address.as_str(), "http://127.0.0.1:5555/");
+    assert_eq!(c.haproxy.username, "admin");
+    assert_eq!(c.haproxy.password, None);
+    assert_eq!(c.haproxy.backend_strategy, BackendStrategy::UseExisting);
+    assert_eq!(c.haproxy.drain_timeout, Duration::from_secs(30));
+    assert_eq!(c.haproxy.frontend, None);
+    assert_eq!(c.log.filter, "info");
+    assert_eq!(c.log.format, LogFormat::Text);
+}
+
+#[test]
+fn predecessor_file_loads_as_is() {
+    let c = from_file(PREDECESSOR).expect("predecessor config loads");
+    assert_eq!(c.nomad.address.as_str(), "http://localhost:4646/");
+    assert_eq!(c.nomad.token, None, "an empty token means no token");
+    assert_eq!(c.nomad.region.as_deref(), Some("global"));
+    assert_eq!(c.haproxy.address.as_str(), "http://localhost:5555/");
+    assert_eq!(c.haproxy.username, "admin");
+    assert_eq!(c.haproxy.password, Some(Secret::new("adminpwd")));
+    assert_eq!(c.haproxy.backend_strategy, BackendStrategy::UseExisting);
+}
+
+#[test]
+fn every_file_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pem = dir.path().join("ca.pem");
+    std::fs::write(&pem, "pem").expect("write");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "file-token\n").expect("write");
+    let json = serde_json::json!({
+        "nomad": {"address": "https://nomad.example:4646", "token_file": token_file, "region": "eu",
+                  "namespaces": ["prod", "default", "prod"], "ca_cert": pem, "client_cert": pem,
+                  "client_key": pem, "tls_server_name": "server.global.nomad", "skip_verify": true},
+        "haproxy": {"address": "https://lb:5555", "username": "ops", "password": "pw",
+                    "backend_strategy": "fail_on_conflict", "drain_timeout_sec": 45, "frontend": "fe_http"},
+        "log": {"level": "debug", "format": "json"}
+    });
+    let c = from_file(&json.to_string()).expect("valid");
+    assert_eq!(c.nomad.address.as_str(), "https://nomad.example:4646/");
+    assert_eq!(c.nomad.token, Some(Secret::new("file-token")));
+    assert_eq!(c.nomad.region.as_deref(), Some("eu"));
+    assert_eq!(
+        c.nomad.namespaces,
+        Namespaces::List(vec!["default".into(), "prod".into()])
+    );
+    assert_eq!(c.nomad.tls.ca_cert.as_deref(), Some(pem.as_path()));
+    assert_eq!(c.nomad.tls.client_cert.as_deref(), Some(pem.as_path()));
+    assert_eq!(c.nomad.tls.client_key.as_deref(), Some(pem.as_path()));
+    assert_eq!(
+        c.nomad.tls.server_name.as_deref(),
+        Some("server.global.nomad")
+    );
+    assert!(c.nomad.tls.skip_verify);
+    assert_eq!(c.haproxy.address.as_str(), "https://lb:5555/");
+    assert_eq!(c.haproxy.username, "ops");
+    assert_eq!(c.haproxy.password, Some(Secret::new("pw")));
+    assert_eq!(c.haproxy.backend_strategy, BackendStrategy::FailOnConflict);
+    assert_eq!(c.haproxy.drain_timeout, Duration::from_secs(45));
+    assert_eq!(c.haproxy.frontend.as_deref(), Some("fe_http"));
+    assert_eq!(c.log.filter, "debug");
+    assert_eq!(c.log.format, LogFormat::Json);
+}
+
+#[test]
+fn every_env_var() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pem = dir.path().join("c.pem");
+    std::fs::write(&pem, "pem").expect("write");
+    let pem = pem.display().to_string();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "from-file\n\n").expect("write");
+    let pw = pw.display().to_string();
+    let c = from_env(&[
+        ("NOMAD_ADDR", "unix:///secrets/api.sock"),
+        ("NOMAD_TOKEN", "tok"),
+        ("NOMAD_REGION", "us"),
+        ("NOMAD_NAMESPACE", "a, b"),
+        ("NOMAD_CACERT", &pem),
+        ("NOMAD_CLIENT_CERT", &pem),
+        ("NOMAD_CLIENT_KEY", &pem),
+        ("NOMAD_TLS_SERVER_NAME", "n"),
+        ("NOMAD_SKIP_VERIFY", "1"),
+        ("HAPROXY_DATAPLANE_URL", "http://dp:5555"),
+        ("HAPROXY_USERNAME", "u"),
+        ("HAPROXY_PASSWORD_FILE", &pw),
+        ("HAPROXY_BACKEND_STRATEGY", "create_new"),
+        ("HAPROXY_DRAIN_TIMEOUT_SEC", "2m"),
+        ("HAPROXY_FRONTEND", "main"),
+        ("LOG_LEVEL", "warn"),
+        ("LOG_FORMAT", "json"),
+    ])
+    .expect("valid");
+    assert_eq!(c.nomad.address.scheme(), "unix");
+    assert_eq!(c.nomad.address.path(), "/secrets/api.sock");
+    assert_eq!(c.nomad.token, Some(Secret::new("tok")));
+    assert_eq!(c.nomad.region.as_deref(), Some("us"));
+    assert_eq!(
+        c.nomad.namespaces,
+        Namespaces::List(vec!["a".into(), "b".into()])
+    );
+    assert!(
+        c.nomad.tls.ca_cert.is_some()
+            && c.nomad.tls.client_cert.is_some()
+            && c.nomad.tls.client_key.is_some()
+    );
+    assert_eq!(c.nomad.tls.server_name.as_deref(), Some("n"));
+    assert!(c.nomad.tls.skip_verify);
+    assert_eq!(c.haproxy.address.as_str(), "http://dp:5555/");
+    assert_eq!(c.haproxy.username, "u");
+    assert_eq!(c.haproxy.password, Some(Secret::new("from-file")));
+    assert_eq!(c.haproxy.backend_strategy, BackendStrategy::CreateNew);
+    assert_eq!(c.haproxy.drain_timeout, Duration::from_secs(120));
+    assert_eq!(c.haproxy.frontend.as_deref(), Some("main"));
+    assert_eq!(c.log.filter, "warn");
+    assert_eq!(c.log.format, LogFormat::Json);
+}
+
+#[test]
+fn empty_env_vars_count_as_unset() {
+    let c = from_env(&[("NOMAD_TOKEN", ""), ("NOMAD_ADDR", "")]).expect("valid");
+    assert_eq!(c.nomad.token, None);
+    assert_eq!(c.nomad.address.as_str(), "http://127.0.0.1:4646/");
+}
+
+#[test]
+fn nomad_token_file_env() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = dir.path().join("t");
+    std::fs::write(&f, "secret-token\n").expect("write");
+    let c = from_env(&[("NOMAD_TOKEN_FILE", &f.display().to_string())]).expect("valid");
+    assert_eq!(c.nomad.token, Some(Secret::new("secret-token")));
+}
+
+#[test]
+fn every_flag() {
+    let layer = flag_layer(&[
+        (Key::NomadAddress, "http://n:1"),
+        (Key::NomadRegion, "r"),
+        (Key::NomadNamespaces, "*"),
+        (Key::NomadTlsServerName, "s"),
+        (Key::NomadSkipVerify, "false"),
+        (Key::HaproxyAddress, "http://h:2"),
+        (Key::HaproxyUsername, "x"),
+        (Key::HaproxyBackendStrategy, "create_new"),
+        (Key::HaproxyDrainTimeout, "90"),
+        (Key::HaproxyFrontend, "f"),
+        (Key::LogLevel, "haproxy_nomad_connector=trace,warn"),
+        (Key::LogFormat, "text"),
+    ]);
+    let c = Config::from_layer(&layer).expect("valid");
+    assert_eq!(c.nomad.address.as_str(), "http://n:1/");
+    assert_eq!(c.nomad.region.as_deref(), Some("r"));
+    assert_eq!(c.nomad.namespaces, Namespaces::All);
+    assert_eq!(c.nomad.tls.server_name.as_deref(), Some("s"));
+    assert!(!c.nomad.tls.skip_verify);
+    assert_eq!(c.haproxy.address.as_str(), "http://h:2/");
+    assert_eq!(c.haproxy.username, "x");
+    assert_eq!(c.haproxy.backend_strategy, BackendStrategy::CreateNew);
+    assert_eq!(c.haproxy.drain_timeout, Duration::from_secs(90));
+    assert_eq!(c.haproxy.frontend.as_deref(), Some("f"));
+    assert_eq!(c.log.filter, "haproxy_nomad_connector=trace,warn");
+}
+
+#[test]
+fn precedence_default_file_env_flag() {
+    let file = file_layer(r#"{"haproxy":{"backend_strategy":"create_new","username":"file","frontend":"from_file"},"log":{"level":"debug"}}"#)
+        .expect("file");
+    let environment = Layer::from_env(env(&[
+        ("HAPROXY_USERNAME", "env"),
+        ("HAPROXY_FRONTEND", "from_env"),
+    ]))
+    .expect("env");
+    let flags = flag_layer(&[(Key::HaproxyFrontend, "from_flag")]);
+
+    // default < file
+    let c = Config::from_layer(&file.clone()).expect("valid");
+    assert_eq!(
+        c.haproxy.drain_timeout,
+        Duration::from_secs(30),
+        "default where nothing sets it"
+    );
+    assert_eq!(
+        c.haproxy.backend_strategy,
+        BackendStrategy::CreateNew,
+        "file over default"
+    );
+
+    // file < env < flag
+    let c = Config::from_layer(&file.merged(environment).merged(flags)).expect("valid");
+    assert_eq!(
+        c.haproxy.backend_strategy,
+        BackendStrategy::CreateNew,
+        "file value survives where env is silent"
+    );
+    assert_eq!(c.haproxy.username, "env", "env over file");
+    assert_eq!(
+        c.haproxy.frontend.as_deref(),
+        Some("from_flag"),
+        "flag over env and file"
+    );
+    assert_eq!(c.log.filter, "debug");
+}
+
+#[test]
+fn load_reads_file_env_and_flags_in_order() {
+    let mut f = tempfile::NamedTempFile::new().expect("temp");
+    f.write_all(br#"{"nomad":{"region":"file","address":"http://file:4646"},"haproxy":{"username":"file"}}"#)
+        .expect("write");
+    let c = Config::load(
+        Some(f.path()),
+        env(&[("NOMAD_REGION", "env"), ("HAPROXY_USERNAME", "env")]),
+        flag_layer(&[(Key::NomadRegion, "flag")]),
+    )
+    .expect("valid");
+    assert_eq!(c.nomad.region.as_deref(), Some("flag"));
+    assert_eq!(c.haproxy.username, "env");
+    assert_eq!(c.nomad.address.as_str(), "http://file:4646/");
+}
+
+#[test]
+fn rust_log_wins_over_log_level_but_not_over_the_flag() {
+    let c = from_env(&[("LOG_LEVEL", "warn"), ("RUST_LOG", "debug")]).expect("valid");
+    assert_eq!(c.log.filter, "debug");
+    let environment =
+        Layer::from_env(env(&[("LOG_LEVEL", "warn"), ("RUST_LOG", "debug")])).expect("env");
+    let c = Config::from_layer(&environment.merged(flag_layer(&[(Key::LogLevel, "error")])))
+        .expect("valid");
+    assert_eq!(c.log.filter, "error");
+}
+
+#[test]
+fn unknown_json_key_is_named_with_a_suggestion() {
+    let e = err(from_file(r#"{"haproxy":{"adress":"http://x:5555"}}"#));
+    assert_eq!(
+        e,
+        "config file test.json: unknown key `haproxy.adress` (did you mean `haproxy.address`?)"
+    );
+    let e = err(from_file(r#"{"nomda":{}}"#));
+    assert!(e.contains("unknown key `nomda`"), "{e}");
+    let e = err(from_file(r#"{"nomad":{"address":"http://x"},"extra":1}"#));
+    assert_eq!(e, "config file test.json: unknown key `extra`");
+}
+
+#[test]
+fn invalid_json_reports_line_and_column() {
+    let e = err(from_file("{\n  \"nomad\": {\"address\": \"x\",}\n}"));
+    assert!(
+        e.starts_with("config file test.json is not valid JSON: "),
+        "{e}"
+    );
+    assert_eq!(
+        e,
+        "config file test.json is not valid JSON: trailing comma (line 2, column 28)"
+    );
+    let e = err(from_file("[1]"));
+    assert_eq!(
+        e,
+        "config file test.json must hold a JSON object, found an array"
+    );
+    let e = err(from_file(r#"{"nomad": "x"}"#));
+    assert_eq!(
+        e,
+        "config file test.json: section `nomad` must be a JSON object, found a string"
+    );
+}
+
+#[test]
+fn unreadable_config_file_names_path_and_os_error() {
+    let e = Layer::from_file(Path::new("/nonexistent/conf.json")).expect_err("missing file");
+    assert_eq!(
+        e.to_string(),
+        "cannot read config file /nonexistent/conf.json: No such file or directory (os error 2)"
+    );
+}
+
+#[test]
+fn unreadable_secret_file_names_key_path_and_os_error() {
+    let e =
+        Layer::from_env(env(&[("HAPROXY_PASSWORD_FILE", "/nonexistent/pw")])).expect_err("missing");
+    assert_eq!(
+        e.to_string(),
+        "cannot read haproxy.password_file file /nonexistent/pw: No such file or directory (os error 2)"
+    );
+}
+
+#[test]
+fn secret_and_its_file_in_one_source_conflict() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = dir.path().join("t");
+    std::fs::write(&f, "x").expect("write");
+    let e = Layer::from_env(env(&[
+        ("NOMAD_TOKEN", "a"),
+        ("NOMAD_TOKEN_FILE", &f.display().to_string()),
+    ]))
+    .expect_err("conflict");
+    assert_eq!(
+        e.to_string(),
+        "invalid nomad.token_file (from environment variable NOMAD_TOKEN_FILE): set either nomad.token or nomad.token_file, not both"
+    );
+}
+
+#[test]
+fn malformed_urls() {
+    let e = err(from_env(&[(
+        "HAPROXY_DATAPLANE_URL",
+        "http//missing-colon",
+    )]));
+    assert_eq!(
+        e,
+        "invalid haproxy.address (from environment variable HAPROXY_DATAPLANE_URL): `http//missing-colon` is not a valid URL: relative URL without a base"
+    );
+    let e = err(from_file(r#"{"haproxy":{"address":"localhost:5555"}}"#));
+    assert_eq!(
+        e,
+        "invalid haproxy.address (from config file test.json): `localhost:5555` has scheme `localhost`; accepted: http://, https://"
+    );
+    let e = err(from_env(&[("NOMAD_ADDR", "ftp://nomad")]));
+    assert!(
+        e.contains("has scheme `ftp`; accepted: http://, https://, unix://"),
+        "{e}"
+    );
+    let e = err(from_env(&[("NOMAD_ADDR", "unix://")]));
+    assert!(e.contains("names no socket path"), "{e}");
+}
+
+#[test]
+fn unknown_strategy_lists_accepted_values() {
+    let e = err(from_file(r#"{"haproxy":{"backend_strategy":"replace"}}"#));
+    assert_eq!(
+        e,
+        "invalid haproxy.backend_strategy (from config file test.json): unknown strategy `replace`; accepted: use_existing, create_new, fail_on_conflict"
+    );
+}
+
+#[test]
+fn durations_accept_seconds_and_humane_strings() {
+    for (input, secs) in [("30", 30), ("30s", 30), ("5m", 300), ("1h 30m", 5400)] {
+        let c = from_env(&[("HAPROXY_DRAIN_TIMEOUT_SEC", input)]).expect(input);
+        assert_eq!(
+            c.haproxy.drain_timeout,
+            Duration::from_secs(secs),
+            "{input}"
+        );
+    }
+    let c = from_file(r#"{"haproxy":{"drain_timeout_sec":"250ms"}}"#).expect("valid");
+    assert_eq!(c.haproxy.drain_timeout, Duration::from_millis(250));
+}
+
+#[test]
+fn negative_or_zero_durations_are_rejected() {
+    let e = err(from_file(r#"{"haproxy":{"drain_timeout_sec":-5}}"#));
+    assert_eq!(
+        e,
+        "invalid haproxy.drain_timeout_sec (from config file test.json): must be greater than zero, got -5"
+    );
+    let e = err(from_file(r#"{"haproxy":{"drain_timeout_sec":0}}"#));
+    assert!(e.ends_with("must be greater than zero, got 0"), "{e}");
+    let e = err(from_env(&[("HAPROXY_DRAIN_TIMEOUT_SEC", "0s")]));
+    assert_eq!(
+        e,
+        "invalid haproxy.drain_timeout_sec (from environment variable HAPROXY_DRAIN_TIMEOUT_SEC): must be greater than zero, got `0s`"
+    );
+    let e = err(from_env(&[("HAPROXY_DRAIN_TIMEOUT_SEC", "-1m")]));
+    assert!(e.ends_with("must be greater than zero, got `-1m`"), "{e}");
+    let e = err(from_env(&[("HAPROXY_DRAIN_TIMEOUT_SEC", "soon")]));
+    assert!(e.contains("`soon` is not a duration"), "{e}");
+    let e = err(from_file(r#"{"haproxy":{"drain_timeout_sec":1.5}}"#));
+    assert!(e.ends_with("expected whole seconds, got 1.5"), "{e}");
+}
+
+#[test]
+fn other_bad_values() {
+    let e = err(from_env(&[("NOMAD_SKIP_VERIFY", "yes")]));
+    assert_eq!(
+        e,
+        "invalid nomad.skip_verify (from environment variable NOMAD_SKIP_VERIFY): `yes` is not a boolean (accepted: true, false, 1, 0)"
+    );
+    let e = err(from_file(r#"{"haproxy":{"frontend":"my frontend"}}"#));
+    assert!(
+        e.contains("`my frontend` is not a valid HAProxy section name"),
+        "{e}"
+    );
+    let e = err(from_env(&[("LOG_FORMAT", "xml")]));
+    assert!(
+        e.ends_with("unknown log format `xml`; accepted: text, json"),
+        "{e}"
+    );
+    let e = err(from_env(&[("LOG_LEVEL", "verbose")]));
+    assert_eq!(
+        e,
+        "invalid log.level (from environment variable LOG_LEVEL): `verbose` is not a log level or filter directive: `verbose` is not a level (accepted: off, error, warn, info, debug, trace, or target=level)"
+    );
+    let e = err(from_env(&[("RUST_LOG", "hyper=loud,info")]));
+    assert!(e.contains("`hyper=loud` is not a level"), "{e}");
+    let e = err(from_env(&[("NOMAD_NAMESPACE", "*,prod")]));
+    assert!(
+        e.ends_with("`*` (all namespaces) cannot be combined with named namespaces"),
+        "{e}"
+    );
+    let e = err(from_env(&[("NOMAD_NAMESPACE", "bad_name")]));
+    assert!(
+        e.contains("`bad_name` is not a valid Nomad namespace name"),
+        "{e}"
+    );
+    let e = err(from_env(&[("NOMAD_CACERT", "/nonexistent/ca.pem")]));
+    assert_eq!(
+        e,
+        "invalid nomad.ca_cert (from environment variable NOMAD_CACERT): cannot read /nonexistent/ca.pem: No such file or directory (os error 2)"
+    );
+    let e = err(from_file(r#"{"nomad":{"token":42}}"#));
+    assert_eq!(
+        e,
+        "invalid nomad.token (from config file test.json): expected a string, found a number"
+    );
+    let e = err(from_env(&[("HAPROXY_USERNAME", "a:b")]));
+    assert!(
+        e.ends_with("a Basic-auth user name cannot contain `:`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn client_cert_without_key_is_rejected() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pem = dir.path().join("c.pem");
+    std::fs::write(&pem, "pem").expect("write");
+    let e = err(from_env(&[(
+        "NOMAD_CLIENT_CERT",
+        &pem.display().to_string(),
+    )]));
+    assert!(
+        e.ends_with("mutual TLS needs nomad.client_key as well"),
+        "{e}"
+    );
+}
+
+#[test]
+fn all_invalid_values_are_reported_together() {
+    let e = err(from_file(
+        r#"{"haproxy":{"backend_strategy":"x","drain_timeout_sec":0},"log":{"format":"y"}}"#,
+    ));
+    assert_eq!(e.lines().count(), 3, "{e}");
+}
+
+#[test]
+fn redacted_json_hides_secrets_and_round_trips() {
+    let c = from_file(PREDECESSOR).expect("valid");
+    let out = c.to_redacted_json();
+    assert_eq!(out["haproxy"]["password"], "<redacted>");
+    assert_eq!(out["nomad"]["token"], serde_json::Value::Null);
+    assert!(!out.to_string().contains("adminpwd"));
+    assert_eq!(format!("{:?}", c.haproxy.password), "Some(<redacted>)");
+    // Every key printed is a known key, so the output can be read back (without its secrets).
+    let mut without_secrets = out.clone();
+    without_secrets["haproxy"]
+        .as_object_mut()
+        .expect("object")
+        .remove("password");
+    let again = from_file(&without_secrets.to_string()).expect("round trip");
+    assert_eq!(again.haproxy.drain_timeout, c.haproxy.drain_timeout);
+    assert_eq!(again.nomad.address, c.nomad.address);
+}
+
+#[test]
+fn readme_documents_every_key() {
+    let readme = include_str!("../../README.md");
+    for spec in keys::KEYS {
+        let row = readme
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{}` |", spec.json)))
+            .unwrap_or_else(|| panic!("README has no table row for `{}`", spec.json));
+        for var in spec.env {
+            assert!(
+                row.contains(&format!("`{var}`")),
+                "README row for {} lacks {var}",
+                spec.json
+            );
+        }
+        if let Some(flag) = spec.flag {
+            assert!(
+                row.contains(&format!("`{flag}`")),
+                "README row for {} lacks {flag}",
+                spec.json
+            );
+        }
+        assert!(
+            row.contains(spec.default),
+            "README row for {} lacks its default {}",
+            spec.json,
+            spec.default
+        );
+    }
+}

@@ -1,0 +1,5 @@
+//! haproxy-nomad-connector: keeps HAProxy in step with Nomad's native service discovery.
+
+pub mod cli;
+pub mod config;
+pub mod logging;

@@ -1,0 +1,206 @@
+//! The binary's command line: `check-config`, `version`, exit codes and secret hygiene.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_haproxy-nomad-connector");
+const PREDECESSOR: &str = r#"{"nomad":{"address":"http://localhost:4646","token":"","region":"global"},"haproxy":{"address":"http://localhost:5555","username":"admin","password":"adminpwd","backend_strategy":"use_existing"}}"#;
+
+/// Runs the binary with a clean environment plus `env`.
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env_clear();
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run the binary")
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+fn write(dir: &Path, name: &str, body: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, body).expect("write file");
+    p.display().to_string()
+}
+
+#[test]
+fn check_config_prints_the_predecessor_file_with_the_password_redacted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = write(dir.path(), "predecessor.json", PREDECESSOR);
+    let out = run(&["check-config", "--config", &file], &[]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let effective: serde_json::Value = serde_json::from_str(&stdout).expect("stdout is JSON");
+    assert_eq!(effective["haproxy"]["password"], "<redacted>");
+    assert_eq!(effective["haproxy"]["username"], "admin");
+    assert_eq!(effective["haproxy"]["backend_strategy"], "use_existing");
+    assert_eq!(effective["nomad"]["address"], "http://localhost:4646/");
+    assert_eq!(effective["nomad"]["region"], "global");
+    assert!(!stdout.contains("adminpwd") && !stderr.contains("adminpwd"));
+}
+
+#[test]
+fn a_misspelt_key_exits_2_naming_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = write(
+        dir.path(),
+        "typo.json",
+        &PREDECESSOR.replace(r#""haproxy":{"address""#, r#""haproxy":{"adress""#),
+    );
+    let out = run(&["check-config", "--config", &file], &[]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stdout.is_empty(), "{stdout}");
+    assert_eq!(
+        stderr.trim(),
+        format!(
+            "error: config file {file}: unknown key `haproxy.adress` (did you mean `haproxy.address`?)"
+        )
+    );
+}
+
+/// Arguments, environment, expected stderr text.
+type Case = (Vec<String>, Vec<(&'static str, &'static str)>, String);
+
+#[test]
+fn bad_input_exits_2_with_the_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases: Vec<Case> = vec![
+        (
+            vec!["--config".into(), "/nonexistent/c.json".into()],
+            vec![],
+            "error: cannot read config file /nonexistent/c.json: No such file or directory (os error 2)".into(),
+        ),
+        (
+            vec!["--config".into(), write(dir.path(), "bad.json", "{\"nomad\": {,}}")],
+            vec![],
+            "is not valid JSON: key must be a string (line 1, column 12)".into(),
+        ),
+        (
+            vec![],
+            vec![("HAPROXY_DATAPLANE_URL", "http//x")],
+            "error: invalid haproxy.address (from environment variable HAPROXY_DATAPLANE_URL): `http//x` is not a valid URL: relative URL without a base".into(),
+        ),
+        (
+            vec!["--haproxy-backend-strategy".into(), "merge".into()],
+            vec![],
+            "error: invalid haproxy.backend_strategy (from flag --haproxy-backend-strategy): unknown strategy `merge`; accepted: use_existing, create_new, fail_on_conflict".into(),
+        ),
+        (
+            vec![],
+            vec![("HAPROXY_DRAIN_TIMEOUT_SEC", "-3")],
+            "error: invalid haproxy.drain_timeout_sec (from environment variable HAPROXY_DRAIN_TIMEOUT_SEC): must be greater than zero, got -3".into(),
+        ),
+        (
+            vec![],
+            vec![("NOMAD_TOKEN_FILE", "/nonexistent/token")],
+            "error: cannot read nomad.token_file file /nonexistent/token: No such file or directory (os error 2)".into(),
+        ),
+    ];
+    for (args, env, expected) in cases {
+        let mut all = vec!["check-config".to_string()];
+        all.extend(args);
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        let out = run(&refs, &env);
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{refs:?}: {stderr}");
+        assert!(
+            stderr.contains(&expected),
+            "{refs:?}: expected `{expected}` in `{stderr}`"
+        );
+    }
+}
+
+#[test]
+fn flags_override_environment_which_overrides_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = write(
+        dir.path(),
+        "c.json",
+        r#"{"nomad":{"region":"file"},"haproxy":{"username":"file","frontend":"file"}}"#,
+    );
+    let out = run(
+        &[
+            "check-config",
+            "--config",
+            &file,
+            "--haproxy-frontend",
+            "flag",
+        ],
+        &[("HAPROXY_USERNAME", "env"), ("HAPROXY_FRONTEND", "env")],
+    );
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    assert_eq!(v["nomad"]["region"], "file");
+    assert_eq!(v["haproxy"]["username"], "env");
+    assert_eq!(v["haproxy"]["frontend"], "flag");
+}
+
+#[test]
+fn secrets_never_appear_in_logs_or_output() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "nomad-secret-3f9a1c7e";
+    let password = "dpapi-secret-b82d4e11";
+    let pw_file = write(dir.path(), "pw", &format!("{password}\n"));
+    for format in ["text", "json"] {
+        for env in [
+            vec![("NOMAD_TOKEN", token), ("HAPROXY_PASSWORD", password)],
+            vec![
+                ("NOMAD_TOKEN", token),
+                ("HAPROXY_PASSWORD_FILE", pw_file.as_str()),
+            ],
+        ] {
+            let mut env = env.clone();
+            env.push(("LOG_LEVEL", "trace"));
+            let out = run(&["check-config", "--log-format", format], &env);
+            let (stdout, stderr) = text(&out);
+            assert_eq!(out.status.code(), Some(0), "{stderr}");
+            // The effective configuration is logged at debug level: prove the log was written.
+            assert!(
+                stderr.contains("effective configuration"),
+                "no debug log in {format}: {stderr}"
+            );
+            if format == "json" {
+                for line in stderr.lines() {
+                    serde_json::from_str::<serde_json::Value>(line)
+                        .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
+                }
+            }
+            for secret in [token, password] {
+                assert!(
+                    !stdout.contains(secret),
+                    "secret in stdout ({format}): {stdout}"
+                );
+                assert!(
+                    !stderr.contains(secret),
+                    "secret in logs ({format}): {stderr}"
+                );
+            }
+            assert!(stdout.contains("<redacted>"));
+        }
+    }
+}
+
+#[test]
+fn version_prints_name_and_version() {
+    let out = run(&["version"], &[]);
+    let (stdout, _) = text(&out);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        stdout.trim(),
+        format!("haproxy-nomad-connector {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn no_command_is_a_usage_error() {
+    let out = run(&[], &[]);
+    assert_eq!(out.status.code(), Some(2));
+}
