@@ -1,6 +1,13 @@
 //! haproxy-nomad-connector: keeps HAProxy in step with Nomad's native service discovery.
+//!
+//! The pure core (no I/O): [`desired`] (tags → desired model), [`live`] (what a driver observed),
+//! [`plan`] (diff → ordered plan), over the shared vocabulary in [`model`].
 
 pub mod catalog;
 pub mod cli;
 pub mod config;
+pub mod desired;
+pub mod live;
 pub mod logging;
+pub mod model;
+pub mod plan;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 /// A service is identified by its namespace and name: the same name in two namespaces is two
 /// services.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub struct ServiceKey {
     pub namespace: String,
     pub name: String,

@@ -1,0 +1,274 @@
+//! The tag grammar: `<prefix>.<key>=<value>` tags of one registration, parsed into typed values.
+//!
+//! Keys (prefix `haproxy` by default):
+//! `enable`, `backend`, `backend.name`, `domain` (repeatable), `domain.type`, `check.path`,
+//! `check.method`, `check.host`, `check.type`, `check.disabled`, `check.interval`,
+//! `check.timeout`, `check.rise`, `check.fall`, `check.expect`, `balance`, `mode`, `maxconn`,
+//! `weight`.
+
+use std::collections::BTreeMap;
+
+use super::grammar;
+use crate::model::{Balance, MatchKind, Mode};
+
+/// Every key the grammar knows (for typo reports and documentation).
+pub const KEYS: [&str; 19] = [
+    "enable",
+    "backend",
+    "backend.name",
+    "domain",
+    "domain.type",
+    "check.path",
+    "check.method",
+    "check.host",
+    "check.type",
+    "check.disabled",
+    "check.interval",
+    "check.timeout",
+    "check.rise",
+    "check.fall",
+    "check.expect",
+    "balance",
+    "mode",
+    "maxconn",
+    "weight",
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    /// The connector creates and owns the backend.
+    Dynamic,
+    /// The backend exists already; the connector manages only its own servers in it.
+    Custom,
+    /// The service is ignored.
+    Static,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckType {
+    Http,
+    Tcp,
+    None,
+}
+
+/// The check-related tags as written (unset = not written).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CheckTags {
+    pub path: Option<String>,
+    pub method: Option<String>,
+    pub host: Option<String>,
+    pub kind: Option<CheckType>,
+    pub disabled: Option<bool>,
+    pub interval_ms: Option<u32>,
+    pub timeout_ms: Option<u32>,
+    pub rise: Option<u32>,
+    pub fall: Option<u32>,
+    pub expect: Option<(u16, u16)>,
+}
+
+impl CheckTags {
+    /// Whether the tags ask for an HTTP check.
+    pub fn wants_http(&self) -> bool {
+        self.kind == Some(CheckType::Http)
+            || (self.kind.is_none()
+                && (self.path.is_some()
+                    || self.method.is_some()
+                    || self.host.is_some()
+                    || self.expect.is_some()))
+    }
+}
+
+/// The parsed tags of one registration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstanceTags {
+    pub enabled: bool,
+    pub backend: BackendKind,
+    pub backend_name: Option<String>,
+    /// Map keys, normalised (lower-case; `*.x` as suffix `.x`), sorted and de-duplicated.
+    pub domains: Vec<(MatchKind, String)>,
+    pub check: CheckTags,
+    pub balance: Option<Balance>,
+    pub mode: Option<Mode>,
+    pub maxconn: Option<u32>,
+    pub weight: Option<u16>,
+    /// Keys under the prefix that the grammar does not know (typos), as written.
+    pub unknown: Vec<String>,
+}
+
+/// Why a tag was rejected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TagError {
+    /// The whole tag as written.
+    pub tag: String,
+    pub value: String,
+    pub reason: String,
+}
+
+/// Whether any tag enables the connector for this registration (`<prefix>.enable=true`, any
+/// case). Used by the watcher on the list's union of tags, and here per registration.
+pub fn is_enabled(tags: &[String], prefix: &str) -> bool {
+    let key = format!("{prefix}.enable=");
+    tags.iter().any(|t| {
+        t.len() > key.len()
+            && t[..key.len()].eq_ignore_ascii_case(&key)
+            && t[key.len()..].eq_ignore_ascii_case("true")
+    })
+}
+
+/// Parses the prefixed tags of one registration. The first invalid tag rejects the registration.
+pub fn parse(tags: &[String], prefix: &str) -> Result<InstanceTags, TagError> {
+    let lead = format!("{prefix}.");
+    // key → values, in tag order; keys are matched case-sensitively (values are checked below).
+    let mut values: BTreeMap<&str, Vec<(&str, &str)>> = BTreeMap::new();
+    let mut unknown = Vec::new();
+    for tag in tags {
+        let Some(rest) = tag.strip_prefix(&lead) else {
+            continue;
+        };
+        let Some((key, value)) = rest.split_once('=') else {
+            return Err(TagError {
+                tag: tag.clone(),
+                value: String::new(),
+                reason: format!("expected `{prefix}.<key>=<value>`"),
+            });
+        };
+        match KEYS.iter().find(|k| **k == key) {
+            Some(known) => values.entry(known).or_default().push((tag.as_str(), value)),
+            None => unknown.push(tag.clone()),
+        }
+    }
+
+    // Tag order carries no meaning: process each key's values in a fixed order, so the same tag
+    // set always gives the same result and the same error.
+    for list in values.values_mut() {
+        list.sort();
+    }
+    let mut p = Parser { values: &values };
+    let enabled = p.single("enable", grammar::boolean)?.unwrap_or(false);
+    let backend = p
+        .single("backend", |v| match v {
+            "dynamic" => Ok(BackendKind::Dynamic),
+            "custom" => Ok(BackendKind::Custom),
+            "static" => Ok(BackendKind::Static),
+            _ => Err("expected dynamic, custom or static".to_string()),
+        })?
+        .unwrap_or(BackendKind::Dynamic);
+    let backend_name = p.single("backend.name", grammar::section_name)?;
+    let domain_kind = p
+        .single("domain.type", grammar::match_kind)?
+        .unwrap_or(MatchKind::Exact);
+    let mut domains = Vec::new();
+    for (tag, value) in values.get("domain").map(Vec::as_slice).unwrap_or_default() {
+        domains.push(
+            grammar::domain(value, domain_kind).map_err(|reason| TagError {
+                tag: (*tag).to_string(),
+                value: (*value).to_string(),
+                reason,
+            })?,
+        );
+    }
+    domains.sort();
+    domains.dedup();
+    let check = CheckTags {
+        path: p.single("check.path", grammar::path)?,
+        method: p.single("check.method", grammar::method)?,
+        host: p.single("check.host", grammar::host_header)?,
+        kind: p.single("check.type", |v| match v {
+            "http" => Ok(CheckType::Http),
+            "tcp" => Ok(CheckType::Tcp),
+            "none" => Ok(CheckType::None),
+            _ => Err("expected http, tcp or none".to_string()),
+        })?,
+        disabled: p.single("check.disabled", grammar::boolean)?,
+        interval_ms: p.single("check.interval", grammar::duration_ms)?,
+        timeout_ms: p.single("check.timeout", grammar::duration_ms)?,
+        rise: p.single("check.rise", |v| grammar::number(v, 1, 1000))?,
+        fall: p.single("check.fall", |v| grammar::number(v, 1, 1000))?,
+        expect: p.single("check.expect", grammar::status_range)?,
+    };
+    if check.kind == Some(CheckType::Tcp) && check.wants_http_fields() {
+        let (tag, value) = check_http_field_tag(&values);
+        return Err(TagError {
+            tag,
+            value,
+            reason: "HTTP check settings conflict with check.type=tcp".into(),
+        });
+    }
+    let parsed = InstanceTags {
+        enabled,
+        backend,
+        backend_name,
+        domains,
+        check,
+        balance: p.single("balance", grammar::balance)?,
+        mode: p.single("mode", grammar::mode)?,
+        maxconn: p.single("maxconn", |v| grammar::number(v, 1, 1_000_000))?,
+        weight: p
+            .single("weight", |v| grammar::number(v, 0, 256))?
+            .map(|w| u16::try_from(w).unwrap_or(256)),
+        unknown,
+    };
+    if parsed.mode == Some(Mode::Tcp) && !parsed.domains.is_empty() {
+        let (tag, value) = values
+            .get("mode")
+            .and_then(|v| v.first())
+            .map(|(t, v)| ((*t).to_string(), (*v).to_string()))
+            .unwrap_or_default();
+        return Err(TagError {
+            tag,
+            value,
+            reason: "host routing (domain tags) needs mode http".into(),
+        });
+    }
+    Ok(parsed)
+}
+
+impl CheckTags {
+    fn wants_http_fields(&self) -> bool {
+        self.path.is_some() || self.method.is_some() || self.host.is_some() || self.expect.is_some()
+    }
+}
+
+fn check_http_field_tag(values: &BTreeMap<&str, Vec<(&str, &str)>>) -> (String, String) {
+    ["check.path", "check.method", "check.host", "check.expect"]
+        .iter()
+        .find_map(|k| values.get(k).and_then(|v| v.first()))
+        .map(|(t, v)| ((*t).to_string(), (*v).to_string()))
+        .unwrap_or_default()
+}
+
+struct Parser<'a> {
+    values: &'a BTreeMap<&'a str, Vec<(&'a str, &'a str)>>,
+}
+
+impl Parser<'_> {
+    /// A single-valued key: parsed with `f`; repeated with different values is an error.
+    fn single<T: PartialEq>(
+        &mut self,
+        key: &str,
+        f: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<Option<T>, TagError> {
+        let Some(list) = self.values.get(key) else {
+            return Ok(None);
+        };
+        let mut result: Option<T> = None;
+        for (tag, value) in list {
+            let parsed = f(value).map_err(|reason| TagError {
+                tag: (*tag).to_string(),
+                value: (*value).to_string(),
+                reason,
+            })?;
+            match &result {
+                Some(prev) if *prev != parsed => {
+                    return Err(TagError {
+                        tag: (*tag).to_string(),
+                        value: (*value).to_string(),
+                        reason: format!("`{key}` is set more than once with different values"),
+                    });
+                }
+                _ => result = Some(parsed),
+            }
+        }
+        Ok(result)
+    }
+}

@@ -1,0 +1,63 @@
+//! The live HAProxy state, as a driver observed it, in driver-neutral terms. Drivers fill it; the
+//! pure core reads it. Hand-written objects appear here too (so the core can see names it must
+//! not take), marked as not owned.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::model::{AdminState, BackendSettings, Endpoint, OpState, RouteKey};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Live {
+    pub backends: BTreeMap<String, LiveBackend>,
+    /// Entries of the connector's host maps: key → backends (more than one when HAProxy holds a
+    /// duplicate key; only the first would match).
+    pub routes: BTreeMap<RouteKey, Vec<String>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LiveBackend {
+    pub name: String,
+    /// Carries the connector's ownership marker.
+    pub owned: bool,
+    /// The backend's proxy mode.
+    pub mode: crate::model::Mode,
+    /// The raw balance algorithm (`roundrobin`, `static-rr`, `source`, …); `None` means HAProxy's
+    /// default, roundrobin.
+    pub balance: Option<String>,
+    /// For an owned backend, its settings in the connector's terms; `None` when they could not be
+    /// read back (treated as different from any desired value, so they are rewritten).
+    pub settings: Option<BackendSettings>,
+    /// All servers by name, hand-written ones included.
+    pub servers: BTreeMap<String, LiveServer>,
+}
+
+impl LiveBackend {
+    /// Whether servers can be added at run time: a dynamic balance algorithm (CONTRACTS §3.2).
+    pub fn supports_dynamic_servers(&self) -> bool {
+        matches!(
+            self.balance.as_deref(),
+            None | Some("roundrobin" | "leastconn" | "first" | "random")
+        )
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LiveServer {
+    pub name: String,
+    /// `None` for a server whose address is not an IP (never one of ours).
+    pub endpoint: Option<Endpoint>,
+    pub admin: AdminState,
+    pub op: OpState,
+    /// Whether a health check is configured and enabled on the server.
+    pub check_enabled: bool,
+    pub weight: u16,
+    /// Current sessions (`scur`).
+    pub sessions: u64,
+    /// When the connector first saw this server draining (kept by the controller across passes;
+    /// `None` means "not known", and the drain timeout counts from now).
+    #[serde(skip)]
+    pub drain_started: Option<Instant>,
+}

@@ -1,0 +1,243 @@
+//! The driver-neutral vocabulary of HAProxy objects shared by the desired model, the live model
+//! and the plan: endpoints, backend settings, health checks, host routes, names and ownership.
+//! Pure data, no I/O.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// The marker that makes a backend the connector's own. Drivers store it where HAProxy keeps it
+/// (the backend's `description`), so a restarted connector can tell its objects from hand-written
+/// ones by reading live HAProxy alone.
+pub const OWNER_MARKER: &str = "managed-by haproxy-nomad-connector";
+
+/// Prefix of every server the connector creates, in its own backends and in custom or adopted
+/// ones. Servers without it are never touched.
+pub const SERVER_PREFIX: &str = "hnc_";
+
+/// Whether a live server is one the connector created.
+pub fn is_owned_server(name: &str) -> bool {
+    name.starts_with(SERVER_PREFIX)
+}
+
+/// An instance's address and port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Endpoint {
+    pub addr: IpAddr,
+    pub port: u16,
+}
+
+impl Endpoint {
+    pub fn new(addr: IpAddr, port: u16) -> Self {
+        Endpoint { addr, port }
+    }
+
+    /// The deterministic server name for this endpoint: `hnc_<address>_<port>`. Valid for HAProxy
+    /// (letters, digits, `.`, `:`, `_`) and unique per endpoint, so an instance that comes back
+    /// finds its server again.
+    pub fn server_name(&self) -> String {
+        format!("{SERVER_PREFIX}{}_{}", self.addr, self.port)
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.addr {
+            IpAddr::V4(a) => write!(f, "{a}:{}", self.port),
+            IpAddr::V6(a) => write!(f, "[{a}]:{}", self.port),
+        }
+    }
+}
+
+/// Proxy mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Http,
+    Tcp,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Http => "http",
+            Mode::Tcp => "tcp",
+        }
+    }
+}
+
+/// Load-balancing algorithms HAProxy can scale at run time (`add server` needs a dynamic
+/// algorithm; CONTRACTS §3.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Balance {
+    Roundrobin,
+    Leastconn,
+    First,
+    Random,
+}
+
+impl Balance {
+    pub const ALL: [Balance; 4] = [
+        Balance::Roundrobin,
+        Balance::Leastconn,
+        Balance::First,
+        Balance::Random,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::Roundrobin => "roundrobin",
+            Balance::Leastconn => "leastconn",
+            Balance::First => "first",
+            Balance::Random => "random",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Balance> {
+        Balance::ALL.into_iter().find(|b| b.as_str() == s)
+    }
+}
+
+/// A backend health check, as the connector configures it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum CheckSpec {
+    /// No health check: servers are considered up.
+    None,
+    /// A TCP connect check.
+    Tcp { timing: CheckTiming },
+    /// An HTTP check. `host` set means `HTTP/1.1` with that Host header; unset, `HTTP/1.0`.
+    Http {
+        method: String,
+        path: String,
+        host: Option<String>,
+        /// Accepted status range, e.g. (200, 399). `None`: HAProxy's default (2xx and 3xx).
+        expect: Option<(u16, u16)>,
+        timing: CheckTiming,
+    },
+}
+
+impl CheckSpec {
+    pub fn is_enabled(&self) -> bool {
+        !matches!(self, CheckSpec::None)
+    }
+
+    pub fn timing(&self) -> Option<&CheckTiming> {
+        match self {
+            CheckSpec::None => None,
+            CheckSpec::Tcp { timing } | CheckSpec::Http { timing, .. } => Some(timing),
+        }
+    }
+}
+
+/// Check interval, timeout and thresholds. Durations are whole milliseconds (HAProxy's unit).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct CheckTiming {
+    pub interval_ms: u32,
+    pub timeout_ms: u32,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+impl Default for CheckTiming {
+    /// HAProxy's own defaults: `inter 2s`, `rise 2`, `fall 3`; the timeout defaults to the
+    /// interval as HAProxy does when `timeout check` is unset.
+    fn default() -> Self {
+        CheckTiming {
+            interval_ms: 2000,
+            timeout_ms: 2000,
+            rise: 2,
+            fall: 3,
+        }
+    }
+}
+
+impl CheckTiming {
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(u64::from(self.interval_ms))
+    }
+}
+
+/// Settings of a backend the connector owns.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct BackendSettings {
+    pub mode: Mode,
+    pub balance: Balance,
+    pub check: CheckSpec,
+    /// Per-server connection limit applied to every server of the backend.
+    pub maxconn: Option<u32>,
+}
+
+/// How a host is matched. Each kind has its own map; lookups go exact, prefix, suffix, regex,
+/// and the first hit wins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MatchKind {
+    Exact,
+    Prefix,
+    Suffix,
+    Regex,
+}
+
+impl MatchKind {
+    pub const ALL: [MatchKind; 4] = [
+        MatchKind::Exact,
+        MatchKind::Prefix,
+        MatchKind::Suffix,
+        MatchKind::Regex,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MatchKind::Exact => "exact",
+            MatchKind::Prefix => "prefix",
+            MatchKind::Suffix => "suffix",
+            MatchKind::Regex => "regex",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<MatchKind> {
+        MatchKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// One host-route map entry's key: the map (by match kind) and the key within it. Keys are
+/// lower-case; the frontend lower-cases the Host header and strips its port before the lookup.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct RouteKey {
+    pub kind: MatchKind,
+    pub key: String,
+}
+
+impl fmt::Display for RouteKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.kind.as_str(), self.key)
+    }
+}
+
+/// A server's administrative state (`set server … state`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminState {
+    Ready,
+    Drain,
+    Maint,
+}
+
+/// A server's operational state as HAProxy's checks see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OpState {
+    Up,
+    Down,
+    Starting,
+    Stopping,
+}
+
+/// HAProxy's name grammar for sections (`^[A-Za-z0-9_.:-]+$`).
+pub fn is_haproxy_name(s: &str) -> bool {
+    crate::config::is_haproxy_name(s)
+}

@@ -1,0 +1,319 @@
+//! `diff(desired, live, now, policy)`: per backend, then per server, then per route. It never
+//! emits an operation on an object the connector does not own, never removes a route while its
+//! backend is still desired or still draining, and treats drains as state, not timers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use super::{Action, Op, PendingDrain, Plan};
+use crate::desired::{Desired, DesiredBackend, Ownership, Policy};
+use crate::live::{Live, LiveBackend, LiveServer};
+use crate::model::{AdminState, BackendSettings, Endpoint, is_owned_server};
+
+/// Computes the plan that takes `live` to `desired`.
+pub fn diff(desired: &Desired, live: &Live, now: Instant, policy: &Policy) -> Plan {
+    let mut plan = Plan::default();
+    // Backends whose owned servers are not all gone after this plan (drains in progress).
+    let mut still_draining: BTreeSet<&str> = BTreeSet::new();
+
+    let names: BTreeSet<&str> = desired
+        .backends
+        .keys()
+        .map(String::as_str)
+        .chain(
+            live.backends
+                .values()
+                .filter(|b| b.owned || b.servers.keys().any(|s| is_owned_server(s)))
+                .map(|b| b.name.as_str()),
+        )
+        .collect();
+
+    for name in names {
+        if desired.frozen.contains(name) {
+            continue;
+        }
+        let want = desired.backends.get(name);
+        let have = live.backends.get(name);
+        match (want, have) {
+            (Some(d), None) => {
+                if d.ownership == Ownership::Owned {
+                    plan.ops.push(Op::new(
+                        Action::CreateBackend {
+                            backend: name.to_string(),
+                            settings: d.settings.clone(),
+                        },
+                        format!("new service {}", d.service),
+                    ));
+                    for (endpoint, spec) in &d.servers {
+                        plan.ops.push(add_server(name, d, endpoint, spec.weight));
+                    }
+                }
+                // Adopted and custom backends exist by construction; nothing to do without one.
+            }
+            (Some(d), Some(l)) => {
+                if d.ownership == Ownership::Owned {
+                    if !l.owned {
+                        // Never touch a backend that is not ours.
+                        continue;
+                    }
+                    let changed = changed_fields(l.settings.as_ref(), &d.settings);
+                    if !changed.is_empty() {
+                        plan.ops.push(Op::new(
+                            Action::UpdateBackend {
+                                backend: name.to_string(),
+                                settings: d.settings.clone(),
+                                changed: changed.iter().map(|s| (*s).to_string()).collect(),
+                            },
+                            format!("{} changed for service {}", changed.join(", "), d.service),
+                        ));
+                    }
+                }
+                if servers(&mut plan, name, Some(d), l, now, policy) {
+                    still_draining.insert(name);
+                }
+            }
+            (None, Some(l)) => {
+                let draining = servers(&mut plan, name, None, l, now, policy);
+                if draining {
+                    still_draining.insert(name);
+                } else if l.owned {
+                    plan.ops.push(Op::new(
+                        Action::DeleteBackend {
+                            backend: name.to_string(),
+                        },
+                        "no registration of its service is left",
+                    ));
+                }
+            }
+            (None, None) => {}
+        }
+    }
+
+    routes(&mut plan, desired, live, &still_draining);
+    plan.sort();
+    plan
+}
+
+fn add_server(backend: &str, d: &DesiredBackend, endpoint: &Endpoint, weight: u16) -> Op {
+    Op::new(
+        Action::AddServer {
+            backend: backend.to_string(),
+            server: endpoint.server_name(),
+            endpoint: *endpoint,
+            weight,
+            check: d.settings.check.is_enabled(),
+            maxconn: d.settings.maxconn,
+        },
+        format!("instance {endpoint} of {} registered", d.service),
+    )
+}
+
+/// The managed fields that differ; all of them when the live settings could not be read.
+fn changed_fields(live: Option<&BackendSettings>, want: &BackendSettings) -> Vec<&'static str> {
+    let Some(l) = live else {
+        return vec!["mode", "balance", "check", "maxconn"];
+    };
+    let mut out = Vec::new();
+    if l.mode != want.mode {
+        out.push("mode");
+    }
+    if l.balance != want.balance {
+        out.push("balance");
+    }
+    if l.check != want.check {
+        out.push("check");
+    }
+    if l.maxconn != want.maxconn {
+        out.push("maxconn");
+    }
+    out
+}
+
+/// Server operations for one backend. Returns whether owned servers remain after this plan that
+/// are not desired (drains in progress).
+fn servers(
+    plan: &mut Plan,
+    backend: &str,
+    want: Option<&DesiredBackend>,
+    live: &LiveBackend,
+    now: Instant,
+    policy: &Policy,
+) -> bool {
+    // Merge-join the desired endpoints (sorted) with the owned live servers sorted by endpoint:
+    // no allocation per server, which matters at tens of thousands of servers.
+    let mut owned: Vec<(Endpoint, &LiveServer)> = Vec::with_capacity(live.servers.len());
+    let mut leaving: Vec<(&LiveServer, &'static str)> = Vec::new();
+    for s in live.servers.values().filter(|s| is_owned_server(&s.name)) {
+        match s.endpoint {
+            Some(e) => owned.push((e, s)),
+            None => leaving.push((s, "server has no usable address")),
+        }
+    }
+    owned.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.name.cmp(&b.1.name)));
+    let empty = BTreeMap::new();
+    let wanted = want.map_or(&empty, |d| &d.servers);
+    let mut rest = owned.as_slice();
+    for (endpoint, spec) in wanted {
+        let d = want.expect("wanted servers come from a desired backend");
+        // Live servers for endpoints before this one are not desired.
+        while let Some(((e, s), tail)) = rest.split_first()
+            && e < endpoint
+        {
+            leaving.push((s, "instance deregistered"));
+            rest = tail;
+        }
+        let run = rest.iter().take_while(|(e, _)| e == endpoint).count();
+        let (list, tail) = rest.split_at(run);
+        rest = tail;
+        if list.is_empty() {
+            plan.ops.push(add_server(backend, d, endpoint, spec.weight));
+            continue;
+        }
+        // Keep the server with the endpoint's own name (else the first); extra ones leave.
+        let keep = if list.len() == 1 {
+            list[0].1
+        } else {
+            let own = endpoint.server_name();
+            let keep = list
+                .iter()
+                .find(|(_, s)| s.name == own)
+                .map_or(list[0].1, |(_, s)| *s);
+            for (_, s) in list.iter().filter(|(_, s)| s.name != keep.name) {
+                leaving.push((s, "duplicate server for the same instance"));
+            }
+            keep
+        };
+        let server = &keep.name;
+        match keep.admin {
+            AdminState::Ready => {}
+            AdminState::Drain => plan.ops.push(Op::new(
+                Action::ReadyServer {
+                    backend: backend.to_string(),
+                    server: server.clone(),
+                },
+                format!("instance {endpoint} registered again while draining"),
+            )),
+            AdminState::Maint => plan.ops.push(Op::new(
+                Action::ReadyServer {
+                    backend: backend.to_string(),
+                    server: server.clone(),
+                },
+                format!("drift: server for registered instance {endpoint} was in maintenance"),
+            )),
+        }
+        if d.settings.check.is_enabled() && !keep.check_enabled {
+            plan.ops.push(Op::new(
+                Action::EnableCheck {
+                    backend: backend.to_string(),
+                    server: server.clone(),
+                },
+                "drift: health check was not enabled",
+            ));
+        }
+        if keep.weight != spec.weight {
+            plan.ops.push(Op::new(
+                Action::SetWeight {
+                    backend: backend.to_string(),
+                    server: server.clone(),
+                    weight: spec.weight,
+                },
+                format!("weight {} → {}", keep.weight, spec.weight),
+            ));
+        }
+    }
+    for (_, s) in rest {
+        leaving.push((s, "instance deregistered"));
+    }
+
+    let mut remaining = false;
+    for (s, why) in leaving {
+        match s.admin {
+            AdminState::Ready => {
+                plan.ops.push(Op::new(
+                    Action::DrainServer {
+                        backend: backend.to_string(),
+                        server: s.name.clone(),
+                    },
+                    why,
+                ));
+                remaining = true;
+            }
+            AdminState::Drain | AdminState::Maint => {
+                let elapsed = s.drain_started.map_or(std::time::Duration::ZERO, |t| {
+                    now.saturating_duration_since(t)
+                });
+                if s.sessions == 0 || elapsed >= policy.drain_timeout {
+                    let reason = if s.sessions == 0 {
+                        format!("{why}; drained (no sessions left)")
+                    } else {
+                        format!("{why}; drain timed out with {} sessions", s.sessions)
+                    };
+                    plan.ops.push(Op::new(
+                        Action::RemoveServer {
+                            backend: backend.to_string(),
+                            server: s.name.clone(),
+                        },
+                        reason,
+                    ));
+                } else {
+                    remaining = true;
+                    plan.pending_drains.push(PendingDrain {
+                        backend: backend.to_string(),
+                        server: s.name.clone(),
+                        sessions: s.sessions,
+                        remaining: policy.drain_timeout.saturating_sub(elapsed),
+                    });
+                }
+            }
+        }
+    }
+    remaining
+}
+
+fn routes(plan: &mut Plan, desired: &Desired, live: &Live, still_draining: &BTreeSet<&str>) {
+    for (route, backend) in &desired.routes {
+        match live.routes.get(route) {
+            Some(current) if current.len() == 1 && &current[0] == backend => {}
+            None => plan.ops.push(Op::new(
+                Action::AddRoute {
+                    route: route.clone(),
+                    backend: backend.clone(),
+                },
+                format!("{route} → {backend}"),
+            )),
+            Some(current) => plan.ops.push(Op::new(
+                Action::SetRoute {
+                    route: route.clone(),
+                    backend: backend.clone(),
+                },
+                if current.len() > 1 {
+                    format!(
+                        "{route} has {} entries; keeping one → {backend}",
+                        current.len()
+                    )
+                } else {
+                    format!("{route} moves from {} to {backend}", current[0])
+                },
+            )),
+        }
+    }
+    for (route, targets) in &live.routes {
+        if desired.routes.contains_key(route) {
+            continue;
+        }
+        let held = targets.iter().find(|t| {
+            desired.frozen.contains(t.as_str())
+                || (still_draining.contains(t.as_str())
+                    && !desired.backends.contains_key(t.as_str()))
+        });
+        if held.is_some() {
+            continue;
+        }
+        plan.ops.push(Op::new(
+            Action::RemoveRoute {
+                route: route.clone(),
+            },
+            format!("no service claims {route} any more"),
+        ));
+    }
+}

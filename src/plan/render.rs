@@ -1,0 +1,143 @@
+//! Human and JSON renderings of a plan (the `plan` command, logs and `/status`).
+
+use std::fmt::Write;
+
+use super::{Action, OpKind, Plan};
+use crate::desired::Diagnostic;
+use crate::model::{BackendSettings, CheckSpec};
+
+/// A short description of backend settings, e.g. `http, roundrobin, check http GET /health`.
+pub fn settings(s: &BackendSettings) -> String {
+    let check = match &s.check {
+        CheckSpec::None => "no check".to_string(),
+        CheckSpec::Tcp { timing } => format!("check tcp every {}ms", timing.interval_ms),
+        CheckSpec::Http {
+            method,
+            path,
+            host,
+            expect,
+            timing,
+        } => {
+            let mut c = format!("check http {method} {path}");
+            if let Some(h) = host {
+                let _ = write!(c, " Host {h}");
+            }
+            if let Some((lo, hi)) = expect {
+                let _ = write!(c, " expect {lo}-{hi}");
+            }
+            let _ = write!(c, " every {}ms", timing.interval_ms);
+            c
+        }
+    };
+    let mut out = format!("{}, {}, {check}", s.mode.as_str(), s.balance.as_str());
+    if let Some(m) = s.maxconn {
+        let _ = write!(out, ", maxconn {m}");
+    }
+    out
+}
+
+fn describe(a: &Action) -> (char, String) {
+    match a {
+        Action::CreateBackend {
+            backend,
+            settings: s,
+        } => ('+', format!("create backend {backend} ({})", settings(s))),
+        Action::UpdateBackend {
+            backend,
+            settings: s,
+            ..
+        } => ('~', format!("update backend {backend} ({})", settings(s))),
+        Action::DeleteBackend { backend } => ('-', format!("delete backend {backend}")),
+        Action::AddServer {
+            backend,
+            server,
+            endpoint,
+            weight,
+            check,
+            ..
+        } => (
+            '+',
+            format!(
+                "add server {backend}/{server} {endpoint} weight {weight}{}",
+                if *check { " with check" } else { "" }
+            ),
+        ),
+        Action::ReadyServer { backend, server } => {
+            ('~', format!("set server {backend}/{server} ready"))
+        }
+        Action::EnableCheck { backend, server } => {
+            ('~', format!("enable health check on {backend}/{server}"))
+        }
+        Action::SetWeight {
+            backend,
+            server,
+            weight,
+        } => ('~', format!("set weight of {backend}/{server} to {weight}")),
+        Action::DrainServer { backend, server } => {
+            ('~', format!("drain server {backend}/{server}"))
+        }
+        Action::RemoveServer { backend, server } => {
+            ('-', format!("remove server {backend}/{server}"))
+        }
+        Action::AddRoute { route, backend } => ('+', format!("route {route} → {backend}")),
+        Action::SetRoute { route, backend } => ('~', format!("route {route} → {backend}")),
+        Action::RemoveRoute { route } => ('-', format!("remove route {route}")),
+    }
+}
+
+/// The plan for people: one line per operation with its reason, then pending drains and the
+/// diagnostics that explain what is not served.
+pub fn human(plan: &Plan, diagnostics: &[Diagnostic]) -> String {
+    let mut out = String::new();
+    if plan.is_empty() {
+        out.push_str("No changes: HAProxy matches the desired state.\n");
+    } else {
+        let structural = plan
+            .ops
+            .iter()
+            .filter(|o| o.kind == OpKind::Structural)
+            .count();
+        let _ = writeln!(
+            out,
+            "Plan: {} operations ({structural} structural, {} runtime)",
+            plan.ops.len(),
+            plan.ops.len() - structural
+        );
+        for op in &plan.ops {
+            let (sign, text) = describe(&op.action);
+            let _ = writeln!(out, "  {sign} {text}    # {}", op.reason);
+        }
+    }
+    if !plan.pending_drains.is_empty() {
+        out.push_str("Draining:\n");
+        for d in &plan.pending_drains {
+            let _ = writeln!(
+                out,
+                "  {}/{}: {} sessions, removed within {}s",
+                d.backend,
+                d.server,
+                d.sessions,
+                d.remaining.as_secs()
+            );
+        }
+    }
+    if !diagnostics.is_empty() {
+        out.push_str("Diagnostics:\n");
+        for d in diagnostics {
+            let _ = writeln!(out, "  [{}] {d}", d.reason.as_str());
+        }
+    }
+    out
+}
+
+/// The plan as JSON: `{"changes": bool, "summary": {op: n}, "ops": [...], "pending_drains": [...],
+/// "diagnostics": [...]}`.
+pub fn json(plan: &Plan, diagnostics: &[Diagnostic]) -> serde_json::Value {
+    serde_json::json!({
+        "changes": !plan.is_empty(),
+        "summary": plan.summary(),
+        "ops": plan.ops,
+        "pending_drains": plan.pending_drains,
+        "diagnostics": diagnostics,
+    })
+}
