@@ -6,8 +6,9 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State as AxState};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{MethodRouter, get};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -26,96 +27,103 @@ type Resp = Result<Response, ApiError>;
 const CONF: &str = "/v3/services/haproxy/configuration";
 const RT: &str = "/v3/services/haproxy/runtime";
 
-pub(crate) fn routes() -> Router<Shared> {
+pub(crate) fn routes(st: &Shared) -> Router<Shared> {
+    // Auth sits on each method router, so routing errors (404, 405) answer without credentials.
+    let a = |mr: MethodRouter<Shared>| {
+        mr.route_layer(middleware::from_fn_with_state(
+            st.clone(),
+            super::auth_and_count,
+        ))
+    };
     Router::new()
-        .route("/v3/info", get(info))
-        .route("/v3/health", get(health))
-        .route(&format!("{CONF}/version"), get(version_get))
+        .route("/v3/info", a(get(info)))
+        .route("/v3/health", a(get(health)))
+        .route(&format!("{CONF}/version"), a(get(version_get)))
         .route(
             &format!("{CONF}/backends"),
-            get(backends_list).post(backend_post),
+            a(get(backends_list).post(backend_post)),
         )
         .route(
             &format!("{CONF}/backends/{{name}}"),
-            get(backend_get).put(backend_put).delete(backend_delete),
+            a(get(backend_get).put(backend_put).delete(backend_delete)),
         )
         .route(
             &format!("{CONF}/backends/{{parent_name}}/servers"),
-            get(servers_list).post(server_post),
+            a(get(servers_list).post(server_post)),
         )
         .route(
             &format!("{CONF}/backends/{{parent_name}}/servers/{{name}}"),
-            get(server_get).put(server_put).delete(server_delete),
+            a(get(server_get).put(server_put).delete(server_delete)),
         )
         .route(
             &format!("{CONF}/backends/{{parent_name}}/http_checks"),
-            get(il_list::<HttpChecks>).put(il_replace::<HttpChecks>),
+            a(get(il_list::<HttpChecks>).put(il_replace::<HttpChecks>)),
         )
         .route(
             &format!("{CONF}/backends/{{parent_name}}/http_checks/{{index}}"),
-            get(il_get::<HttpChecks>)
+            a(get(il_get::<HttpChecks>)
                 .post(il_insert::<HttpChecks>)
                 .put(il_put::<HttpChecks>)
-                .delete(il_delete::<HttpChecks>),
+                .delete(il_delete::<HttpChecks>)),
         )
-        .route(&format!("{CONF}/frontends"), get(frontends_list))
-        .route(&format!("{CONF}/frontends/{{name}}"), get(frontend_get))
+        .route(&format!("{CONF}/frontends"), a(get(frontends_list)))
+        .route(&format!("{CONF}/frontends/{{name}}"), a(get(frontend_get)))
         .route(
             &format!("{CONF}/frontends/{{parent_name}}/acls"),
-            get(il_list::<Acls>).put(il_replace::<Acls>),
+            a(get(il_list::<Acls>).put(il_replace::<Acls>)),
         )
         .route(
             &format!("{CONF}/frontends/{{parent_name}}/acls/{{index}}"),
-            get(il_get::<Acls>)
+            a(get(il_get::<Acls>)
                 .post(il_insert::<Acls>)
                 .put(il_put::<Acls>)
-                .delete(il_delete::<Acls>),
+                .delete(il_delete::<Acls>)),
         )
         .route(
             &format!("{CONF}/frontends/{{parent_name}}/backend_switching_rules"),
-            get(il_list::<Rules>).put(il_replace::<Rules>),
+            a(get(il_list::<Rules>).put(il_replace::<Rules>)),
         )
         .route(
             &format!("{CONF}/frontends/{{parent_name}}/backend_switching_rules/{{index}}"),
-            get(il_get::<Rules>)
+            a(get(il_get::<Rules>)
                 .post(il_insert::<Rules>)
                 .put(il_put::<Rules>)
-                .delete(il_delete::<Rules>),
+                .delete(il_delete::<Rules>)),
         )
         .route(
             "/v3/services/haproxy/transactions",
-            get(txn_list).post(txn_start),
+            a(get(txn_list).post(txn_start)),
         )
         .route(
             "/v3/services/haproxy/transactions/{id}",
-            get(txn_get).put(txn_commit).delete(txn_delete),
+            a(get(txn_get).put(txn_commit).delete(txn_delete)),
         )
-        .route("/v3/services/haproxy/reloads", get(reloads_list))
-        .route("/v3/services/haproxy/reloads/{id}", get(reload_get))
+        .route("/v3/services/haproxy/reloads", a(get(reloads_list)))
+        .route("/v3/services/haproxy/reloads/{id}", a(get(reload_get)))
         .route(
             &format!("{RT}/backends/{{parent_name}}/servers"),
-            get(rt_servers_list).post(rt_server_post),
+            a(get(rt_servers_list).post(rt_server_post)),
         )
         .route(
             &format!("{RT}/backends/{{parent_name}}/servers/{{name}}"),
-            get(rt_server_get)
+            a(get(rt_server_get)
                 .put(rt_server_put)
-                .delete(rt_server_delete),
+                .delete(rt_server_delete)),
         )
-        .route(&format!("{RT}/maps"), get(rt_maps_list))
-        .route(&format!("{RT}/maps/{{name}}"), get(rt_map_get))
+        .route(&format!("{RT}/maps"), a(get(rt_maps_list)))
+        .route(&format!("{RT}/maps/{{name}}"), a(get(rt_map_get)))
         .route(
             &format!("{RT}/maps/{{parent_name}}/entries"),
-            get(entries_list).post(entry_post),
+            a(get(entries_list).post(entry_post)),
         )
         .route(
             &format!("{RT}/maps/{{parent_name}}/entries/{{id}}"),
-            get(entry_get).put(entry_put).delete(entry_delete),
+            a(get(entry_get).put(entry_put).delete(entry_delete)),
         )
-        .route("/v3/services/haproxy/storage/maps", get(storage_list))
+        .route("/v3/services/haproxy/storage/maps", a(get(storage_list)))
         .route(
             "/v3/services/haproxy/storage/maps/{name}",
-            get(storage_get).put(storage_put),
+            a(get(storage_get).put(storage_put)),
         )
 }
 

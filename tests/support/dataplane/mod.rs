@@ -745,14 +745,9 @@ pub(crate) fn lock(state: &Shared) -> MutexGuard<'_, State> {
 }
 
 fn router(state: Shared) -> Router {
-    let api = handlers::routes()
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth_and_count,
-        ))
-        .fallback(|req: Request| async move {
-            ApiError::new(404, format!("path {} was not found", req.uri().path()))
-        });
+    let api = handlers::routes(&state).fallback(|req: Request| async move {
+        ApiError::new(404, format!("path {} was not found", req.uri().path()))
+    });
     api.layer(middleware::from_fn_with_state(
         state.clone(),
         version_header,
@@ -762,7 +757,7 @@ fn router(state: Shared) -> Router {
 
 /// Counts the request by route template, then checks HTTP Basic credentials. Runs only for
 /// matched routes: unknown paths (404) and methods (405) answer without credentials.
-async fn auth_and_count(
+pub(crate) async fn auth_and_count(
     AxState(state): AxState<Shared>,
     matched: MatchedPath,
     req: Request,

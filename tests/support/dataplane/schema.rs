@@ -702,10 +702,16 @@ fn classify(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
     };
     if let Some(rest) = inner.strip_prefix("unknown field `") {
         let field = rest.split('`').next().unwrap_or("");
+        // serde_path_to_error's path already ends with the unknown field.
+        let full = if path.ends_with(field) {
+            path.clone()
+        } else {
+            format!("{prefix}{field}")
+        };
         ApiError::schema(
             UNALLOWED_PROPERTY,
             format!(
-                "unknown field `{prefix}{field}` in body: not a property of the spec's definition \
+                "unknown field `{full}` in body: not a property of the spec's definition \
                  (the real API would silently drop it)"
             ),
         )
