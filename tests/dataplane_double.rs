@@ -77,6 +77,16 @@ async fn start(base: BaseConfig) -> T {
     start_with(base, Options::fast()).await
 }
 
+/// A double whose reload agent never ticks on its own: the test fires it with
+/// `flush_reloads()`, so coalescing does not depend on scheduling on a busy machine.
+async fn start_manual(base: BaseConfig) -> T {
+    let opts = Options {
+        reload_delay: Duration::from_secs(3600),
+        ..Options::fast()
+    };
+    start_with(base, opts).await
+}
+
 async fn start_with(base: BaseConfig, opts: Options) -> T {
     T {
         dp: DataplaneDouble::start(base, opts).await,
@@ -456,13 +466,8 @@ async fn twentieth_open_transaction_is_the_last() {
 
 #[tokio::test]
 async fn reloads_coalesce_within_one_tick_and_report_status() {
-    let opts = Options {
-        reload_delay: Duration::from_secs(3600),
-        ..Options::fast()
-    };
-    let t = start_with(mk_base(), opts).await;
-    // A tick far away: the test decides when the agent fires (flush_reloads), so both writes
-    // are deterministically in one window.
+    // The test decides when the agent fires, so both writes are in one window.
+    let t = start_manual(mk_base()).await;
     let r1 = t
         .post(&format!("{CONF}/backends?version=1"), backend("a"))
         .await;
@@ -516,7 +521,7 @@ async fn reloads_coalesce_within_one_tick_and_report_status() {
 
 #[tokio::test]
 async fn server_post_uses_the_runtime_only_without_default_server() {
-    let t = start(mk_base()).await;
+    let t = start_manual(mk_base()).await;
     let svc = format!("{CONF}/backends/svc/servers");
 
     let r = t
@@ -582,7 +587,7 @@ async fn server_post_uses_the_runtime_only_without_default_server() {
         )
     );
 
-    t.dp.wait_reloads_idle().await;
+    t.dp.flush_reloads();
     let rs = t.dp.runtime_server("svc", "s2").unwrap();
     assert_eq!(
         (rs.admin_state.as_str(), rs.check_enabled),
@@ -612,7 +617,7 @@ async fn server_post_uses_the_runtime_only_without_default_server() {
 
 #[tokio::test]
 async fn server_put_of_runtime_fields_skips_the_reload_and_delete_always_reloads() {
-    let t = start(mk_base()).await;
+    let t = start_manual(mk_base()).await;
     let s1 = format!("{CONF}/backends/svc/servers/s1");
     let mut body = json!({"name": "s1", "address": "10.0.1.2", "port": 9090, "check": "enabled",
                           "maintenance": "enabled", "weight": 50});
@@ -658,7 +663,7 @@ async fn server_put_of_runtime_fields_skips_the_reload_and_delete_always_reloads
             "missing object: server s1 does not exist in svc backend".to_string()
         )
     );
-    t.dp.wait_reloads_idle().await;
+    t.dp.flush_reloads();
     assert!(t.dp.runtime_server("svc", "s1").is_none());
     assert_eq!(t.dp.reload_count(), 2);
 }
@@ -1088,7 +1093,7 @@ async fn haproxy_rejects_httpchk_host_at_commit() {
 
 #[tokio::test]
 async fn missing_objects_and_index_addressed_lists() {
-    let t = start(mk_base()).await;
+    let t = start_manual(mk_base()).await;
     let r = t.get(&format!("{CONF}/backends/nope")).await;
     assert_eq!(
         (r.status, r.msg()),
@@ -1157,7 +1162,7 @@ async fn missing_objects_and_index_addressed_lists() {
         3
     );
     assert_eq!(fe["default_backend"], json!("custom"));
-    t.dp.wait_reloads_idle().await;
+    t.dp.flush_reloads();
     assert_eq!(t.dp.reload_count(), 1);
 }
 

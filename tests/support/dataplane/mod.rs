@@ -530,7 +530,8 @@ impl DataplaneDouble {
         });
         let agent_state = state.clone();
         let agent = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(delay);
+            // Like DPAPI's ticker: the first tick comes one delay after start, not at once.
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + delay, delay);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
