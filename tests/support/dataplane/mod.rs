@@ -4,7 +4,7 @@
 //! runtime) and stricter where the real API silently accepts a mistake (unknown or readOnly body
 //! fields). See `tests/dataplane_double.rs` for every rule exercised over HTTP.
 //!
-//! ```ignore
+//! ```text
 //! let dp = DataplaneDouble::start(
 //!     BaseConfig::new()
 //!         .backend(json!({"name": "custom", "servers": {"static1": {"name": "static1", "address": "10.0.0.9", "port": 80}}}))
