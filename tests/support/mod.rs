@@ -2,5 +2,6 @@
 //! the Nomad and Data Plane API doubles. Each integration-test crate uses a subset.
 #![allow(dead_code)]
 
+pub mod dataplane;
 pub mod haproxy;
 pub mod http;
