@@ -241,3 +241,49 @@ pub enum OpState {
 pub fn is_haproxy_name(s: &str) -> bool {
     crate::config::is_haproxy_name(s)
 }
+
+impl MatchKind {
+    /// The map file holding this kind's routes (in the maps directory).
+    pub fn map_file(self) -> &'static str {
+        match self {
+            MatchKind::Exact => "hnc_exact.map",
+            MatchKind::Prefix => "hnc_prefix.map",
+            MatchKind::Suffix => "hnc_suffix.map",
+            MatchKind::Regex => "hnc_regex.map",
+        }
+    }
+
+    /// HAProxy's converter for this kind of lookup.
+    pub fn converter(self) -> &'static str {
+        match self {
+            MatchKind::Exact => "map_str",
+            MatchKind::Prefix => "map_beg",
+            MatchKind::Suffix => "map_end",
+            MatchKind::Regex => "map_reg",
+        }
+    }
+}
+
+/// The sample expression that looks the request's host (lower-cased, port stripped) up in the
+/// map of `kind` under `maps_dir`.
+pub fn host_lookup(kind: MatchKind, maps_dir: &str) -> String {
+    format!(
+        "req.hdr(host),lower,field(1,:),{}({}/{})",
+        kind.converter(),
+        maps_dir.trim_end_matches('/'),
+        kind.map_file()
+    )
+}
+
+/// The frontend rules that route by the connector's maps, in lookup order (exact, prefix,
+/// suffix, regex; the first hit wins), as `(backend expression, condition)` pairs:
+/// `use_backend <expression> if <condition>`.
+pub fn route_rules(maps_dir: &str) -> Vec<(String, String)> {
+    MatchKind::ALL
+        .iter()
+        .map(|k| {
+            let lookup = host_lookup(*k, maps_dir);
+            (format!("%[{lookup}]"), format!("{{ {lookup} -m found }}"))
+        })
+        .collect()
+}

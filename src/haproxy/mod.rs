@@ -1,0 +1,70 @@
+//! HAProxy drivers. A driver reads the live state into the core's [`Live`] model and executes a
+//! [`Plan`]; it decides nothing. Two implementations: the Data Plane API and (in its own module)
+//! the runtime/master sockets.
+
+use std::future::Future;
+
+use crate::desired::Desired;
+use crate::live::Live;
+use crate::plan::Plan;
+
+/// What applying a plan did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// One entry per HAProxy reload the driver caused, with its reason.
+    pub reloads: Vec<String>,
+    /// Operations executed.
+    pub applied: usize,
+    /// Requests or socket commands sent.
+    pub requests: usize,
+}
+
+/// A driver failure. Variants are those a caller branches on.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// Lost a race with another writer (version conflict, outdated transaction): observe again
+    /// and re-plan. Retryable at once.
+    #[error("conflict with another writer: {0}")]
+    Conflict(String),
+    /// HAProxy or its API could not be reached or timed out. Retryable with backoff.
+    #[error("HAProxy unreachable: {0}")]
+    Unreachable(String),
+    /// HAProxy (or the API) refused a change; the message is HAProxy's. Retryable with backoff
+    /// (the next pass re-plans from a fresh observation).
+    #[error("HAProxy rejected the change: {0}")]
+    Rejected(String),
+    /// Anything else (bad credentials, unexpected answers).
+    #[error("{0}")]
+    Other(String),
+}
+
+impl DriverError {
+    /// A stable label for metrics and `/readyz`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DriverError::Conflict(_) => "conflict",
+            DriverError::Unreachable(_) => "unreachable",
+            DriverError::Rejected(_) => "rejected",
+            DriverError::Other(_) => "other",
+        }
+    }
+}
+
+/// The two operations every driver provides.
+pub trait Driver: Send + Sync {
+    /// A short name for logs and metrics (`dataplane`, `runtime`).
+    fn name(&self) -> &'static str;
+
+    /// Reads the live state: every backend (owned or not, so the core sees taken names), the
+    /// servers of owned backends and the connector's servers elsewhere, and the route maps.
+    fn observe(&self) -> impl Future<Output = Result<Live, DriverError>> + Send;
+
+    /// Executes `plan`, computed from `live` (the last observation) towards `desired`. All
+    /// structural operations of one plan go into one transaction or one reload.
+    fn apply(
+        &self,
+        plan: &Plan,
+        desired: &Desired,
+        live: &Live,
+    ) -> impl Future<Output = Result<ApplyReport, DriverError>> + Send;
+}

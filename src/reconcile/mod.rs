@@ -1,0 +1,4 @@
+//! Reconciliation: one pass = catalog snapshot → desired → observe → diff → apply.
+
+pub mod drains;
+pub mod pass;
