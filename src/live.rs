@@ -15,6 +15,9 @@ pub struct Live {
     /// Entries of the connector's host maps: key → backends (more than one when HAProxy holds a
     /// duplicate key; only the first would match).
     pub routes: BTreeMap<RouteKey, Vec<String>>,
+    /// The driver manages the frontend's host-map rules (`haproxy.frontend` is set) and they are
+    /// not all there.
+    pub route_rules_missing: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -8,6 +8,8 @@ use crate::desired::Desired;
 use crate::live::Live;
 use crate::plan::Plan;
 
+pub mod dataplane;
+
 /// What applying a plan did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ApplyReport {

@@ -90,6 +90,12 @@ pub fn diff(desired: &Desired, live: &Live, now: Instant, policy: &Policy) -> Pl
     }
 
     routes(&mut plan, desired, live, &still_draining);
+    if live.route_rules_missing {
+        plan.ops.push(Op::new(
+            Action::InsertRouteRules,
+            "the frontend lacks the connector's host-map rules",
+        ));
+    }
     plan.sort();
     plan
 }

@@ -91,6 +91,9 @@ pub enum Action {
     RemoveRoute {
         route: RouteKey,
     },
+    /// Insert the connector's host-map `use_backend` rules into the configured frontend (after
+    /// its own rules; the frontend's other rules and ACLs are left as they are).
+    InsertRouteRules,
 }
 
 impl Action {
@@ -118,6 +121,7 @@ impl Action {
             Action::AddRoute { .. } => "add_route",
             Action::SetRoute { .. } => "set_route",
             Action::RemoveRoute { .. } => "remove_route",
+            Action::InsertRouteRules => "insert_route_rules",
         }
     }
 
@@ -135,7 +139,7 @@ impl Action {
             | Action::RemoveServer { backend, .. }
             | Action::AddRoute { backend, .. }
             | Action::SetRoute { backend, .. } => Some(backend),
-            Action::RemoveRoute { .. } => None,
+            Action::RemoveRoute { .. } | Action::InsertRouteRules => None,
         }
     }
 
@@ -157,7 +161,7 @@ impl Action {
     fn phase(&self) -> u8 {
         match self {
             Action::CreateBackend { .. } => 0,
-            Action::UpdateBackend { .. } => 1,
+            Action::UpdateBackend { .. } | Action::InsertRouteRules => 1,
             Action::AddServer { .. } => 2,
             Action::ReadyServer { .. } | Action::EnableCheck { .. } | Action::SetWeight { .. } => 3,
             Action::AddRoute { .. } | Action::SetRoute { .. } => 4,

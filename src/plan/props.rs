@@ -274,7 +274,10 @@ fn assert_owned_only(plan: &Plan, live: &Live, desired: &Desired) {
                         .is_some_and(|b| b.servers.contains_key(server))
                 );
             }
-            Action::AddRoute { .. } | Action::SetRoute { .. } | Action::RemoveRoute { .. } => {}
+            Action::AddRoute { .. }
+            | Action::SetRoute { .. }
+            | Action::RemoveRoute { .. }
+            | Action::InsertRouteRules => {}
         }
         if let Some(b) = backend
             && !matches!(op.action, Action::AddRoute { .. } | Action::SetRoute { .. })

@@ -82,6 +82,10 @@ fn describe(a: &Action) -> (char, String) {
         Action::AddRoute { route, backend } => ('+', format!("route {route} → {backend}")),
         Action::SetRoute { route, backend } => ('~', format!("route {route} → {backend}")),
         Action::RemoveRoute { route } => ('-', format!("remove route {route}")),
+        Action::InsertRouteRules => (
+            '+',
+            "insert the host-map rules into the frontend".to_string(),
+        ),
     }
 }
 

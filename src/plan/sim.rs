@@ -150,6 +150,7 @@ pub fn apply(live: &mut Live, plan: &Plan) {
             Action::RemoveRoute { route } => {
                 live.routes.remove(route);
             }
+            Action::InsertRouteRules => live.route_rules_missing = false,
         }
     }
 }

@@ -110,6 +110,7 @@ pub(crate) fn routes(st: &Shared) -> Router<Shared> {
                 .put(rt_server_put)
                 .delete(rt_server_delete)),
         )
+        .route("/v3/services/haproxy/stats/native", a(get(stats_native)))
         .route(&format!("{RT}/maps"), a(get(rt_maps_list)))
         .route(&format!("{RT}/maps/{{name}}"), a(get(rt_map_get)))
         .route(
@@ -1189,6 +1190,70 @@ async fn rt_servers_list(AxState(st): AxState<Shared>, Path(parent): Path<String
         .ok_or_else(|| ApiError::new(404, format!("no data for {parent}: not found")))?;
     let list: Vec<Value> = b.servers.iter().map(RtServer::to_api_json).collect();
     Ok(reply(200, Some(Value::Array(list)), None))
+}
+
+/// `GET /v3/services/haproxy/stats/native[?type=&name=&parent=]`: one `native_stats` element per
+/// process (the double has one), built from the runtime model: `show stat` as DPAPI returns it.
+async fn stats_native(AxState(st): AxState<Shared>, Query(q): Q) -> Resp {
+    let kind = q.get("type").map(String::as_str);
+    if let Some(k) = kind
+        && !matches!(k, "frontend" | "backend" | "server")
+    {
+        return Err(ApiError::schema(
+            606,
+            format!("type in query should be one of [frontend backend server]: {k:?}"),
+        ));
+    }
+    let s = lock(&st);
+    let mut stats = Vec::new();
+    for (bname, b) in &s.runtime.backends {
+        if q.get("parent").is_some_and(|p| p != bname) {
+            continue;
+        }
+        if matches!(kind, None | Some("server")) {
+            for srv in &b.servers {
+                if q.get("name").is_some_and(|n| n != &srv.name) {
+                    continue;
+                }
+                let status = match (srv.admin, srv.op) {
+                    (AdminState::Maint, _) => "MAINT",
+                    (AdminState::Drain, _) => "DRAIN",
+                    (_, _) if !srv.check_enabled => "no check",
+                    (_, OperationalState::Up) => "UP",
+                    (_, OperationalState::Down) => "DOWN",
+                    (_, OperationalState::Stopping) => "NOLB",
+                };
+                let addr = match srv.port {
+                    Some(p) => format!("{}:{p}", srv.address),
+                    None => srv.address.clone(),
+                };
+                stats.push(json!({
+                    "type": "server",
+                    "name": srv.name,
+                    "backend_name": bname,
+                    "stats": {
+                        "scur": srv.sessions,
+                        "qcur": 0,
+                        "status": status,
+                        "weight": srv.weight,
+                        "addr": addr,
+                        "check_status": if srv.check_enabled { "L7OK" } else { "" },
+                    }
+                }));
+            }
+        }
+        if matches!(kind, None | Some("backend")) && q.get("name").is_none_or(|n| n == bname) {
+            let scur: u64 = b.servers.iter().map(|x| u64::from(x.sessions)).sum();
+            stats.push(
+                json!({"type": "backend", "name": bname, "stats": {"scur": scur, "status": "UP"}}),
+            );
+        }
+    }
+    Ok(reply(
+        200,
+        Some(json!([{"runtimeAPI": "/var/run/haproxy/admin.sock", "stats": stats}])),
+        None,
+    ))
 }
 
 async fn rt_server_get(

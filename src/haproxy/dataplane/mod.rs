@@ -1,0 +1,857 @@
+//! The Data Plane API v3 driver.
+//!
+//! - observe: one `full_section` read of all backends, one native-stats read for run-time state
+//!   and sessions, the four route maps, and (with `haproxy.frontend`) the frontend's rules: the
+//!   same handful of requests whatever the number of services.
+//! - apply: every structural change of a pass (backends, check rules, slot growth, the
+//!   frontend's host-map rules) in **one transaction**, committed with a synchronous reload;
+//!   then server changes as slot writes that DPAPI applies through the runtime (no reload), drains
+//!   through the runtime server endpoint, and routes as runtime map entries persisted with
+//!   `force_sync`. A failure aborts the open transaction; a lost race is reported as a conflict so
+//!   the pass re-observes and re-plans.
+
+pub mod client;
+pub mod error;
+pub mod objects;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use url::Url;
+
+use self::client::{Answer, Client};
+use self::error::DataplaneError;
+use self::objects::{
+    Slot, backend_body, http_checks, parse_settings, parse_slot, slot_body, slot_name, slot_number,
+    slot_target,
+};
+use super::{ApplyReport, Driver, DriverError};
+use crate::config::Secret;
+use crate::desired::{Desired, Ownership};
+use crate::live::{Live, LiveBackend, LiveServer};
+use crate::model::{
+    AdminState, BackendSettings, Endpoint, MatchKind, Mode, OWNER_MARKER, OpState, RouteKey,
+    is_owned_server, route_rules,
+};
+use crate::plan::{Action, Plan};
+
+/// Driver settings.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub address: Url,
+    pub username: String,
+    pub password: Option<Secret>,
+    /// Frontend into which the host-map rules are inserted; `None`: the user wrote them.
+    pub frontend: Option<String>,
+    /// The directory DPAPI keeps maps in (`--maps-dir`), used in the frontend rules.
+    pub maps_dir: String,
+    pub timeout: Duration,
+}
+
+/// What observe learnt beyond the core's model, needed to apply.
+#[derive(Clone, Debug, Default)]
+struct Observed {
+    version: i64,
+    /// Slots by backend, in slot order.
+    slots: BTreeMap<String, Vec<Slot>>,
+    /// The frontend's rule count and which of the connector's rules are missing.
+    frontend_rules: usize,
+    missing_rules: Vec<(String, String)>,
+}
+
+pub struct DataplaneDriver {
+    client: Client,
+    opts: Options,
+    observed: Mutex<Observed>,
+}
+
+const CONF: [&str; 3] = ["services", "haproxy", "configuration"];
+const RUNTIME: [&str; 3] = ["services", "haproxy", "runtime"];
+
+fn seg<'a>(base: &[&'a str], rest: &[&'a str]) -> Vec<&'a str> {
+    base.iter().chain(rest).copied().collect()
+}
+
+fn map_name(kind: MatchKind) -> &'static str {
+    kind.map_file().trim_end_matches(".map")
+}
+
+impl DataplaneDriver {
+    pub fn new(opts: Options) -> Result<DataplaneDriver, DriverError> {
+        let client = Client::new(
+            &opts.address,
+            &opts.username,
+            opts.password.clone(),
+            opts.timeout,
+        )?;
+        Ok(DataplaneDriver {
+            client,
+            opts,
+            observed: Mutex::new(Observed::default()),
+        })
+    }
+
+    /// Requests sent so far, by (endpoint, status).
+    pub fn request_counts(&self) -> BTreeMap<(&'static str, String), u64> {
+        self.client.request_counts()
+    }
+
+    fn remember(&self, o: Observed) {
+        if let Ok(mut g) = self.observed.lock() {
+            *g = o;
+        }
+    }
+
+    fn recall(&self) -> Observed {
+        self.observed.lock().map(|g| g.clone()).unwrap_or_default()
+    }
+
+    async fn observe_inner(&self) -> Result<Live, DataplaneError> {
+        let backends = self
+            .client
+            .call(
+                Method::GET,
+                "backends",
+                &seg(&CONF, &["backends"]),
+                &[("full_section", "true".into())],
+                None,
+            )
+            .await?;
+        let version = backends
+            .version
+            .ok_or_else(|| DataplaneError::Protocol("no Configuration-Version header".into()))?;
+        let list = backends
+            .body
+            .as_array()
+            .ok_or_else(|| DataplaneError::Protocol("backends: expected an array".into()))?;
+
+        let stats = self
+            .client
+            .call(
+                Method::GET,
+                "stats",
+                &["services", "haproxy", "stats", "native"],
+                &[("type", "server".into())],
+                None,
+            )
+            .await?;
+        // (backend, server) → (status, sessions)
+        let mut runtime: BTreeMap<(String, String), (String, u64)> = BTreeMap::new();
+        for process in stats.body.as_array().into_iter().flatten() {
+            for st in process
+                .get("stats")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let (Some(b), Some(s)) = (
+                    st.get("backend_name").and_then(Value::as_str),
+                    st.get("name").and_then(Value::as_str),
+                ) else {
+                    continue;
+                };
+                let inner = st.get("stats");
+                let status = inner
+                    .and_then(|x| x.get("status"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
+                let scur = inner
+                    .and_then(|x| x.get("scur"))
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0);
+                runtime.insert((b.to_string(), s.to_string()), (status, scur));
+            }
+        }
+
+        let mut live = Live::default();
+        let mut observed = Observed {
+            version,
+            ..Observed::default()
+        };
+        for b in list {
+            let Some(name) = b.get("name").and_then(Value::as_str) else {
+                continue;
+            };
+            let owned = b.get("description").and_then(Value::as_str) == Some(OWNER_MARKER);
+            let mode = match b.get("mode").and_then(Value::as_str) {
+                Some("tcp") => Mode::Tcp,
+                // Unset: inherited from `defaults`, which DPAPI does not show here; http is the
+                // common case for a backend a service would be routed to.
+                _ => Mode::Http,
+            };
+            let balance = b
+                .get("balance")
+                .and_then(|x| x.get("algorithm"))
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            let default_check = b
+                .get("default_server")
+                .and_then(|d| d.get("check"))
+                .and_then(Value::as_str)
+                == Some("enabled");
+            let mut servers = BTreeMap::new();
+            let mut slots = Vec::new();
+            if let Some(map) = b.get("servers").and_then(Value::as_object) {
+                for (sname, sv) in map {
+                    let (status, sessions) = runtime
+                        .get(&(name.to_string(), sname.clone()))
+                        .cloned()
+                        .unwrap_or_default();
+                    let (admin, op) = runtime_state(&status);
+                    if let Some(slot) = parse_slot(sv) {
+                        if let Some(endpoint) = slot.endpoint {
+                            servers.insert(
+                                sname.clone(),
+                                LiveServer {
+                                    name: sname.clone(),
+                                    endpoint: Some(endpoint),
+                                    admin,
+                                    op,
+                                    check_enabled: slot.check.unwrap_or(default_check)
+                                        && status != "no check",
+                                    weight: slot.weight,
+                                    sessions,
+                                    drain_started: None,
+                                },
+                            );
+                        }
+                        slots.push(slot);
+                    } else {
+                        let endpoint = match (
+                            sv.get("address")
+                                .and_then(Value::as_str)
+                                .and_then(|a| a.parse().ok()),
+                            sv.get("port")
+                                .and_then(Value::as_u64)
+                                .and_then(|p| u16::try_from(p).ok()),
+                        ) {
+                            (Some(a), Some(p)) => Some(Endpoint::new(a, p)),
+                            _ => None,
+                        };
+                        servers.insert(
+                            sname.clone(),
+                            LiveServer {
+                                name: sname.clone(),
+                                endpoint,
+                                admin,
+                                op,
+                                check_enabled: sv.get("check").and_then(Value::as_str)
+                                    == Some("enabled"),
+                                weight: sv
+                                    .get("weight")
+                                    .and_then(Value::as_u64)
+                                    .and_then(|w| u16::try_from(w).ok())
+                                    .unwrap_or(1),
+                                sessions,
+                                drain_started: None,
+                            },
+                        );
+                    }
+                }
+            }
+            slots.sort_by_key(|s| slot_number(&s.name));
+            if !slots.is_empty() {
+                observed.slots.insert(name.to_string(), slots);
+            }
+            live.backends.insert(
+                name.to_string(),
+                LiveBackend {
+                    name: name.to_string(),
+                    owned,
+                    mode,
+                    balance,
+                    settings: if owned { parse_settings(b) } else { None },
+                    servers,
+                },
+            );
+        }
+
+        // The frontend's host-map rules, when the connector manages them.
+        let mut maps_may_be_unloaded = false;
+        if let Some(fe) = &self.opts.frontend {
+            let rules = self
+                .client
+                .call(
+                    Method::GET,
+                    "backend_switching_rules",
+                    &seg(&CONF, &["frontends", fe, "backend_switching_rules"]),
+                    &[],
+                    None,
+                )
+                .await?;
+            let existing: Vec<&str> = rules
+                .body
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r.get("name").and_then(Value::as_str))
+                .collect();
+            observed.frontend_rules = existing.len();
+            observed.missing_rules = route_rules(&self.opts.maps_dir)
+                .into_iter()
+                .filter(|(name, _)| !existing.contains(&name.as_str()))
+                .collect();
+            live.route_rules_missing = !observed.missing_rules.is_empty();
+            maps_may_be_unloaded = live.route_rules_missing;
+        }
+
+        for kind in MatchKind::ALL {
+            let entries = self
+                .client
+                .call(
+                    Method::GET,
+                    "map_entries",
+                    &seg(&RUNTIME, &["maps", map_name(kind), "entries"]),
+                    &[],
+                    None,
+                )
+                .await;
+            let entries = match entries {
+                Ok(a) => a,
+                // Not loaded yet: the rules that reference it arrive with this pass's commit.
+                Err(DataplaneError::NotFound { .. }) if maps_may_be_unloaded => continue,
+                Err(DataplaneError::NotFound { message }) => {
+                    return Err(DataplaneError::Invalid {
+                        status: 404,
+                        message: format!(
+                            "map {} is not loaded by HAProxy ({message}): reference the connector's maps from your frontend (see README) or set haproxy.frontend",
+                            kind.map_file()
+                        ),
+                    });
+                }
+                Err(e) => return Err(e),
+            };
+            for e in entries.body.as_array().into_iter().flatten() {
+                if let (Some(k), Some(v)) = (
+                    e.get("key").and_then(Value::as_str),
+                    e.get("value").and_then(Value::as_str),
+                ) {
+                    live.routes
+                        .entry(RouteKey {
+                            kind,
+                            key: k.to_string(),
+                        })
+                        .or_default()
+                        .push(v.to_string());
+                }
+            }
+        }
+        self.remember(observed);
+        Ok(live)
+    }
+
+    async fn apply_inner(
+        &self,
+        plan: &Plan,
+        desired: &Desired,
+        live: &Live,
+    ) -> Result<ApplyReport, DataplaneError> {
+        let observed = self.recall();
+        let mut version = observed.version;
+        let mut report = ApplyReport::default();
+        let before = self.client.total_requests();
+
+        // Servers to add, per backend, in plan order.
+        let mut adds: BTreeMap<&str, Vec<(Endpoint, u16)>> = BTreeMap::new();
+        for op in &plan.ops {
+            if let Action::AddServer {
+                backend,
+                endpoint,
+                weight,
+                ..
+            } = &op.action
+            {
+                adds.entry(backend.as_str())
+                    .or_default()
+                    .push((*endpoint, *weight));
+            }
+        }
+        // Slots per backend after this pass's structural changes, and the adds each free slot gets.
+        let mut slots: BTreeMap<String, Vec<Slot>> = observed.slots.clone();
+        let created: BTreeSet<&str> = plan
+            .ops
+            .iter()
+            .filter_map(|o| match &o.action {
+                Action::CreateBackend { backend, .. } => Some(backend.as_str()),
+                _ => None,
+            })
+            .collect();
+        let deleted: BTreeSet<&str> = plan
+            .ops
+            .iter()
+            .filter_map(|o| match &o.action {
+                Action::DeleteBackend { backend } => Some(backend.as_str()),
+                _ => None,
+            })
+            .collect();
+
+        // Structural part: one transaction.
+        let mut staged: Vec<(Method, &'static str, Vec<String>, Value)> = Vec::new();
+        let mut reasons: Vec<String> = Vec::new();
+        // Adds placed in new slots inside the transaction (not to be written again after it).
+        let mut placed: BTreeSet<(String, Endpoint)> = BTreeSet::new();
+        for op in &plan.ops {
+            match &op.action {
+                Action::CreateBackend { backend, settings } => {
+                    staged.push((
+                        Method::POST,
+                        "backends",
+                        vec!["backends".into()],
+                        backend_body(backend, settings),
+                    ));
+                    if matches!(settings.check, crate::model::CheckSpec::Http { .. }) {
+                        staged.push((
+                            Method::PUT,
+                            "http_checks",
+                            vec!["backends".into(), backend.clone(), "http_checks".into()],
+                            http_checks(&settings.check),
+                        ));
+                    }
+                    reasons.push(format!("create backend {backend}"));
+                }
+                Action::UpdateBackend {
+                    backend,
+                    settings,
+                    changed,
+                } => {
+                    staged.push((
+                        Method::PUT,
+                        "backends",
+                        vec!["backends".into(), backend.clone()],
+                        backend_body(backend, settings),
+                    ));
+                    staged.push((
+                        Method::PUT,
+                        "http_checks",
+                        vec!["backends".into(), backend.clone(), "http_checks".into()],
+                        http_checks(&settings.check),
+                    ));
+                    reasons.push(format!("update backend {backend} ({})", changed.join(", ")));
+                }
+                Action::DeleteBackend { backend } => {
+                    staged.push((
+                        Method::DELETE,
+                        "backends",
+                        vec!["backends".into(), backend.clone()],
+                        Value::Null,
+                    ));
+                    slots.remove(backend);
+                    reasons.push(format!("delete backend {backend}"));
+                }
+                Action::InsertRouteRules => {
+                    let fe = self.opts.frontend.clone().unwrap_or_default();
+                    for (i, (name, cond)) in observed.missing_rules.iter().enumerate() {
+                        staged.push((
+                            Method::POST,
+                            "backend_switching_rules",
+                            vec![
+                                "frontends".into(),
+                                fe.clone(),
+                                "backend_switching_rules".into(),
+                                (observed.frontend_rules + i).to_string(),
+                            ],
+                            json!({"name": name, "cond": "if", "cond_test": cond}),
+                        ));
+                    }
+                    reasons.push(format!("insert host-map rules into frontend {fe}"));
+                }
+                _ => {}
+            }
+        }
+        // Slot growth: where the adds do not fit the free slots, new slots are created in the
+        // transaction, already filled.
+        for (backend, list) in &adds {
+            if deleted.contains(backend) {
+                continue;
+            }
+            let Some(d) = desired.backends.get(*backend) else {
+                continue;
+            };
+            let own_check = (d.ownership != Ownership::Owned).then_some(&d.settings);
+            let current = slots.entry((*backend).to_string()).or_default();
+            let free = current.iter().filter(|s| s.endpoint.is_none()).count();
+            if list.len() <= free && !created.contains(backend) {
+                continue;
+            }
+            let filled = current.len() - free;
+            let target = slot_target(current.len(), filled + list.len());
+            let overflow = list.len().saturating_sub(free);
+            let mut pending = list[list.len() - overflow..].iter();
+            for n in current.len() + 1..=target {
+                let name = slot_name(n);
+                let fill = pending.next();
+                staged.push((
+                    Method::POST,
+                    "servers",
+                    vec!["backends".into(), (*backend).to_string(), "servers".into()],
+                    slot_body(
+                        &name,
+                        fill.map(|(e, _)| e),
+                        fill.map_or(1, |(_, w)| *w),
+                        own_check,
+                    ),
+                ));
+                if let Some((e, _)) = fill {
+                    placed.insert(((*backend).to_string(), *e));
+                }
+                current.push(Slot {
+                    name,
+                    endpoint: fill.map(|(e, _)| *e),
+                    weight: fill.map_or(1, |(_, w)| *w),
+                    check: own_check.map(|s| s.check.is_enabled()),
+                });
+            }
+            if !created.contains(backend) {
+                reasons.push(format!("grow {backend} to {target} server slots"));
+            }
+        }
+
+        if !staged.is_empty() {
+            version = self.transaction(version, &staged).await?;
+            report.reloads.push(reasons.join("; "));
+        }
+
+        // Run-time part, in plan order.
+        for op in &plan.ops {
+            match &op.action {
+                Action::AddServer {
+                    backend,
+                    endpoint,
+                    weight,
+                    ..
+                } => {
+                    if placed.contains(&(backend.clone(), *endpoint)) {
+                        continue;
+                    }
+                    let own = own_check(desired, backend);
+                    let current = slots.entry(backend.clone()).or_default();
+                    let Some(slot) = current.iter_mut().find(|s| s.endpoint.is_none()) else {
+                        return Err(DataplaneError::Protocol(format!(
+                            "no free server slot left in {backend}"
+                        )));
+                    };
+                    slot.endpoint = Some(*endpoint);
+                    let body = slot_body(&slot.name, Some(endpoint), *weight, own);
+                    let name = slot.name.clone();
+                    version = self
+                        .put_server(version, backend, &name, &body, &mut report)
+                        .await?;
+                }
+                Action::SetWeight {
+                    backend,
+                    server,
+                    weight,
+                } => {
+                    let endpoint = live_endpoint(live, backend, server)?;
+                    let body = slot_body(
+                        server,
+                        Some(&endpoint),
+                        *weight,
+                        own_check(desired, backend),
+                    );
+                    version = self
+                        .put_server(version, backend, server, &body, &mut report)
+                        .await?;
+                }
+                Action::RemoveServer { backend, server } => {
+                    if deleted.contains(backend.as_str()) {
+                        continue;
+                    }
+                    let body = slot_body(server, None, 1, own_check(desired, backend));
+                    version = self
+                        .put_server(version, backend, server, &body, &mut report)
+                        .await?;
+                    if let Some(s) = slots
+                        .get_mut(backend)
+                        .and_then(|l| l.iter_mut().find(|s| &s.name == server))
+                    {
+                        s.endpoint = None;
+                    }
+                }
+                Action::ReadyServer { backend, server } => {
+                    self.runtime_state(backend, server, "ready").await?
+                }
+                Action::DrainServer { backend, server } => {
+                    self.runtime_state(backend, server, "drain").await?
+                }
+                Action::EnableCheck { backend, server } => {
+                    // DPAPI cannot run `enable health` (dataplaneapi#299); a reload rebuilds the
+                    // server from the configuration, where its check is enabled.
+                    let endpoint = live_endpoint(live, backend, server)?;
+                    let weight = live
+                        .backends
+                        .get(backend)
+                        .and_then(|b| b.servers.get(server))
+                        .map_or(1, |s| s.weight);
+                    let body =
+                        slot_body(server, Some(&endpoint), weight, own_check(desired, backend));
+                    let a = self
+                        .client
+                        .call(
+                            Method::PUT,
+                            "servers",
+                            &seg(&CONF, &["backends", backend, "servers", server]),
+                            &[
+                                ("version", version.to_string()),
+                                ("force_reload", "true".into()),
+                            ],
+                            Some(&body),
+                        )
+                        .await?;
+                    version = a.version.unwrap_or(version + 1);
+                    report
+                        .reloads
+                        .push(format!("re-enable the health check of {backend}/{server}"));
+                }
+                Action::AddRoute { route, backend } => self.add_route(route, backend).await?,
+                Action::SetRoute { route, backend } => {
+                    let current = live.routes.get(route).map_or(0, Vec::len);
+                    if current == 1 {
+                        self.client
+                            .call(
+                                Method::PUT,
+                                "map_entries",
+                                &seg(
+                                    &RUNTIME,
+                                    &["maps", map_name(route.kind), "entries", &route.key],
+                                ),
+                                &[("force_sync", "true".into())],
+                                Some(&json!({"value": backend})),
+                            )
+                            .await?;
+                    } else {
+                        self.remove_route(route).await?;
+                        self.add_route(route, backend).await?;
+                    }
+                }
+                Action::RemoveRoute { route } => self.remove_route(route).await?,
+                Action::CreateBackend { .. }
+                | Action::UpdateBackend { .. }
+                | Action::DeleteBackend { .. }
+                | Action::InsertRouteRules => {}
+            }
+            report.applied += 1;
+        }
+        if let Ok(mut g) = self.observed.lock() {
+            g.version = version;
+            g.slots = slots;
+        }
+        report.requests =
+            usize::try_from(self.client.total_requests() - before).unwrap_or(usize::MAX);
+        Ok(report)
+    }
+
+    /// Runs `staged` in one transaction started from `version` and commits it with a synchronous
+    /// reload; aborts the transaction on any failure. Returns the new version.
+    async fn transaction(
+        &self,
+        version: i64,
+        staged: &[(Method, &'static str, Vec<String>, Value)],
+    ) -> Result<i64, DataplaneError> {
+        let start = self
+            .client
+            .call(
+                Method::POST,
+                "transactions",
+                &["services", "haproxy", "transactions"],
+                &[("version", version.to_string())],
+                None,
+            )
+            .await?;
+        let id = start
+            .body
+            .get("id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| DataplaneError::Protocol("transaction without id".into()))?
+            .to_string();
+        let result: Result<Answer, DataplaneError> = async {
+            for (method, endpoint, rest, body) in staged {
+                let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
+                let body = (!body.is_null()).then_some(body);
+                self.client
+                    .call(
+                        method.clone(),
+                        endpoint,
+                        &seg(&CONF, &rest),
+                        &[("transaction_id", id.clone())],
+                        body,
+                    )
+                    .await?;
+            }
+            self.client
+                .call(
+                    Method::PUT,
+                    "transactions",
+                    &["services", "haproxy", "transactions", &id],
+                    &[("force_reload", "true".into())],
+                    None,
+                )
+                .await
+        }
+        .await;
+        match result {
+            Ok(commit) => Ok(commit.version.unwrap_or(version + 1)),
+            Err(e) => {
+                // Never leave a transaction open (the API refuses new ones at 20).
+                if let Err(abort) = self
+                    .client
+                    .call(
+                        Method::DELETE,
+                        "transactions",
+                        &["services", "haproxy", "transactions", &id],
+                        &[],
+                        None,
+                    )
+                    .await
+                    && !matches!(abort, DataplaneError::NotFound { .. })
+                {
+                    tracing::warn!(transaction = %id, error = %abort, "could not abort the transaction");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn put_server(
+        &self,
+        version: i64,
+        backend: &str,
+        server: &str,
+        body: &Value,
+        report: &mut ApplyReport,
+    ) -> Result<i64, DataplaneError> {
+        let a = self
+            .client
+            .call(
+                Method::PUT,
+                "servers",
+                &seg(&CONF, &["backends", backend, "servers", server]),
+                &[("version", version.to_string())],
+                Some(body),
+            )
+            .await?;
+        if a.status == 202 {
+            // DPAPI could not use the runtime path and scheduled a reload.
+            report
+                .reloads
+                .push(format!("server {backend}/{server} written with a reload"));
+        }
+        Ok(a.version.unwrap_or(version + 1))
+    }
+
+    async fn runtime_state(
+        &self,
+        backend: &str,
+        server: &str,
+        state: &str,
+    ) -> Result<(), DataplaneError> {
+        self.client
+            .call(
+                Method::PUT,
+                "runtime_servers",
+                &seg(&RUNTIME, &["backends", backend, "servers", server]),
+                &[],
+                Some(&json!({"admin_state": state})),
+            )
+            .await
+            .map(|_| ())
+    }
+
+    async fn add_route(&self, route: &RouteKey, backend: &str) -> Result<(), DataplaneError> {
+        self.client
+            .call(
+                Method::POST,
+                "map_entries",
+                &seg(&RUNTIME, &["maps", map_name(route.kind), "entries"]),
+                &[("force_sync", "true".into())],
+                Some(&json!({"key": route.key, "value": backend})),
+            )
+            .await
+            .map(|_| ())
+    }
+
+    async fn remove_route(&self, route: &RouteKey) -> Result<(), DataplaneError> {
+        match self
+            .client
+            .call(
+                Method::DELETE,
+                "map_entries",
+                &seg(
+                    &RUNTIME,
+                    &["maps", map_name(route.kind), "entries", &route.key],
+                ),
+                &[("force_sync", "true".into())],
+                None,
+            )
+            .await
+        {
+            Ok(_) | Err(DataplaneError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The settings a slot carries itself: only in backends that are not the connector's.
+fn own_check<'a>(desired: &'a Desired, backend: &str) -> Option<&'a BackendSettings> {
+    desired
+        .backends
+        .get(backend)
+        .filter(|d| d.ownership != Ownership::Owned)
+        .map(|d| &d.settings)
+}
+
+fn live_endpoint(live: &Live, backend: &str, server: &str) -> Result<Endpoint, DataplaneError> {
+    live.backends
+        .get(backend)
+        .and_then(|b| b.servers.get(server))
+        .and_then(|s| s.endpoint)
+        .filter(|_| is_owned_server(server))
+        .ok_or_else(|| {
+            DataplaneError::Protocol(format!("server {backend}/{server} is not a filled slot"))
+        })
+}
+
+/// Admin and operational state from a native-stats `status`.
+fn runtime_state(status: &str) -> (AdminState, OpState) {
+    if status.starts_with("MAINT") {
+        (AdminState::Maint, OpState::Down)
+    } else if status.starts_with("DRAIN") {
+        (AdminState::Drain, OpState::Up)
+    } else if status.starts_with("DOWN") {
+        (AdminState::Ready, OpState::Down)
+    } else if status == "NOLB" {
+        (AdminState::Ready, OpState::Stopping)
+    } else {
+        (AdminState::Ready, OpState::Up)
+    }
+}
+
+impl Driver for DataplaneDriver {
+    fn name(&self) -> &'static str {
+        "dataplane"
+    }
+
+    async fn observe(&self) -> Result<Live, DriverError> {
+        self.observe_inner().await.map_err(DriverError::from)
+    }
+
+    async fn apply(
+        &self,
+        plan: &Plan,
+        desired: &Desired,
+        live: &Live,
+    ) -> Result<ApplyReport, DriverError> {
+        let report = self
+            .apply_inner(plan, desired, live)
+            .await
+            .map_err(DriverError::from)?;
+        for reason in &report.reloads {
+            tracing::info!(driver = "dataplane", reason = %reason, "HAProxy reload");
+        }
+        Ok(report)
+    }
+}

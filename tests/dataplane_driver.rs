@@ -1,0 +1,541 @@
+//! The Data Plane API driver against the DPAPI double, with exact request, commit and reload
+//! counts.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use haproxy_nomad_connector::catalog::{Instance, Service, ServiceKey, Snapshot};
+use haproxy_nomad_connector::desired::Policy;
+use haproxy_nomad_connector::haproxy::dataplane::{DataplaneDriver, Options};
+use haproxy_nomad_connector::haproxy::{ApplyReport, Driver, DriverError};
+use haproxy_nomad_connector::live::Live;
+use haproxy_nomad_connector::model::route_rules;
+use haproxy_nomad_connector::plan::Plan;
+use haproxy_nomad_connector::reconcile::drains::DrainClock;
+use haproxy_nomad_connector::reconcile::pass::{PassOutcome, run_pass};
+use serde_json::{Value, json};
+use support::dataplane::{BaseConfig, DataplaneDouble, FrontendSpec, Options as DoubleOptions};
+
+const MAPS: &str = "/etc/haproxy/maps";
+const MAPS_FILES: [&str; 4] = [
+    "hnc_exact.map",
+    "hnc_prefix.map",
+    "hnc_suffix.map",
+    "hnc_regex.map",
+];
+
+fn instance(id: &str, addr: &str, port: u16, tags: &[&str]) -> Instance {
+    Instance {
+        id: id.into(),
+        job_id: "job".into(),
+        alloc_id: format!("alloc-{id}"),
+        node_id: "node".into(),
+        datacenter: "dc1".into(),
+        tags: tags.iter().map(|t| t.to_string()).collect(),
+        address: addr.into(),
+        port,
+        create_index: 5,
+        modify_index: 5,
+        nomad_check: None,
+    }
+}
+
+fn snapshot(services: Vec<(&str, Vec<Instance>)>) -> Snapshot {
+    Snapshot {
+        services: services
+            .into_iter()
+            .map(|(name, instances)| {
+                (
+                    ServiceKey::new("default", name),
+                    Arc::new(Service { instances }),
+                )
+            })
+            .collect(),
+        synced: true,
+        stale: None,
+        index: 1,
+    }
+}
+
+const WEB_TAGS: &[&str] = &[
+    "haproxy.enable=true",
+    "haproxy.domain=shop.example.com",
+    "haproxy.domain=www.example.com",
+    "haproxy.check.path=/health",
+    "haproxy.check.host=health.internal",
+];
+
+fn web(n: usize) -> Snapshot {
+    let instances = (0..n)
+        .map(|i| {
+            instance(
+                &format!("w{i}"),
+                &format!("10.0.1.{}", i + 1),
+                8080,
+                WEB_TAGS,
+            )
+        })
+        .collect();
+    snapshot(vec![("web", instances)])
+}
+
+/// A base configuration with hand-written objects the connector must never change: a frontend
+/// with map lookups and multi-condition rules (plus the connector's four map rules, written by
+/// the user), a hand-written backend, and a custom backend with a static server.
+fn base() -> BaseConfig {
+    let mut fe = FrontendSpec::new("http-in")
+        .default_backend("legacy")
+        .acl(json!({"acl_name": "is_admin", "criterion": "path_beg", "value": "/admin"}))
+        .rule(json!({"name": "%[req.hdr(host),lower,map(/etc/haproxy/maps/hosts.map)]", "cond": "if",
+                     "cond_test": "{ req.hdr(host),lower,map(/etc/haproxy/maps/hosts.map) -m found }"}))
+        .rule(json!({"name": "legacy", "cond": "if", "cond_test": "is_admin METH_GET"}));
+    for (name, cond) in route_rules(MAPS) {
+        fe = fe.rule(json!({"name": name, "cond": "if", "cond_test": cond}));
+    }
+    let mut b = BaseConfig::new()
+        .backend(json!({"name": "legacy", "mode": "http", "connect_timeout": 4000, "server_timeout": 45000,
+                        "servers": {"app1": {"name": "app1", "address": "192.0.2.10", "port": 80}}}))
+        .backend(json!({"name": "be_custom", "mode": "http", "balance": {"algorithm": "roundrobin"},
+                        "servers": {"static1": {"name": "static1", "address": "192.0.2.20", "port": 80, "weight": 10}}}))
+        .frontend(fe)
+        .map_file("hosts.map", "old.example.com legacy\n");
+    for f in MAPS_FILES {
+        b = b.map_file(f, "");
+    }
+    b
+}
+
+fn driver(dp: &DataplaneDouble, frontend: Option<&str>) -> DataplaneDriver {
+    DataplaneDriver::new(Options {
+        address: dp.url().parse().expect("url"),
+        username: dp.user(),
+        password: Some(haproxy_nomad_connector::config::Secret::new(dp.password())),
+        frontend: frontend.map(String::from),
+        maps_dir: MAPS.into(),
+        timeout: Duration::from_secs(5),
+    })
+    .expect("driver")
+}
+
+async fn pass<D: Driver>(d: &D, snap: &Snapshot, drains: &mut DrainClock) -> PassOutcome {
+    run_pass(d, snap, &Policy::default(), drains, true)
+        .await
+        .unwrap_or_else(|e| panic!("pass failed: {e}"))
+}
+
+/// Passes until nothing is left to do (drains finish at once: the double reports no sessions).
+async fn converge<D: Driver>(d: &D, snap: &Snapshot, drains: &mut DrainClock) -> Vec<PassOutcome> {
+    let mut out = Vec::new();
+    for _ in 0..5 {
+        let o = pass(d, snap, drains).await;
+        let done = o.plan.is_empty();
+        out.push(o);
+        if done {
+            return out;
+        }
+    }
+    panic!(
+        "no convergence in 5 passes: {:#?}",
+        out.last().map(|o| &o.plan)
+    );
+}
+
+fn hand_written(config: &Value) -> Value {
+    let backends: Vec<Value> = config["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .filter(|b| b["name"] == "legacy" || b["name"] == "be_custom")
+        .map(|b| {
+            let mut b = b.clone();
+            // Servers the connector added to the custom backend are its own; compare the rest.
+            if let Some(servers) = b.get_mut("servers").and_then(Value::as_object_mut) {
+                servers.retain(|name, _| !name.starts_with("hnc_"));
+            }
+            b
+        })
+        .collect();
+    json!({"backends": backends, "frontends": config["frontends"]})
+}
+
+fn serving_slots(dp: &DataplaneDouble, backend: &str) -> Vec<(String, bool, String)> {
+    let rt = dp.runtime_snapshot();
+    let servers = rt["backends"][backend]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    servers
+        .iter()
+        .filter(|s| s["admin_state"] == "ready")
+        .map(|s| {
+            let name = s["name"].as_str().unwrap_or_default().to_string();
+            let view = dp.runtime_server(backend, &name).expect("server");
+            (
+                name,
+                view.check_enabled,
+                format!("{}:{}", s["address"].as_str().unwrap_or(""), s["port"]),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_new_service_costs_one_commit_and_one_reload() {
+    let dp = DataplaneDouble::start(base(), DoubleOptions::fast()).await;
+    let d = driver(&dp, None);
+    let before = dp.config_snapshot();
+    let mut drains = DrainClock::default();
+    let outcomes = converge(&d, &web(3), &mut drains).await;
+    dp.wait_reloads_idle().await;
+
+    assert_eq!(dp.commit_count(), 1, "one transaction");
+    assert_eq!(dp.reload_count(), 1, "one reload: {:?}", dp.reloads());
+    assert!(
+        dp.validation_failures().is_empty(),
+        "{:?}",
+        dp.validation_failures()
+    );
+    assert_eq!(dp.open_transactions(), 0);
+    assert_eq!(
+        outcomes[0].report.as_ref().map(|r| r.reloads.len()),
+        Some(1)
+    );
+    assert_eq!(outcomes.len(), 2, "the second pass finds nothing to do");
+
+    // Check rules: a send rule with the Host header, no httpchk_params.host.
+    let cfg = dp.config_snapshot();
+    let web = cfg["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .find(|b| b["name"] == "web")
+        .expect("web backend");
+    assert_eq!(web["description"], "managed-by haproxy-nomad-connector");
+    assert_eq!(web["adv_check"], "httpchk");
+    assert!(web.get("httpchk_params").is_none());
+    let checks = web["http_check_list"].as_array().expect("checks");
+    assert_eq!(checks[0]["type"], "send");
+    assert_eq!(
+        checks[0]["headers"][0],
+        json!({"name": "Host", "fmt": "health.internal"})
+    );
+
+    // Routes from the map, persisted.
+    let exact = dp.map_file("hnc_exact.map").expect("map file");
+    assert!(exact.contains("shop.example.com web"), "{exact}");
+    assert!(exact.contains("www.example.com web"), "{exact}");
+
+    // Three serving servers, each with its check enabled.
+    let serving = serving_slots(&dp, "web");
+    assert_eq!(serving.len(), 3, "{serving:?}");
+    assert!(serving.iter().all(|(_, check, _)| *check), "{serving:?}");
+
+    // Hand-written objects unchanged.
+    assert_eq!(hand_written(&before), hand_written(&cfg));
+}
+
+#[tokio::test]
+async fn scaling_one_at_a_time_reloads_only_to_grow_slots() {
+    let dp = DataplaneDouble::start(base(), DoubleOptions::fast()).await;
+    let d = driver(&dp, None);
+    let mut drains = DrainClock::default();
+    converge(&d, &web(3), &mut drains).await;
+    dp.wait_reloads_idle().await;
+    let after_create = dp.reload_count();
+
+    for n in 4..=10 {
+        converge(&d, &web(n), &mut drains).await;
+        dp.wait_reloads_idle().await;
+        let serving = serving_slots(&dp, "web");
+        assert_eq!(serving.len(), n, "{serving:?}");
+        assert!(
+            serving.iter().all(|(_, check, _)| *check),
+            "check disabled on a serving slot: {serving:?}"
+        );
+    }
+    let growth = dp.reload_count() - after_create;
+    println!("reloads: create {after_create}, growth 3→10 {growth}");
+    assert!(
+        growth <= 2,
+        "slot growth cost {growth} reloads: {:?}",
+        dp.reloads()
+    );
+    let at_ten = dp.reload_count();
+
+    for n in (3..10).rev() {
+        converge(&d, &web(n), &mut drains).await;
+        dp.wait_reloads_idle().await;
+        assert_eq!(serving_slots(&dp, "web").len(), n);
+    }
+    assert_eq!(
+        dp.reload_count(),
+        at_ten,
+        "scaling down never reloads: {:?}",
+        dp.reloads()
+    );
+    println!("reloads 10→3: {}", dp.reload_count() - at_ten);
+    assert!(
+        dp.validation_failures().is_empty(),
+        "{:?}",
+        dp.validation_failures()
+    );
+    assert_eq!(dp.open_transactions(), 0);
+}
+
+#[tokio::test]
+async fn drain_waits_for_sessions_then_frees_the_slot() {
+    let dp = DataplaneDouble::start(base(), DoubleOptions::fast()).await;
+    let d = driver(&dp, None);
+    let mut drains = DrainClock::default();
+    converge(&d, &web(2), &mut drains).await;
+    dp.wait_reloads_idle().await;
+    let leaving = serving_slots(&dp, "web")
+        .into_iter()
+        .find(|(_, _, addr)| addr.starts_with("10.0.1.2:"))
+        .map(|(name, _, _)| name)
+        .expect("slot of 10.0.1.2");
+    dp.set_sessions("web", &leaving, 3);
+
+    let o = pass(&d, &web(1), &mut drains).await;
+    assert_eq!(o.plan.summary().get("drain_server"), Some(&1));
+    assert_eq!(
+        dp.runtime_server("web", &leaving)
+            .expect("server")
+            .admin_state,
+        "drain"
+    );
+    let o = pass(&d, &web(1), &mut drains).await;
+    assert!(o.plan.is_empty(), "sessions still open: wait");
+    assert_eq!(o.plan.pending_drains.len(), 1);
+
+    dp.set_sessions("web", &leaving, 0);
+    let o = pass(&d, &web(1), &mut drains).await;
+    assert_eq!(o.plan.summary().get("remove_server"), Some(&1));
+    assert_eq!(
+        dp.runtime_server("web", &leaving)
+            .expect("server")
+            .admin_state,
+        "maint"
+    );
+}
+
+#[tokio::test]
+async fn custom_backend_gets_only_our_servers_and_hand_written_objects_stay() {
+    let dp = DataplaneDouble::start(base(), DoubleOptions::fast()).await;
+    let d = driver(&dp, None);
+    let before = dp.config_snapshot();
+    let tags = [
+        "haproxy.enable=true",
+        "haproxy.backend=custom",
+        "haproxy.backend.name=be_custom",
+    ];
+    let snap = snapshot(vec![
+        (
+            "legacy-app",
+            vec![
+                instance("l1", "10.0.2.1", 80, &tags),
+                instance("l2", "10.0.2.2", 80, &tags),
+            ],
+        ),
+        ("web", vec![instance("w", "10.0.1.1", 8080, WEB_TAGS)]),
+    ]);
+    let mut drains = DrainClock::default();
+    converge(&d, &snap, &mut drains).await;
+    // Everything deregistered: our servers leave, the custom backend and its static server stay.
+    converge(&d, &snapshot(vec![]), &mut drains).await;
+    dp.wait_reloads_idle().await;
+    let after = dp.config_snapshot();
+    assert_eq!(hand_written(&before), hand_written(&after));
+    let custom = after["backends"]
+        .as_array()
+        .expect("b")
+        .iter()
+        .find(|b| b["name"] == "be_custom")
+        .expect("custom");
+    assert_eq!(
+        custom["servers"]["static1"],
+        before["backends"][1]["servers"]["static1"]
+    );
+    assert!(
+        after["backends"]
+            .as_array()
+            .expect("b")
+            .iter()
+            .all(|b| b["name"] != "web"),
+        "the owned backend is deleted"
+    );
+    assert!(
+        dp.validation_failures().is_empty(),
+        "{:?}",
+        dp.validation_failures()
+    );
+    let rt = dp.runtime_snapshot();
+    let custom_rt = rt["backends"]["be_custom"].as_array().expect("servers");
+    assert!(
+        custom_rt
+            .iter()
+            .all(|s| s["name"] == "static1" || s["admin_state"] == "maint"),
+        "{custom_rt:?}"
+    );
+}
+
+/// A driver whose first observation is followed by a foreign write, so its commit loses the race.
+struct Racing<'a> {
+    inner: DataplaneDriver,
+    dp: &'a DataplaneDouble,
+    races: std::sync::atomic::AtomicU32,
+}
+
+impl Driver for Racing<'_> {
+    fn name(&self) -> &'static str {
+        "racing"
+    }
+    async fn observe(&self) -> Result<Live, DriverError> {
+        let live = self.inner.observe().await;
+        if self.races.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            self.races.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            self.dp.bump_version_foreign();
+        }
+        live
+    }
+    async fn apply(
+        &self,
+        plan: &Plan,
+        desired: &haproxy_nomad_connector::desired::Desired,
+        live: &Live,
+    ) -> Result<ApplyReport, DriverError> {
+        self.inner.apply(plan, desired, live).await
+    }
+}
+
+#[tokio::test]
+async fn a_foreign_write_between_observe_and_commit_is_retried() {
+    let dp = DataplaneDouble::start(base(), DoubleOptions::fast()).await;
+    let racing = Racing {
+        inner: driver(&dp, None),
+        dp: &dp,
+        races: std::sync::atomic::AtomicU32::new(2),
+    };
+    let mut drains = DrainClock::default();
+    let o = pass(&racing, &web(3), &mut drains).await;
+    assert_eq!(o.attempts, 3, "two lost races, then success");
+    assert_eq!(dp.commit_count(), 1);
+    assert_eq!(
+        dp.open_transactions(),
+        0,
+        "aborted transactions are not left open"
+    );
+    let o = pass(&racing, &web(3), &mut drains).await;
+    assert!(o.plan.is_empty());
+
+    // Races on every attempt: the pass gives up with a conflict, leaving nothing open.
+    racing.races.store(10, std::sync::atomic::Ordering::SeqCst);
+    let e = run_pass(&racing, &web(5), &Policy::default(), &mut drains, true)
+        .await
+        .expect_err("too many conflicts");
+    assert!(e.to_string().contains("conflict"), "{e}");
+    assert_eq!(dp.open_transactions(), 0);
+}
+
+#[tokio::test]
+async fn a_rejected_commit_aborts_and_leaves_no_transaction_open() {
+    let dp = DataplaneDouble::start(base(), DoubleOptions::fast()).await;
+    let d = driver(&dp, None);
+    dp.fail_next_reload();
+    let mut drains = DrainClock::default();
+    let e = run_pass(&d, &web(2), &Policy::default(), &mut drains, true)
+        .await
+        .expect_err("reload fails");
+    assert!(e.to_string().contains("Reload failed"), "{e}");
+    assert_eq!(dp.open_transactions(), 0);
+    // The next pass starts from a fresh observation and converges.
+    converge(&d, &web(2), &mut drains).await;
+    assert_eq!(serving_slots(&dp, "web").len(), 2);
+}
+
+#[tokio::test]
+async fn a_restarted_dataplane_gets_everything_back() {
+    let dp = DataplaneDouble::start(base(), DoubleOptions::fast()).await;
+    let d = driver(&dp, None);
+    let mut drains = DrainClock::default();
+    let snap = web(3);
+    converge(&d, &snap, &mut drains).await;
+    dp.wait_reloads_idle().await;
+    dp.reset_to_base();
+    let o = pass(&d, &snap, &mut drains).await;
+    assert_eq!(
+        o.plan.summary().get("create_backend"),
+        Some(&1),
+        "{:?}",
+        o.plan.summary()
+    );
+    converge(&d, &snap, &mut drains).await;
+    dp.wait_reloads_idle().await;
+    assert_eq!(serving_slots(&dp, "web").len(), 3);
+    assert!(
+        dp.map_file("hnc_exact.map")
+            .expect("map")
+            .contains("shop.example.com web")
+    );
+}
+
+#[tokio::test]
+async fn with_a_frontend_configured_the_rules_are_inserted_once() {
+    // No connector rules in the frontend yet.
+    let fe = FrontendSpec::new("http-in")
+        .default_backend("legacy")
+        .acl(json!({"acl_name": "is_admin", "criterion": "path_beg", "value": "/admin"}))
+        .rule(json!({"name": "legacy", "cond": "if", "cond_test": "is_admin METH_GET"}));
+    let mut base = BaseConfig::new()
+        .backend(json!({"name": "legacy", "mode": "http", "servers": {"app1": {"name": "app1", "address": "192.0.2.10", "port": 80}}}))
+        .frontend(fe);
+    for f in MAPS_FILES {
+        base = base.map_file(f, "");
+    }
+    let dp = DataplaneDouble::start(base, DoubleOptions::fast()).await;
+    let d = driver(&dp, Some("http-in"));
+    let mut drains = DrainClock::default();
+    converge(&d, &web(1), &mut drains).await;
+    converge(&d, &web(2), &mut drains).await;
+    dp.wait_reloads_idle().await;
+    let cfg = dp.config_snapshot();
+    let rules = cfg["frontends"][0]["backend_switching_rule_list"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        rules.len(),
+        5,
+        "the user's rule plus the four map rules: {rules:?}"
+    );
+    assert_eq!(
+        rules[0]["name"], "legacy",
+        "the user's rule stays first and unchanged"
+    );
+    assert_eq!(dp.commit_count(), 1, "rules and backend in one transaction");
+    assert!(
+        dp.map_file("hnc_exact.map")
+            .expect("map")
+            .contains("shop.example.com web")
+    );
+    assert!(
+        dp.validation_failures().is_empty(),
+        "{:?}",
+        dp.validation_failures()
+    );
+}
+
+#[tokio::test]
+async fn an_idle_pass_reads_a_fixed_handful_of_endpoints() {
+    let dp = DataplaneDouble::start(base(), DoubleOptions::fast()).await;
+    let d = driver(&dp, None);
+    let mut drains = DrainClock::default();
+    converge(&d, &web(10), &mut drains).await;
+    dp.reset_counters();
+    let o = pass(&d, &web(10), &mut drains).await;
+    assert!(o.plan.is_empty());
+    // backends (full_section) + native stats + four maps.
+    assert_eq!(dp.total_requests(), 6, "{:?}", dp.requests());
+}
