@@ -1,4 +1,5 @@
 //! Reconciliation: one pass = catalog snapshot → desired → observe → diff → apply.
 
 pub mod drains;
+pub mod guards;
 pub mod pass;
