@@ -4,3 +4,4 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod logging;
+pub mod nomad;
