@@ -270,11 +270,10 @@ async fn stream_cut_longer_than_the_buffer_is_repaired_by_the_relist() {
     .await;
     double.register([web("a", 20001), web("b", 20002)]);
     double.register([Reg::new("default", "api", "x", "10.0.0.6", 7000)]);
-    let watcher = start(
-        &double,
-        None,
-        settings(Namespaces::All, Duration::from_secs(30)),
-    );
+    let mut s = settings(Namespaces::All, Duration::from_secs(60));
+    // Neither an unexplained index nor the resync may repair anything here: only relists.
+    s.tuning.explain_grace = Duration::from_secs(3600);
+    let watcher = start(&double, None, s);
     let mut rx = watcher.snapshot();
     wait_for(&mut rx, SETTLE, "first sync", |s| {
         s.synced && s.services.len() == 2
@@ -314,9 +313,30 @@ async fn stream_cut_longer_than_the_buffer_is_repaired_by_the_relist() {
     )
     .await;
     assert_eq!(s.services.len(), 9);
+    assert!(watcher.stats().snapshot().full_relists > relists_before);
+    let deadline = Instant::now() + SETTLE;
+    while watcher.stats().snapshot().streams_connected == 0 {
+        assert!(Instant::now() < deadline, "the stream did not come back");
+        sleep(Duration::from_millis(10)).await;
+    }
+    assert!(watcher.stats().snapshot().stream_reconnects >= 1);
+    // Let the relist that follows this reconnect finish before the next phase.
+    sleep(Duration::from_millis(300)).await;
+
+    // A server restart that lost a deletion nobody announced: the relist after the reconnect
+    // is what repairs it.
+    double.delete_silently(&[&web("b", 0).id]);
+    double.restart_with_empty_buffer();
+    let expected = nomad_view(&double);
+    wait_for(
+        &mut rx,
+        SETTLE,
+        "catalog equals Nomad after the restart",
+        |s| catalog_view(s) == expected,
+    )
+    .await;
     let stats = watcher.stats().snapshot();
-    assert!(stats.stream_reconnects >= 1, "{stats:?}");
-    assert!(stats.full_relists > relists_before, "{stats:?}");
+    assert!(stats.stream_reconnects >= 2, "{stats:?}");
 }
 
 #[tokio::test]
