@@ -551,6 +551,13 @@ fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
+/// An error answer before it becomes a response: status and Nomad's plain text.
+type Failure = (StatusCode, String);
+
+fn denied() -> Failure {
+    (StatusCode::FORBIDDEN, "Permission denied".to_string())
+}
+
 fn text(status: StatusCode, body: &str) -> Response {
     (
         status,
@@ -591,7 +598,7 @@ struct Query {
 }
 
 impl Query {
-    fn parse(raw: Option<String>) -> Result<Query, Response> {
+    fn parse(raw: Option<String>) -> Result<Query, Failure> {
         let pairs: Vec<(String, String)> =
             url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
                 .into_owned()
@@ -611,14 +618,14 @@ impl Query {
                 // Clamped to (0, 300 s]: zero or negative means the default.
                 Some(d) if d.is_zero() => MAX_WAIT,
                 Some(d) => d.min(MAX_WAIT),
-                None => return Err(text(StatusCode::BAD_REQUEST, "Invalid wait time")),
+                None => return Err((StatusCode::BAD_REQUEST, "Invalid wait time".to_string())),
             },
         };
         let index = match get("index") {
             None => 0,
             Some(i) => match i.parse::<u64>() {
                 Ok(i) => i,
-                Err(_) => return Err(text(StatusCode::BAD_REQUEST, "Invalid index")),
+                Err(_) => return Err((StatusCode::BAD_REQUEST, "Invalid index".to_string())),
             },
         };
         if let Some(stale) = get("stale") {
@@ -638,9 +645,9 @@ impl Query {
                         | "False"
                 )
             {
-                return Err(text(
+                return Err((
                     StatusCode::BAD_REQUEST,
-                    "Expect `true` or `false` for `stale` query string parameter",
+                    "Expect `true` or `false` for `stale` query string parameter".to_string(),
                 ));
             }
         }
@@ -720,7 +727,7 @@ fn count(shared: &Shared, route: &'static str) {
 async fn blocking(
     shared: &Shared,
     query: &Query,
-    read: impl Fn(&Cluster) -> Result<(u64, Value), Response>,
+    read: impl Fn(&Cluster) -> Result<(u64, Value), Failure>,
 ) -> Response {
     let jitter = if query.wait.is_zero() {
         Duration::ZERO
@@ -742,7 +749,7 @@ async fn blocking(
         };
         let (index, body) = match result {
             Ok(r) => r,
-            Err(response) => return response,
+            Err((status, message)) => return text(status, &message),
         };
         if query.index == 0 || index > query.index || Instant::now() >= deadline {
             return indexed(index, body);
@@ -765,7 +772,7 @@ async fn list_services(
     count(&shared, "list");
     let query = match Query::parse(raw) {
         Ok(q) => q,
-        Err(r) => return r,
+        Err((status, message)) => return text(status, &message),
     };
     let token = token(&headers);
     blocking(&shared, &query, |st| {
@@ -782,7 +789,7 @@ async fn list_services(
             readable
         } else {
             if !st.can_read(token.as_deref(), &query.namespace) {
-                return Err(text(StatusCode::FORBIDDEN, "Permission denied"));
+                return Err(denied());
             }
             vec![query.namespace.clone()]
         };
@@ -830,7 +837,7 @@ async fn read_service(
     let name = segments[0].to_string();
     let query = match Query::parse(raw) {
         Ok(q) => q,
-        Err(r) => return r,
+        Err((status, message)) => return text(status, &message),
     };
     let token = token(&headers);
     blocking(&shared, &query, |st| {
@@ -843,11 +850,11 @@ async fn read_service(
             return if any {
                 Ok((st.table_index_floored(), json!([])))
             } else {
-                Err(text(StatusCode::FORBIDDEN, "Permission denied"))
+                Err(denied())
             };
         }
         if !st.can_read(token.as_deref(), &query.namespace) {
-            return Err(text(StatusCode::FORBIDDEN, "Permission denied"));
+            return Err(denied());
         }
         let regs: Vec<Value> = st
             .registrations
@@ -869,7 +876,7 @@ async fn read_job(
     count(&shared, "job");
     let query = match Query::parse(raw) {
         Ok(q) => q,
-        Err(r) => return r,
+        Err((status, message)) => return text(status, &message),
     };
     let token = token(&headers);
     let st = shared.lock();
