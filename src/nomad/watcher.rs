@@ -222,7 +222,8 @@ impl Watcher {
         self.stats.clone()
     }
 
-    /// Stops the loop (a relist in progress is abandoned; the store is not written half-way).
+    /// Stops the helper tasks at once and the loop after the step it is in (a relist or read in
+    /// progress completes first; the store is never left half-written).
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         for helper in self.helpers.drain(..) {
