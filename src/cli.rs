@@ -47,6 +47,15 @@ pub struct ConfigFlags {
     /// Namespaces to watch: `*` or a comma-separated list.
     #[arg(long, global = true, value_name = "LIST")]
     pub nomad_namespaces: Option<String>,
+    /// Namespaces never to watch: a comma-separated list.
+    #[arg(long, global = true, value_name = "LIST")]
+    pub nomad_namespace_deny: Option<String>,
+    /// Tag prefix (`<prefix>.enable=true` selects a service).
+    #[arg(long, global = true, value_name = "PREFIX")]
+    pub tag_prefix: Option<String>,
+    /// Full resync interval: whole seconds or a duration such as 60s.
+    #[arg(long, global = true, value_name = "DURATION")]
+    pub nomad_resync_interval: Option<String>,
     /// CA certificate (PEM) for Nomad's HTTPS.
     #[arg(long, global = true, value_name = "PATH")]
     pub nomad_ca_cert: Option<String>,
@@ -97,6 +106,9 @@ impl ConfigFlags {
             nomad_token_file,
             nomad_region,
             nomad_namespaces,
+            nomad_namespace_deny,
+            tag_prefix,
+            nomad_resync_interval,
             nomad_ca_cert,
             nomad_client_cert,
             nomad_client_key,
@@ -116,6 +128,9 @@ impl ConfigFlags {
             (Key::NomadTokenFile, nomad_token_file.as_deref()),
             (Key::NomadRegion, nomad_region.as_deref()),
             (Key::NomadNamespaces, nomad_namespaces.as_deref()),
+            (Key::NomadNamespaceDeny, nomad_namespace_deny.as_deref()),
+            (Key::NomadTagPrefix, tag_prefix.as_deref()),
+            (Key::NomadResyncInterval, nomad_resync_interval.as_deref()),
             (Key::NomadCaCert, nomad_ca_cert.as_deref()),
             (Key::NomadClientCert, nomad_client_cert.as_deref()),
             (Key::NomadClientKey, nomad_client_key.as_deref()),

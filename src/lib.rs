@@ -11,5 +11,6 @@ pub mod haproxy;
 pub mod live;
 pub mod logging;
 pub mod model;
+pub mod nomad;
 pub mod plan;
 pub mod reconcile;

@@ -2,5 +2,7 @@
 //! them.
 
 mod model;
+mod store;
 
 pub use model::{Instance, NomadCheck, NomadCheckKind, Service, ServiceKey, Snapshot};
+pub use store::{Applied, Store, is_enabled};

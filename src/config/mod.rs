@@ -120,6 +120,14 @@ pub struct NomadConfig {
     /// `None`: the agent's own region.
     pub region: Option<String>,
     pub namespaces: Namespaces,
+    /// Namespaces never watched, sorted and de-duplicated (applies to `*` and to a list).
+    pub namespace_deny: Vec<String>,
+    /// Tag prefix: a service is taken when one of its tags is `<prefix>.enable=true`.
+    pub tag_prefix: String,
+    /// Period of the full consistency check against Nomad. Shorter costs more list requests
+    /// (one per interval and scope on an idle cluster); longer lets a change that Nomad reported
+    /// with no event (garbage collection) linger up to this long.
+    pub resync_interval: Duration,
     pub tls: NomadTls,
 }
 
@@ -205,6 +213,8 @@ const DEFAULT_NOMAD_ADDRESS: &str = "http://127.0.0.1:4646";
 const DEFAULT_HAPROXY_ADDRESS: &str = "http://127.0.0.1:5555";
 const DEFAULT_HAPROXY_USERNAME: &str = "admin";
 const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_TAG_PREFIX: &str = "haproxy";
+const DEFAULT_RESYNC_INTERVAL: Duration = Duration::from_secs(60);
 const DEFAULT_LOG_FILTER: &str = "info";
 
 impl Config {
@@ -247,6 +257,30 @@ impl Config {
         let namespaces = v
             .namespaces(Key::NomadNamespaces)
             .unwrap_or(Namespaces::All);
+        let namespace_deny = v
+            .namespace_deny(Key::NomadNamespaceDeny)
+            .unwrap_or_default();
+        if let Namespaces::List(list) = &namespaces {
+            if list.iter().all(|n| namespace_deny.contains(n)) {
+                v.fail(
+                    Key::NomadNamespaceDeny,
+                    format!(
+                        "denies every namespace of {} ({}): nothing would be watched",
+                        Key::NomadNamespaces.json(),
+                        list.join(", ")
+                    ),
+                );
+            }
+        }
+        let tag_prefix = v
+            .string(Key::NomadTagPrefix)
+            .unwrap_or_else(|| DEFAULT_TAG_PREFIX.to_string());
+        v.check(Key::NomadTagPrefix, is_tag_prefix(&tag_prefix), || {
+            format!("`{tag_prefix}` is not a valid tag prefix (1-64 letters, digits, `-`, `_` or `.`, not ending in `.`)")
+        });
+        let resync_interval = v
+            .duration(Key::NomadResyncInterval)
+            .unwrap_or(DEFAULT_RESYNC_INTERVAL);
         let tls = NomadTls {
             ca_cert: v.readable_path(Key::NomadCaCert),
             client_cert: v.readable_path(Key::NomadClientCert),
@@ -304,6 +338,9 @@ impl Config {
                     token,
                     region,
                     namespaces,
+                    namespace_deny,
+                    tag_prefix,
+                    resync_interval,
                     tls,
                 },
                 haproxy: HaproxyConfig {
@@ -341,6 +378,9 @@ impl Config {
                 "token": secret(&self.nomad.token),
                 "region": self.nomad.region,
                 "namespaces": namespaces,
+                "namespace_deny": self.nomad.namespace_deny,
+                "tag_prefix": self.nomad.tag_prefix,
+                "resync_interval": humantime::format_duration(self.nomad.resync_interval).to_string(),
                 "ca_cert": path(&self.nomad.tls.ca_cert),
                 "client_cert": path(&self.nomad.tls.client_cert),
                 "client_key": path(&self.nomad.tls.client_key),
@@ -518,7 +558,60 @@ impl Validator<'_> {
         }
     }
 
+    /// A list of namespace names in which `*` makes no sense (a deny-list).
+    fn namespace_deny(&mut self, key: Key) -> Option<Vec<String>> {
+        match self.namespace_items(key)? {
+            items if items.iter().any(|n| n == "*") => {
+                self.fail(
+                    key,
+                    "`*` would deny every namespace; list namespace names".to_string(),
+                );
+                None
+            }
+            items => {
+                if let Some(bad) = items.iter().find(|n| !is_nomad_namespace(n)) {
+                    self.fail(
+                        key,
+                        format!("`{bad}` is not a valid Nomad namespace name (1-128 letters, digits or `-`)"),
+                    );
+                    return None;
+                }
+                Some(items)
+            }
+        }
+    }
+
     fn namespaces(&mut self, key: Key) -> Option<Namespaces> {
+        let items = self.namespace_items(key)?;
+        if items.is_empty() {
+            self.fail(key, "no namespace given (use `*` for all)".to_string());
+            return None;
+        }
+        if items.iter().any(|n| n == "*") {
+            if items.len() > 1 {
+                self.fail(
+                    key,
+                    "`*` (all namespaces) cannot be combined with named namespaces".to_string(),
+                );
+                return None;
+            }
+            return Some(Namespaces::All);
+        }
+        if let Some(bad) = items.iter().find(|n| !is_nomad_namespace(n)) {
+            self.fail(
+                key,
+                format!(
+                    "`{bad}` is not a valid Nomad namespace name (1-128 letters, digits or `-`)"
+                ),
+            );
+            return None;
+        }
+        Some(Namespaces::List(items))
+    }
+
+    /// The names of a namespace-list key, trimmed, sorted and de-duplicated (empty entries
+    /// dropped); the callers decide what an empty list or `*` means.
+    fn namespace_items(&mut self, key: Key) -> Option<Vec<String>> {
         let entry = self.layer.get(key)?;
         let items: Vec<String> = match &entry.raw {
             Raw::Text(s) | Raw::Json(Value::String(s)) => {
@@ -553,30 +646,7 @@ impl Validator<'_> {
         let mut items: Vec<String> = items.into_iter().filter(|s| !s.is_empty()).collect();
         items.sort();
         items.dedup();
-        if items.is_empty() {
-            self.fail(key, "no namespace given (use `*` for all)".to_string());
-            return None;
-        }
-        if items.iter().any(|n| n == "*") {
-            if items.len() > 1 {
-                self.fail(
-                    key,
-                    "`*` (all namespaces) cannot be combined with named namespaces".to_string(),
-                );
-                return None;
-            }
-            return Some(Namespaces::All);
-        }
-        if let Some(bad) = items.iter().find(|n| !is_nomad_namespace(n)) {
-            self.fail(
-                key,
-                format!(
-                    "`{bad}` is not a valid Nomad namespace name (1-128 letters, digits or `-`)"
-                ),
-            );
-            return None;
-        }
-        Some(Namespaces::List(items))
+        Some(items)
     }
 
     /// A path that must name a readable file (TLS material is read when the client is built; a
@@ -640,6 +710,14 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
             "`{s}` is not a duration ({e}); use whole seconds or a value such as 30s, 5m, 1h"
         )),
     }
+}
+
+/// A tag prefix: the part before `.enable=true`.
+fn is_tag_prefix(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && !s.ends_with('.')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 fn is_nomad_namespace(s: &str) -> bool {

@@ -44,6 +44,9 @@ fn defaults() {
     assert_eq!(c.nomad.token, None);
     assert_eq!(c.nomad.region, None);
     assert_eq!(c.nomad.namespaces, Namespaces::All);
+    assert!(c.nomad.namespace_deny.is_empty());
+    assert_eq!(c.nomad.tag_prefix, "haproxy");
+    assert_eq!(c.nomad.resync_interval, Duration::from_secs(60));
     assert_eq!(c.nomad.tls, NomadTls::default());
     assert_eq!(c.haproxy.address.as_str(), "http://127.0.0.1:5555/");
     assert_eq!(c.haproxy.username, "admin");
@@ -184,6 +187,9 @@ fn every_flag() {
         (Key::NomadAddress, "http://n:1"),
         (Key::NomadRegion, "r"),
         (Key::NomadNamespaces, "*"),
+        (Key::NomadNamespaceDeny, "kube-system,ops"),
+        (Key::NomadTagPrefix, "lb"),
+        (Key::NomadResyncInterval, "2m"),
         (Key::NomadTlsServerName, "s"),
         (Key::NomadSkipVerify, "false"),
         (Key::HaproxyAddress, "http://h:2"),
@@ -198,6 +204,9 @@ fn every_flag() {
     assert_eq!(c.nomad.address.as_str(), "http://n:1/");
     assert_eq!(c.nomad.region.as_deref(), Some("r"));
     assert_eq!(c.nomad.namespaces, Namespaces::All);
+    assert_eq!(c.nomad.namespace_deny, vec!["kube-system", "ops"]);
+    assert_eq!(c.nomad.tag_prefix, "lb");
+    assert_eq!(c.nomad.resync_interval, Duration::from_secs(120));
     assert_eq!(c.nomad.tls.server_name.as_deref(), Some("s"));
     assert!(!c.nomad.tls.skip_verify);
     assert_eq!(c.haproxy.address.as_str(), "http://h:2/");
@@ -537,4 +546,67 @@ fn readme_documents_every_key() {
             spec.default
         );
     }
+}
+
+#[test]
+fn watcher_keys_from_file_and_env() {
+    let c = from_file(
+        r#"{"nomad":{"namespaces":["prod","staging"],"namespace_deny":["staging"],"tag_prefix":"edge.lb","resync_interval":15}}"#,
+    )
+    .expect("valid");
+    assert_eq!(
+        c.nomad.namespaces,
+        Namespaces::List(vec!["prod".into(), "staging".into()])
+    );
+    assert_eq!(c.nomad.namespace_deny, vec!["staging"]);
+    assert_eq!(c.nomad.tag_prefix, "edge.lb");
+    assert_eq!(c.nomad.resync_interval, Duration::from_secs(15));
+
+    let c = from_env(&[
+        ("NOMAD_NAMESPACE_DENY", " b, a ,a"),
+        ("HAPROXY_TAG_PREFIX", "traefik"),
+        ("NOMAD_RESYNC_INTERVAL", "90s"),
+    ])
+    .expect("valid");
+    assert_eq!(c.nomad.namespace_deny, vec!["a", "b"]);
+    assert_eq!(c.nomad.tag_prefix, "traefik");
+    assert_eq!(c.nomad.resync_interval, Duration::from_secs(90));
+    let out = c.to_redacted_json();
+    assert_eq!(
+        out["nomad"]["namespace_deny"],
+        serde_json::json!(["a", "b"])
+    );
+    assert_eq!(out["nomad"]["tag_prefix"], "traefik");
+    assert_eq!(out["nomad"]["resync_interval"], "1m 30s");
+    let again = from_file(&out.to_string()).expect("round trip");
+    assert_eq!(again.nomad.resync_interval, c.nomad.resync_interval);
+    assert_eq!(again.nomad.namespace_deny, c.nomad.namespace_deny);
+}
+
+#[test]
+fn bad_watcher_keys() {
+    let e = err(from_env(&[("NOMAD_NAMESPACE_DENY", "*")]));
+    assert_eq!(
+        e,
+        "invalid nomad.namespace_deny (from environment variable NOMAD_NAMESPACE_DENY): `*` would deny every namespace; list namespace names"
+    );
+    let e = err(from_env(&[("NOMAD_NAMESPACE_DENY", "a_b")]));
+    assert!(
+        e.contains("`a_b` is not a valid Nomad namespace name"),
+        "{e}"
+    );
+    let e = err(from_env(&[
+        ("NOMAD_NAMESPACE", "prod"),
+        ("NOMAD_NAMESPACE_DENY", "prod,dev"),
+    ]));
+    assert!(
+        e.ends_with("denies every namespace of nomad.namespaces (prod): nothing would be watched"),
+        "{e}"
+    );
+    for bad in ["has space", "ends.", "a=b"] {
+        let e = err(from_env(&[("HAPROXY_TAG_PREFIX", bad)]));
+        assert!(e.contains("is not a valid tag prefix"), "{bad}: {e}");
+    }
+    let e = err(from_env(&[("NOMAD_RESYNC_INTERVAL", "0s")]));
+    assert!(e.starts_with("invalid nomad.resync_interval"), "{e}");
 }

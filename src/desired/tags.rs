@@ -104,14 +104,16 @@ pub struct TagError {
     pub reason: String,
 }
 
-/// Whether any tag enables the connector for this registration (`<prefix>.enable=true`, any
-/// case). Used by the watcher on the list's union of tags, and here per registration.
-pub fn is_enabled(tags: &[String], prefix: &str) -> bool {
-    let key = format!("{prefix}.enable=");
-    tags.iter().any(|t| {
-        t.len() > key.len()
-            && t[..key.len()].eq_ignore_ascii_case(&key)
-            && t[key.len()..].eq_ignore_ascii_case("true")
+/// Whether any tag enables the connector for this registration: `<prefix>.enable=true` (the key
+/// as written, the value in any case). The watcher applies it to the list's union of tags, the
+/// desired model to each registration.
+pub fn is_enabled<'a>(tags: impl IntoIterator<Item = &'a String>, prefix: &str) -> bool {
+    tags.into_iter().any(|tag| {
+        tag.split_once('=').is_some_and(|(key, value)| {
+            key.strip_prefix(prefix)
+                .is_some_and(|rest| rest == ".enable")
+                && value.eq_ignore_ascii_case("true")
+        })
     })
 }
 

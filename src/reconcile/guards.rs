@@ -15,7 +15,10 @@ use crate::plan::{Action, Plan};
 pub fn is_removal(a: &Action) -> bool {
     matches!(
         a,
-        Action::DrainServer { .. } | Action::RemoveServer { .. } | Action::RemoveRoute { .. } | Action::DeleteBackend { .. }
+        Action::DrainServer { .. }
+            | Action::RemoveServer { .. }
+            | Action::RemoveRoute { .. }
+            | Action::DeleteBackend { .. }
     )
 }
 
@@ -41,7 +44,12 @@ pub enum Verdict {
     /// Below the threshold, or confirmed: apply as planned.
     Proceed,
     /// Held back this pass; `seen` of `needed` consecutive passes so far.
-    Held { servers: usize, owned: usize, seen: u32, needed: u32 },
+    Held {
+        servers: usize,
+        owned: usize,
+        seen: u32,
+        needed: u32,
+    },
 }
 
 impl MassDeleteGuard {
@@ -197,8 +205,14 @@ mod tests {
     #[test]
     fn a_different_answer_restarts_the_count() {
         let mut g = MassDeleteGuard::new(0.5, 2);
-        assert!(matches!(g.check(&mut drains(10), &live(10)), Verdict::Held { seen: 1, .. }));
-        assert!(matches!(g.check(&mut drains(9), &live(10)), Verdict::Held { seen: 1, .. }));
+        assert!(matches!(
+            g.check(&mut drains(10), &live(10)),
+            Verdict::Held { seen: 1, .. }
+        ));
+        assert!(matches!(
+            g.check(&mut drains(9), &live(10)),
+            Verdict::Held { seen: 1, .. }
+        ));
         assert_eq!(g.check(&mut drains(9), &live(10)), Verdict::Proceed);
     }
 

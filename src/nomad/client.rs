@@ -1,0 +1,507 @@
+//! A small Nomad HTTP API client: the reads the watcher needs, with Nomad's conventions (query
+//! meta headers, plain-text errors, `X-Nomad-Token`, region) and transport settings from the
+//! configuration (TLS, `unix://` sockets).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::{Client, RequestBuilder, Response, StatusCode};
+use url::Url;
+
+use super::stats::{Endpoint, NomadStats};
+use super::wire::{Job, NamespaceServices, Registration};
+use crate::config::NomadConfig;
+
+/// Nomad clamps a blocking wait to 300 s (`MaxBlockingRPCQueryTime`).
+pub const MAX_BLOCKING_WAIT: Duration = Duration::from_secs(300);
+/// Added to every request deadline beyond what Nomad may legitimately take.
+pub const DEFAULT_REQUEST_SLACK: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Error bodies are quoted up to this many bytes.
+const MAX_ERROR_BODY: usize = 512;
+
+/// A failed call to Nomad. All are retryable except [`NomadError::Config`]; a
+/// [`NomadError::PermissionDenied`] needs an operator before a retry can succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum NomadError {
+    /// The configuration cannot make a client (unreadable PEM, bad token characters).
+    #[error("cannot set up the Nomad client: {0}")]
+    Config(String),
+    /// 403 (or the 500 `Permission denied` of older servers on the event stream): the token
+    /// lacks `read-job` on the namespace. Never means "no services".
+    #[error(
+        "Nomad denied {what} ({status} {message}): the token needs the `read-job` capability on namespace `{namespace}`"
+    )]
+    PermissionDenied {
+        what: String,
+        namespace: String,
+        status: u16,
+        message: String,
+    },
+    /// Any other non-success status; the body is Nomad's plain-text message.
+    #[error("Nomad answered {status} to {what}: {message}")]
+    Status {
+        what: String,
+        status: u16,
+        message: String,
+    },
+    /// No answer: connection refused, TLS failure, timeout.
+    #[error("cannot reach Nomad for {what}: {source}")]
+    Transport {
+        what: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// An answer that is not what Nomad sends.
+    #[error("unexpected answer from Nomad to {what}: {reason}")]
+    Protocol { what: String, reason: String },
+}
+
+impl NomadError {
+    pub fn is_permission_denied(&self) -> bool {
+        matches!(self, NomadError::PermissionDenied { .. })
+    }
+}
+
+/// A blocking query: return when the index exceeds `index`, or after `wait`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Blocking {
+    pub index: u64,
+    pub wait: Duration,
+}
+
+/// A read's data with its `X-Nomad-Index`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Indexed<T> {
+    pub index: u64,
+    pub data: T,
+}
+
+#[derive(Clone, Debug)]
+pub struct NomadClient {
+    http: Client,
+    /// Ends in `/`; `v1/...` is joined to it.
+    base: Url,
+    region: Option<String>,
+    stats: Arc<NomadStats>,
+    slack: Duration,
+}
+
+impl NomadClient {
+    /// A client for the configured address, token, region and TLS settings.
+    pub fn new(config: &NomadConfig, stats: Arc<NomadStats>) -> Result<NomadClient, NomadError> {
+        Self::with_slack(config, stats, DEFAULT_REQUEST_SLACK)
+    }
+
+    /// As [`NomadClient::new`], with a custom deadline slack (tests use a short one).
+    pub fn with_slack(
+        config: &NomadConfig,
+        stats: Arc<NomadStats>,
+        slack: Duration,
+    ) -> Result<NomadClient, NomadError> {
+        let mut headers = HeaderMap::new();
+        if let Some(token) = &config.token {
+            let mut value = HeaderValue::from_str(token.expose().trim()).map_err(|_| {
+                NomadError::Config(
+                    "the Nomad token holds characters not allowed in an HTTP header".into(),
+                )
+            })?;
+            value.set_sensitive(true);
+            headers.insert("X-Nomad-Token", value);
+        }
+        let mut builder = Client::builder()
+            .default_headers(headers)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .user_agent(concat!(
+                "haproxy-nomad-connector/",
+                env!("CARGO_PKG_VERSION")
+            ));
+        let mut base = config.address.clone();
+        match base.scheme() {
+            "unix" => {
+                #[cfg(unix)]
+                {
+                    builder = builder.unix_socket(std::path::PathBuf::from(base.path()));
+                }
+                base = Url::parse("http://localhost/")
+                    .map_err(|e| NomadError::Config(e.to_string()))?;
+            }
+            "https" => {
+                let tls = &config.tls;
+                if let Some(path) = &tls.ca_cert {
+                    let pem = read(path)?;
+                    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                        NomadError::Config(format!(
+                            "{} is not a PEM CA bundle: {e}",
+                            path.display()
+                        ))
+                    })?;
+                    for cert in certs {
+                        builder = builder.add_root_certificate(cert);
+                    }
+                }
+                if let (Some(cert), Some(key)) = (&tls.client_cert, &tls.client_key) {
+                    let mut pem = read(cert)?;
+                    pem.push(b'\n');
+                    pem.extend(read(key)?);
+                    let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                        NomadError::Config(format!(
+                            "{} and {} are not a PEM certificate and key: {e}",
+                            cert.display(),
+                            key.display()
+                        ))
+                    })?;
+                    builder = builder.identity(identity);
+                }
+                if tls.skip_verify {
+                    builder = builder.danger_accept_invalid_certs(true);
+                }
+                if let Some(name) = &tls.server_name {
+                    // Verify the certificate against `name` while connecting to the configured
+                    // host: ask for `name` and resolve it to the configured host's addresses.
+                    let host = base.host_str().unwrap_or_default().to_string();
+                    builder = builder.dns_resolver(Arc::new(ServerNameResolver {
+                        server_name: name.clone(),
+                        host,
+                    }));
+                    base.set_host(Some(name)).map_err(|e| {
+                        NomadError::Config(format!("`{name}` is not a valid TLS server name: {e}"))
+                    })?;
+                }
+            }
+            _ => {}
+        }
+        if !base.path().ends_with('/') {
+            let path = format!("{}/", base.path());
+            base.set_path(&path);
+        }
+        let http = builder
+            .build()
+            .map_err(|e| NomadError::Config(e.to_string()))?;
+        Ok(NomadClient {
+            http,
+            base,
+            region: config.region.clone(),
+            stats,
+            slack,
+        })
+    }
+
+    pub fn stats(&self) -> &Arc<NomadStats> {
+        &self.stats
+    }
+
+    /// `GET /v1/services?namespace=<namespace>` (`*` for all readable namespaces), blocking when
+    /// `blocking` is given.
+    pub async fn list_services(
+        &self,
+        namespace: &str,
+        blocking: Option<Blocking>,
+    ) -> Result<Indexed<Vec<NamespaceServices>>, NomadError> {
+        let what = "reading the service list".to_string();
+        let url = self.url(&["v1", "services"], &[("namespace", namespace)], blocking);
+        let response = self
+            .send(Endpoint::List, &what, namespace, self.get(url, blocking))
+            .await?;
+        let index = index_header(&response, &what)?;
+        let data = json(response, &what).await?;
+        Ok(Indexed { index, data })
+    }
+
+    /// `GET /v1/service/<name>?namespace=<namespace>`: every registration of one name.
+    pub async fn read_service(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Indexed<Vec<Registration>>, NomadError> {
+        let what = format!("reading service `{name}`");
+        let url = self.url(&["v1", "service", name], &[("namespace", namespace)], None);
+        let response = self
+            .send(Endpoint::Service, &what, namespace, self.get(url, None))
+            .await?;
+        let index = index_header(&response, &what)?;
+        let data: Option<Vec<Registration>> = json(response, &what).await?;
+        Ok(Indexed {
+            index,
+            data: data.unwrap_or_default(),
+        })
+    }
+
+    /// `GET /v1/job/<id>?namespace=<namespace>`; `None` when the job no longer exists (404).
+    pub async fn read_job(&self, namespace: &str, id: &str) -> Result<Option<Job>, NomadError> {
+        let what = format!("reading job `{id}`");
+        let url = self.url(&["v1", "job", id], &[("namespace", namespace)], None);
+        match self
+            .send(Endpoint::Job, &what, namespace, self.get(url, None))
+            .await
+        {
+            Ok(response) => json(response, &what).await.map(Some),
+            Err(NomadError::Status { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `GET /v1/status/leader`: the leader's address, `""` when the cluster has none.
+    pub async fn leader(&self) -> Result<String, NomadError> {
+        let what = "reading the leader status".to_string();
+        let url = self.url(&["v1", "status", "leader"], &[], None);
+        let response = self
+            .send(Endpoint::Leader, &what, "", self.get(url, None))
+            .await?;
+        json(response, &what).await
+    }
+
+    /// Opens `GET /v1/event/stream?topic=Service:*&namespace=<namespace>&index=<index>`. The
+    /// caller reads the NDJSON body (no overall deadline: the stream lives until closed).
+    pub async fn event_stream(&self, namespace: &str, index: u64) -> Result<Response, NomadError> {
+        let what = "subscribing to the event stream".to_string();
+        let index = index.to_string();
+        let url = self.url(
+            &["v1", "event", "stream"],
+            &[
+                ("topic", "Service:*"),
+                ("namespace", namespace),
+                ("index", &index),
+            ],
+            None,
+        );
+        self.send(Endpoint::Stream, &what, namespace, self.http.get(url))
+            .await
+    }
+
+    fn url(&self, segments: &[&str], query: &[(&str, &str)], blocking: Option<Blocking>) -> Url {
+        let mut url = self.base.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend(segments);
+        }
+        {
+            let mut pairs = url.query_pairs_mut();
+            for (k, v) in query {
+                pairs.append_pair(k, v);
+            }
+            if let Some(region) = &self.region {
+                pairs.append_pair("region", region);
+            }
+            if let Some(b) = blocking {
+                pairs.append_pair("index", &b.index.to_string());
+                pairs.append_pair("wait", &format!("{}ms", clamp_wait(b.wait).as_millis()));
+            }
+        }
+        url
+    }
+
+    /// A GET whose deadline outlasts Nomad's longest legitimate answer: the wait plus Nomad's
+    /// jitter of up to wait/16, plus slack.
+    fn get(&self, url: Url, blocking: Option<Blocking>) -> RequestBuilder {
+        let deadline = match blocking {
+            Some(b) => {
+                let wait = clamp_wait(b.wait);
+                wait + wait / 16 + self.slack
+            }
+            None => self.slack,
+        };
+        self.http.get(url).timeout(deadline)
+    }
+
+    async fn send(
+        &self,
+        endpoint: Endpoint,
+        what: &str,
+        namespace: &str,
+        request: RequestBuilder,
+    ) -> Result<Response, NomadError> {
+        let response = match request.send().await {
+            Ok(r) => r,
+            Err(source) => {
+                self.stats.record_request(endpoint, None);
+                return Err(NomadError::Transport {
+                    what: what.to_string(),
+                    source,
+                });
+            }
+        };
+        let status = response.status();
+        self.stats.record_request(endpoint, Some(status.as_u16()));
+        if status.is_success() {
+            return Ok(response);
+        }
+        let message = error_text(response).await;
+        let what = if namespace.is_empty() {
+            what.to_string()
+        } else {
+            format!("{what} in namespace `{namespace}`")
+        };
+        let denied = status == StatusCode::FORBIDDEN
+            || (endpoint == Endpoint::Stream
+                && status == StatusCode::INTERNAL_SERVER_ERROR
+                && message == "Permission denied");
+        Err(if denied {
+            NomadError::PermissionDenied {
+                what,
+                namespace: namespace.to_string(),
+                status: status.as_u16(),
+                message,
+            }
+        } else {
+            NomadError::Status {
+                what,
+                status: status.as_u16(),
+                message,
+            }
+        })
+    }
+}
+
+/// Nomad's accepted range for `wait`: (0, 300 s].
+fn clamp_wait(wait: Duration) -> Duration {
+    wait.clamp(Duration::from_millis(1), MAX_BLOCKING_WAIT)
+}
+
+fn read(path: &std::path::Path) -> Result<Vec<u8>, NomadError> {
+    std::fs::read(path)
+        .map_err(|e| NomadError::Config(format!("cannot read {}: {e}", path.display())))
+}
+
+fn index_header(response: &Response, what: &str) -> Result<u64, NomadError> {
+    let header = response
+        .headers()
+        .get("X-Nomad-Index")
+        .ok_or_else(|| NomadError::Protocol {
+            what: what.to_string(),
+            reason: "no X-Nomad-Index header".into(),
+        })?;
+    header
+        .to_str()
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| NomadError::Protocol {
+            what: what.to_string(),
+            reason: format!("X-Nomad-Index {header:?} is not a number"),
+        })
+}
+
+async fn json<T: serde::de::DeserializeOwned>(
+    response: Response,
+    what: &str,
+) -> Result<T, NomadError> {
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|source| NomadError::Transport {
+            what: what.to_string(),
+            source,
+        })?;
+    serde_json::from_slice(&bytes).map_err(|e| NomadError::Protocol {
+        what: what.to_string(),
+        reason: format!("the body is not the expected JSON: {e}"),
+    })
+}
+
+/// Nomad's error bodies are plain text; quote them trimmed and bounded.
+async fn error_text(response: Response) -> String {
+    match response.bytes().await {
+        Ok(bytes) => {
+            let cut = &bytes[..bytes.len().min(MAX_ERROR_BODY)];
+            String::from_utf8_lossy(cut).trim().to_string()
+        }
+        Err(e) => format!("(unreadable body: {e})"),
+    }
+}
+
+/// Resolves the TLS server name to the configured host, so the certificate is checked against
+/// the name while the connection goes to the address.
+struct ServerNameResolver {
+    server_name: String,
+    host: String,
+}
+
+impl reqwest::dns::Resolve for ServerNameResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let target = if name.as_str() == self.server_name {
+            self.host.clone()
+        } else {
+            name.as_str().to_string()
+        };
+        Box::pin(async move {
+            let host = target
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let addrs: reqwest::dns::Addrs = Box::new(addrs.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, Layer, Secret};
+
+    fn config(address: &str) -> NomadConfig {
+        let mut c = Config::from_layer(&Layer::default())
+            .expect("defaults")
+            .nomad;
+        c.address = Url::parse(address).expect("url");
+        c
+    }
+
+    #[test]
+    fn urls_carry_namespace_region_and_blocking_parameters() {
+        let mut c = config("http://127.0.0.1:4646/prefix");
+        c.region = Some("eu".into());
+        let client = NomadClient::new(&c, Arc::default()).expect("client");
+        let url = client.url(
+            &["v1", "service", "a b/c"],
+            &[("namespace", "*")],
+            Some(Blocking {
+                index: 42,
+                wait: Duration::from_secs(900),
+            }),
+        );
+        assert_eq!(
+            url.as_str(),
+            "http://127.0.0.1:4646/prefix/v1/service/a%20b%2Fc?namespace=*&region=eu&index=42&wait=300000ms"
+        );
+    }
+
+    #[test]
+    fn unix_addresses_use_a_local_base() {
+        let client =
+            NomadClient::new(&config("unix:///secrets/api.sock"), Arc::default()).expect("client");
+        assert_eq!(client.base.as_str(), "http://localhost/");
+    }
+
+    #[test]
+    fn bad_token_and_missing_pem_are_config_errors() {
+        let mut c = config("http://127.0.0.1:4646");
+        c.token = Some(Secret::new("bad\ntoken"));
+        let e = NomadClient::new(&c, Arc::default()).expect_err("bad token");
+        assert!(matches!(e, NomadError::Config(_)), "{e}");
+        assert!(!e.to_string().contains("bad\ntoken"));
+
+        let mut c = config("https://127.0.0.1:4646");
+        c.tls.client_cert = Some("/nonexistent/cert.pem".into());
+        c.tls.client_key = Some("/nonexistent/key.pem".into());
+        let e = NomadClient::new(&c, Arc::default()).expect_err("missing PEM");
+        assert!(e.to_string().contains("/nonexistent/cert.pem"), "{e}");
+    }
+
+    #[test]
+    fn permission_error_names_namespace_and_capability() {
+        let e = NomadError::PermissionDenied {
+            what: "reading the service list in namespace `prod`".into(),
+            namespace: "prod".into(),
+            status: 403,
+            message: "Permission denied".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "Nomad denied reading the service list in namespace `prod` (403 Permission denied): the token needs the `read-job` capability on namespace `prod`"
+        );
+    }
+}

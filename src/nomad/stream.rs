@@ -1,0 +1,239 @@
+//! The event stream's pure parts: NDJSON framing and the resume rules. No I/O here; the watcher
+//! feeds bytes in and acts on what comes out.
+
+use std::collections::HashSet;
+
+use super::wire::{Event, StreamFrame};
+
+/// A line longer than this without a newline is not Nomad talking: give up on the connection.
+pub const MAX_LINE: usize = 16 * 1024 * 1024;
+
+/// What one line of the stream is.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// `{}`: the stream is alive.
+    Heartbeat,
+    /// An event batch (one raft apply).
+    Batch { index: u64, events: Vec<Event> },
+    /// Not JSON: Nomad's error text appended to the body before it ends the response
+    /// (`subscription closed by server, client should resubscribe`, `ACL token expired`, …).
+    Error(String),
+}
+
+/// Parses one line (without its newline).
+pub fn parse_line(line: &[u8]) -> Frame {
+    match serde_json::from_slice::<StreamFrame>(line) {
+        Ok(frame) if frame.is_heartbeat() => Frame::Heartbeat,
+        Ok(frame) => Frame::Batch {
+            index: frame.index,
+            events: frame.events.unwrap_or_default(),
+        },
+        Err(_) => Frame::Error(String::from_utf8_lossy(line).trim().to_string()),
+    }
+}
+
+/// Splits a byte stream into lines at `\n`, across chunk boundaries.
+#[derive(Debug, Default)]
+pub struct LineBuffer {
+    pending: Vec<u8>,
+}
+
+/// The buffer grew past [`MAX_LINE`] without a newline.
+#[derive(Debug, PartialEq, Eq)]
+pub struct LineTooLong;
+
+impl LineBuffer {
+    /// Appends a chunk; returns the complete, non-blank lines it finished.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<Vec<u8>>, LineTooLong> {
+        self.pending.extend_from_slice(chunk);
+        let mut lines = Vec::new();
+        let mut start = 0;
+        while let Some(pos) = self.pending[start..].iter().position(|b| *b == b'\n') {
+            let line = trim(&self.pending[start..start + pos]);
+            if !line.is_empty() {
+                lines.push(line.to_vec());
+            }
+            start += pos + 1;
+        }
+        self.pending.drain(..start);
+        if self.pending.len() > MAX_LINE {
+            return Err(LineTooLong);
+        }
+        Ok(lines)
+    }
+
+    /// At end of body: whatever came after the last newline (Nomad's trailing error text), if
+    /// anything.
+    pub fn finish(&mut self) -> Option<Vec<u8>> {
+        let rest = trim(&self.pending).to_vec();
+        self.pending.clear();
+        (!rest.is_empty()).then_some(rest)
+    }
+}
+
+fn trim(bytes: &[u8]) -> &[u8] {
+    let start = bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &bytes[start..end]
+}
+
+/// Where to resume and what to drop (CONTRACTS §1.5, §1.9): Nomad's `index` is inclusive, an
+/// index newer than its buffer replays the newest buffered batch, and an event matching two
+/// topic keys appears twice. So: ask for `last + 1`, drop batches below the requested index,
+/// and de-duplicate by (Index, Key).
+#[derive(Debug, Default)]
+pub struct Resume {
+    /// Highest batch index accepted.
+    last: u64,
+    /// Keys already accepted at `last`.
+    keys_at_last: HashSet<String>,
+    /// The index asked for on the current connection.
+    requested: u64,
+}
+
+impl Resume {
+    /// Starts a connection; returns the `index` to ask for. `floor` is an index up to which the
+    /// catalog is known complete (the last full list): nothing older needs replaying.
+    pub fn connect(&mut self, floor: u64) -> u64 {
+        let from = self.last.max(floor);
+        self.requested = if from == 0 { 0 } else { from + 1 };
+        self.requested
+    }
+
+    /// Forget everything: Nomad's index went backwards.
+    pub fn reset(&mut self) {
+        *self = Resume::default();
+    }
+
+    pub fn last(&self) -> u64 {
+        self.last
+    }
+
+    /// The events of a batch that are new.
+    pub fn accept(&mut self, index: u64, events: Vec<Event>) -> Vec<Event> {
+        if index < self.requested || index < self.last {
+            return Vec::new();
+        }
+        if index > self.last {
+            self.last = index;
+            self.keys_at_last.clear();
+        }
+        events
+            .into_iter()
+            .filter(|e| self.keys_at_last.insert(e.key.clone()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(key: &str) -> Event {
+        Event {
+            topic: "Service".into(),
+            kind: "ServiceRegistration".into(),
+            key: key.into(),
+            ..Event::default()
+        }
+    }
+
+    fn keys(events: &[Event]) -> Vec<&str> {
+        events.iter().map(|e| e.key.as_str()).collect()
+    }
+
+    #[test]
+    fn lines_split_across_chunks_and_trailing_error_text() {
+        let mut buf = LineBuffer::default();
+        assert_eq!(buf.push(b"{}\n{\"Ind").expect("ok"), vec![b"{}".to_vec()]);
+        assert_eq!(
+            buf.push(b"ex\":5,\"Events\":[]}\r\n\n").expect("ok"),
+            vec![br#"{"Index":5,"Events":[]}"#.to_vec()]
+        );
+        assert!(
+            buf.push(b"subscription closed by server, ")
+                .expect("ok")
+                .is_empty()
+        );
+        assert!(
+            buf.push(b"client should resubscribe")
+                .expect("ok")
+                .is_empty()
+        );
+        assert_eq!(
+            buf.finish(),
+            Some(b"subscription closed by server, client should resubscribe".to_vec())
+        );
+        assert_eq!(buf.finish(), None);
+    }
+
+    #[test]
+    fn frames() {
+        assert_eq!(parse_line(b"{}"), Frame::Heartbeat);
+        assert_eq!(
+            parse_line(br#"{"Index":9,"Events":[{"Topic":"Service","Key":"k","Index":9}]}"#),
+            Frame::Batch {
+                index: 9,
+                events: vec![Event {
+                    topic: "Service".into(),
+                    key: "k".into(),
+                    index: 9,
+                    ..Event::default()
+                }]
+            }
+        );
+        assert_eq!(
+            parse_line(b"ACL token expired"),
+            Frame::Error("ACL token expired".into())
+        );
+        assert_eq!(
+            parse_line(b"{\"Index\": 3, trunc"),
+            Frame::Error("{\"Index\": 3, trunc".into())
+        );
+    }
+
+    #[test]
+    fn over_long_line_is_an_error() {
+        let mut buf = LineBuffer::default();
+        let chunk = vec![b'x'; MAX_LINE + 1];
+        assert_eq!(buf.push(&chunk), Err(LineTooLong));
+    }
+
+    #[test]
+    fn first_connect_replays_then_resume_asks_for_the_next_index() {
+        let mut r = Resume::default();
+        assert_eq!(r.connect(0), 0);
+        assert_eq!(keys(&r.accept(3, vec![ev("a")])), ["a"]);
+        assert_eq!(
+            keys(&r.accept(5, vec![ev("b"), ev("b"), ev("c")])),
+            ["b", "c"]
+        );
+        assert_eq!(r.last(), 5);
+        // Reconnect: ask for 6; Nomad replays its newest buffered batch (5): dropped.
+        assert_eq!(r.connect(0), 6);
+        assert!(r.accept(5, vec![ev("b")]).is_empty());
+        assert_eq!(keys(&r.accept(6, vec![ev("d")])), ["d"]);
+        // The same batch again (duplicate delivery) brings nothing new; a new key at it does.
+        assert!(r.accept(6, vec![ev("d")]).is_empty());
+        assert_eq!(keys(&r.accept(6, vec![ev("e")])), ["e"]);
+        // Older than the last accepted: dropped.
+        assert!(r.accept(4, vec![ev("z")]).is_empty());
+    }
+
+    #[test]
+    fn floor_skips_what_the_last_full_list_covered_and_reset_forgets() {
+        let mut r = Resume::default();
+        assert_eq!(r.connect(40), 41);
+        assert!(r.accept(40, vec![ev("a")]).is_empty());
+        assert_eq!(keys(&r.accept(41, vec![ev("a")])), ["a"]);
+        r.reset();
+        assert_eq!(r.connect(0), 0);
+        assert_eq!(keys(&r.accept(2, vec![ev("a")])), ["a"], "after a restore");
+    }
+}
