@@ -89,6 +89,21 @@ pub struct ConfigFlags {
     /// Frontend that receives the connector's host-map rule.
     #[arg(long, global = true, value_name = "NAME")]
     pub haproxy_frontend: Option<String>,
+    /// Full reconcile interval (repairs drift), e.g. 30s.
+    #[arg(long, global = true, value_name = "DURATION")]
+    pub resync_interval: Option<String>,
+    /// Quiet period after a catalog change, e.g. 50ms.
+    #[arg(long, global = true, value_name = "DURATION")]
+    pub debounce: Option<String>,
+    /// Longest delay of a pass under a steady stream of changes, e.g. 500ms.
+    #[arg(long, global = true, value_name = "DURATION")]
+    pub debounce_max: Option<String>,
+    /// Share of serving servers above which removals need confirmation (0-1].
+    #[arg(long, global = true, value_name = "RATIO")]
+    pub max_delete_ratio: Option<String>,
+    /// Consecutive passes confirming a mass removal.
+    #[arg(long, global = true, value_name = "N")]
+    pub mass_delete_confirmations: Option<String>,
     /// Log level or tracing filter directive.
     #[arg(long, global = true, value_name = "FILTER")]
     pub log_level: Option<String>,
@@ -120,6 +135,11 @@ impl ConfigFlags {
             haproxy_backend_strategy,
             haproxy_drain_timeout,
             haproxy_frontend,
+            resync_interval,
+            debounce,
+            debounce_max,
+            max_delete_ratio,
+            mass_delete_confirmations,
             log_level,
             log_format,
         } = self;
@@ -145,6 +165,14 @@ impl ConfigFlags {
             ),
             (Key::HaproxyDrainTimeout, haproxy_drain_timeout.as_deref()),
             (Key::HaproxyFrontend, haproxy_frontend.as_deref()),
+            (Key::ReconcileResyncInterval, resync_interval.as_deref()),
+            (Key::ReconcileDebounce, debounce.as_deref()),
+            (Key::ReconcileDebounceMax, debounce_max.as_deref()),
+            (Key::ReconcileMaxDeleteRatio, max_delete_ratio.as_deref()),
+            (
+                Key::ReconcileMassDeleteConfirmations,
+                mass_delete_confirmations.as_deref(),
+            ),
             (Key::LogLevel, log_level.as_deref()),
             (Key::LogFormat, log_format.as_deref()),
         ])

@@ -109,7 +109,18 @@ impl fmt::Display for Secret {
 pub struct Config {
     pub nomad: NomadConfig,
     pub haproxy: HaproxyConfig,
+    pub reconcile: ReconcileConfig,
     pub log: LogConfig,
+}
+
+/// The converge loop's timing and safety settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReconcileConfig {
+    pub resync_interval: Duration,
+    pub debounce: Duration,
+    pub debounce_max: Duration,
+    pub max_delete_ratio: f64,
+    pub mass_delete_confirmations: u32,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -320,6 +331,29 @@ impl Config {
             });
         }
 
+        let reconcile = ReconcileConfig {
+            resync_interval: v
+                .duration(Key::ReconcileResyncInterval)
+                .unwrap_or(Duration::from_secs(30)),
+            debounce: v
+                .duration(Key::ReconcileDebounce)
+                .unwrap_or(Duration::from_millis(50)),
+            debounce_max: v
+                .duration(Key::ReconcileDebounceMax)
+                .unwrap_or(Duration::from_millis(500)),
+            max_delete_ratio: v.ratio(Key::ReconcileMaxDeleteRatio).unwrap_or(0.5),
+            mass_delete_confirmations: v.count(Key::ReconcileMassDeleteConfirmations).unwrap_or(3),
+        };
+        if reconcile.debounce_max < reconcile.debounce {
+            v.fail(
+                Key::ReconcileDebounceMax,
+                format!(
+                    "must not be shorter than reconcile.debounce ({})",
+                    humantime::format_duration(reconcile.debounce)
+                ),
+            );
+        }
+
         let filter = v
             .string(Key::LogLevel)
             .unwrap_or_else(|| DEFAULT_LOG_FILTER.to_string());
@@ -351,6 +385,7 @@ impl Config {
                     drain_timeout,
                     frontend,
                 },
+                reconcile,
                 log: LogConfig { filter, format },
             }),
             1 => Err(errors.remove(0)),
@@ -394,6 +429,13 @@ impl Config {
                 "backend_strategy": self.haproxy.backend_strategy.as_str(),
                 "drain_timeout_sec": humantime::format_duration(self.haproxy.drain_timeout).to_string(),
                 "frontend": self.haproxy.frontend,
+            },
+            "reconcile": {
+                "resync_interval": humantime::format_duration(self.reconcile.resync_interval).to_string(),
+                "debounce": humantime::format_duration(self.reconcile.debounce).to_string(),
+                "debounce_max": humantime::format_duration(self.reconcile.debounce_max).to_string(),
+                "max_delete_ratio": self.reconcile.max_delete_ratio,
+                "mass_delete_confirmations": self.reconcile.mass_delete_confirmations,
             },
             "log": {
                 "level": self.log.filter,
@@ -520,6 +562,68 @@ impl Validator<'_> {
             )),
         };
         parsed.map_err(|reason| self.fail(key, reason)).ok()
+    }
+
+    /// A share in (0, 1].
+    fn ratio(&mut self, key: Key) -> Option<f64> {
+        let entry = self.layer.get(key)?;
+        let parsed = match &entry.raw {
+            Raw::Json(Value::Number(n)) => {
+                n.as_f64().ok_or_else(|| format!("`{n}` is not a number"))
+            }
+            Raw::Json(Value::String(s)) | Raw::Text(s) => s
+                .trim()
+                .parse::<f64>()
+                .map_err(|_| format!("`{s}` is not a number")),
+            Raw::Json(other) => Err(format!(
+                "expected a number, found {}",
+                layer::json_kind(other)
+            )),
+        };
+        match parsed {
+            Ok(r) if r > 0.0 && r <= 1.0 => Some(r),
+            Ok(r) => {
+                self.fail(
+                    key,
+                    format!("must be greater than 0 and at most 1, got {r}"),
+                );
+                None
+            }
+            Err(reason) => {
+                self.fail(key, reason);
+                None
+            }
+        }
+    }
+
+    /// A whole number ≥ 1.
+    fn count(&mut self, key: Key) -> Option<u32> {
+        let entry = self.layer.get(key)?;
+        let parsed = match &entry.raw {
+            Raw::Json(Value::Number(n)) => n
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| format!("`{n}` is not a whole number")),
+            Raw::Json(Value::String(s)) | Raw::Text(s) => s
+                .trim()
+                .parse::<u32>()
+                .map_err(|_| format!("`{s}` is not a whole number")),
+            Raw::Json(other) => Err(format!(
+                "expected a number, found {}",
+                layer::json_kind(other)
+            )),
+        };
+        match parsed {
+            Ok(n) if n >= 1 => Some(n),
+            Ok(n) => {
+                self.fail(key, format!("must be at least 1, got {n}"));
+                None
+            }
+            Err(reason) => {
+                self.fail(key, reason);
+                None
+            }
+        }
     }
 
     fn strategy(&mut self, key: Key) -> Option<BackendStrategy> {

@@ -610,3 +610,53 @@ fn bad_watcher_keys() {
     let e = err(from_env(&[("NOMAD_RESYNC_INTERVAL", "0s")]));
     assert!(e.starts_with("invalid nomad.resync_interval"), "{e}");
 }
+
+#[test]
+fn reconcile_keys() {
+    let c = Config::from_layer(&Layer::default()).expect("defaults");
+    assert_eq!(
+        c.reconcile,
+        ReconcileConfig {
+            resync_interval: Duration::from_secs(30),
+            debounce: Duration::from_millis(50),
+            debounce_max: Duration::from_millis(500),
+            max_delete_ratio: 0.5,
+            mass_delete_confirmations: 3,
+        }
+    );
+    let c = from_file(
+        r#"{"reconcile":{"resync_interval":"10s","debounce":"20ms","debounce_max":"1s","max_delete_ratio":0.25,"mass_delete_confirmations":5}}"#,
+    )
+    .expect("valid");
+    assert_eq!(c.reconcile.resync_interval, Duration::from_secs(10));
+    assert_eq!(c.reconcile.debounce, Duration::from_millis(20));
+    assert_eq!(c.reconcile.debounce_max, Duration::from_secs(1));
+    assert_eq!(c.reconcile.max_delete_ratio, 0.25);
+    assert_eq!(c.reconcile.mass_delete_confirmations, 5);
+    let c = from_env(&[
+        ("RECONCILE_MAX_DELETE_RATIO", "1"),
+        ("RECONCILE_MASS_DELETE_CONFIRMATIONS", "1"),
+    ])
+    .expect("valid");
+    assert_eq!(c.reconcile.max_delete_ratio, 1.0);
+    assert_eq!(c.reconcile.mass_delete_confirmations, 1);
+    let e = err(from_env(&[("RECONCILE_MAX_DELETE_RATIO", "0")]));
+    assert_eq!(
+        e,
+        "invalid reconcile.max_delete_ratio (from environment variable RECONCILE_MAX_DELETE_RATIO): must be greater than 0 and at most 1, got 0"
+    );
+    let e = err(from_env(&[("RECONCILE_MAX_DELETE_RATIO", "half")]));
+    assert!(e.ends_with("`half` is not a number"), "{e}");
+    let e = err(from_env(&[("RECONCILE_MASS_DELETE_CONFIRMATIONS", "0")]));
+    assert!(e.ends_with("must be at least 1, got 0"), "{e}");
+    let e = err(from_env(&[
+        ("RECONCILE_DEBOUNCE", "1s"),
+        ("RECONCILE_DEBOUNCE_MAX", "100ms"),
+    ]));
+    assert!(
+        e.ends_with("must not be shorter than reconcile.debounce (1s)"),
+        "{e}"
+    );
+    let e = err(from_env(&[("RECONCILE_RESYNC_INTERVAL", "0s")]));
+    assert!(e.contains("must be greater than zero"), "{e}");
+}

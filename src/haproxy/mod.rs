@@ -69,4 +69,15 @@ pub trait Driver: Send + Sync {
         desired: &Desired,
         live: &Live,
     ) -> impl Future<Output = Result<ApplyReport, DriverError>> + Send;
+
+    /// Called when a pass was abandoned (shutdown): release anything left open, such as a
+    /// Data Plane API transaction.
+    fn abandon(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
+    /// Requests or commands sent so far, by (endpoint, status), for metrics.
+    fn request_counts(&self) -> Vec<(String, String, u64)> {
+        Vec::new()
+    }
 }

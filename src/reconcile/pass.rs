@@ -1,10 +1,12 @@
 //! One reconcile pass. It never sees why it runs: it takes the catalog snapshot and the policy,
-//! observes HAProxy, plans and (unless asked only to plan) applies. A lost race with another
-//! writer (a version conflict) re-observes and re-plans, a bounded number of times.
+//! observes HAProxy, plans, applies the guards and (unless asked only to plan) applies. A lost
+//! race with another writer (a version conflict) re-observes and re-plans, a bounded number of
+//! times.
 
 use std::time::Instant;
 
 use super::drains::DrainClock;
+use super::guards::{MassDeleteGuard, Verdict, hold_removals};
 use crate::catalog::Snapshot;
 use crate::desired::{BuildError, Desired, Policy, build};
 use crate::haproxy::{ApplyReport, Driver, DriverError};
@@ -19,11 +21,16 @@ pub const MAX_CONFLICT_RETRIES: u32 = 3;
 pub struct PassOutcome {
     pub desired: Desired,
     pub live: Live,
+    /// The plan as applied (after the guards).
     pub plan: Plan,
-    /// `None` when the pass only planned.
+    /// `None` when the pass only planned, or there was nothing to do.
     pub report: Option<ApplyReport>,
     /// Attempts made (1 unless conflicts forced re-planning).
     pub attempts: u32,
+    /// Removals held back because the catalog is not complete or not current.
+    pub held_untrusted: usize,
+    /// The mass-delete guard's verdict, when it held removals back.
+    pub held_mass_delete: Option<Verdict>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +43,19 @@ pub enum PassError {
     Apply(#[source] DriverError),
 }
 
-/// Runs one pass with `driver`. `apply` false computes the plan only.
+impl PassError {
+    /// A stable label (metrics, readiness reasons).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PassError::Observe(_) => "observe",
+            PassError::Build(_) => "conflict",
+            PassError::Apply(_) => "apply",
+        }
+    }
+}
+
+/// Runs one pass with `driver`, with the untrusted-catalog guard only. `apply` false computes
+/// the plan only.
 pub async fn run_pass<D: Driver>(
     driver: &D,
     snapshot: &Snapshot,
@@ -44,14 +63,46 @@ pub async fn run_pass<D: Driver>(
     drains: &mut DrainClock,
     apply: bool,
 ) -> Result<PassOutcome, PassError> {
+    run_guarded_pass(driver, snapshot, policy, drains, None, apply).await
+}
+
+/// Runs one pass with both guards: removals are held while the catalog is not synced or is
+/// stale, and mass removals go through `mass` when given.
+pub async fn run_guarded_pass<D: Driver>(
+    driver: &D,
+    snapshot: &Snapshot,
+    policy: &Policy,
+    drains: &mut DrainClock,
+    mut mass: Option<&mut MassDeleteGuard>,
+    apply: bool,
+) -> Result<PassOutcome, PassError> {
     let mut attempts = 0;
+    // The mass-delete guard counts passes, not attempts: it is consulted once per pass.
+    let mut mass_verdict: Option<Verdict> = None;
     loop {
         attempts += 1;
         let mut live = driver.observe().await.map_err(PassError::Observe)?;
         let now = Instant::now();
         drains.stamp(&mut live, now);
         let desired = build(snapshot, &live, policy)?;
-        let plan = diff(&desired, &live, now, policy);
+        let mut plan = diff(&desired, &live, now, policy);
+        let held_untrusted = if snapshot.synced && snapshot.stale.is_none() {
+            0
+        } else {
+            hold_removals(&mut plan)
+        };
+        let held_mass_delete = match (mass.as_deref_mut(), &mass_verdict) {
+            (Some(guard), None) if apply => {
+                let v = guard.check(&mut plan, &live);
+                mass_verdict = Some(v.clone());
+                (v != Verdict::Proceed).then_some(v)
+            }
+            (_, Some(held @ Verdict::Held { .. })) => {
+                hold_removals(&mut plan);
+                Some(held.clone())
+            }
+            _ => None,
+        };
         if !apply || plan.is_empty() {
             return Ok(PassOutcome {
                 desired,
@@ -59,6 +110,8 @@ pub async fn run_pass<D: Driver>(
                 plan,
                 report: None,
                 attempts,
+                held_untrusted,
+                held_mass_delete,
             });
         }
         match driver.apply(&plan, &desired, &live).await {
@@ -69,6 +122,8 @@ pub async fn run_pass<D: Driver>(
                     plan,
                     report: Some(report),
                     attempts,
+                    held_untrusted,
+                    held_mass_delete,
                 });
             }
             Err(DriverError::Conflict(why)) if attempts <= MAX_CONFLICT_RETRIES => {

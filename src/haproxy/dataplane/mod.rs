@@ -66,6 +66,8 @@ pub struct DataplaneDriver {
     client: Client,
     opts: Options,
     observed: Mutex<Observed>,
+    /// The transaction being staged, so an abandoned pass can abort it.
+    open_transaction: Mutex<Option<String>>,
 }
 
 const CONF: [&str; 3] = ["services", "haproxy", "configuration"];
@@ -91,12 +93,8 @@ impl DataplaneDriver {
             client,
             opts,
             observed: Mutex::new(Observed::default()),
+            open_transaction: Mutex::new(None),
         })
-    }
-
-    /// Requests sent so far, by (endpoint, status).
-    pub fn request_counts(&self) -> BTreeMap<(&'static str, String), u64> {
-        self.client.request_counts()
     }
 
     fn remember(&self, o: Observed) {
@@ -668,6 +666,9 @@ impl DataplaneDriver {
             .and_then(Value::as_str)
             .ok_or_else(|| DataplaneError::Protocol("transaction without id".into()))?
             .to_string();
+        if let Ok(mut g) = self.open_transaction.lock() {
+            *g = Some(id.clone());
+        }
         let result: Result<Answer, DataplaneError> = async {
             for (method, endpoint, rest, body) in staged {
                 let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
@@ -693,26 +694,33 @@ impl DataplaneDriver {
                 .await
         }
         .await;
+        if let Ok(mut g) = self.open_transaction.lock() {
+            *g = None;
+        }
         match result {
             Ok(commit) => Ok(commit.version.unwrap_or(version + 1)),
             Err(e) => {
                 // Never leave a transaction open (the API refuses new ones at 20).
-                if let Err(abort) = self
-                    .client
-                    .call(
-                        Method::DELETE,
-                        "transactions",
-                        &["services", "haproxy", "transactions", &id],
-                        &[],
-                        None,
-                    )
-                    .await
-                    && !matches!(abort, DataplaneError::NotFound { .. })
-                {
-                    tracing::warn!(transaction = %id, error = %abort, "could not abort the transaction");
-                }
+                self.abort(&id).await;
                 Err(e)
             }
+        }
+    }
+
+    async fn abort(&self, id: &str) {
+        if let Err(abort) = self
+            .client
+            .call(
+                Method::DELETE,
+                "transactions",
+                &["services", "haproxy", "transactions", id],
+                &[],
+                None,
+            )
+            .await
+            && !matches!(abort, DataplaneError::NotFound { .. })
+        {
+            tracing::warn!(transaction = %id, error = %abort, "could not abort the transaction");
         }
     }
 
@@ -853,5 +861,21 @@ impl Driver for DataplaneDriver {
             tracing::info!(driver = "dataplane", reason = %reason, "HAProxy reload");
         }
         Ok(report)
+    }
+
+    async fn abandon(&self) {
+        let open = self.open_transaction.lock().ok().and_then(|mut g| g.take());
+        if let Some(id) = open {
+            tracing::info!(transaction = %id, "aborting the transaction of an abandoned pass");
+            self.abort(&id).await;
+        }
+    }
+
+    fn request_counts(&self) -> Vec<(String, String, u64)> {
+        self.client
+            .request_counts()
+            .into_iter()
+            .map(|((endpoint, status), n)| (endpoint.to_string(), status, n))
+            .collect()
     }
 }

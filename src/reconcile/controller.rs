@@ -1,0 +1,344 @@
+//! The converge loop (kube-runtime's controller, on one page): triggers are catalog changes
+//! (debounced), a resync timer, and retries after errors (exponential backoff with jitter). One
+//! pass at a time, one writer; the pass never learns which trigger started it. Each finished pass
+//! is reported as a [`PassRecord`] for status and metrics.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use tokio::sync::watch;
+use tokio::time::{MissedTickBehavior, sleep_until};
+
+use super::drains::DrainClock;
+use super::guards::{MassDeleteGuard, Verdict};
+use super::pass::{PassError, PassOutcome, run_guarded_pass};
+use crate::catalog::Snapshot;
+use crate::desired::{Diagnostic, Policy};
+use crate::haproxy::Driver;
+use crate::plan::{OpKind, PendingDrain};
+
+/// Loop settings (see the README's configuration table for defaults).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub policy: Policy,
+    /// Quiet period after a catalog change before a pass starts.
+    pub debounce: Duration,
+    /// Longest a steady stream of changes can delay a pass.
+    pub debounce_max: Duration,
+    /// Full reconcile against live HAProxy even when Nomad is quiet (repairs drift).
+    pub resync: Duration,
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+    pub max_delete_ratio: f64,
+    pub mass_delete_confirmations: u32,
+    /// How long the current pass may take to finish once shutdown starts.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            policy: Policy::default(),
+            debounce: Duration::from_millis(50),
+            debounce_max: Duration::from_millis(500),
+            resync: Duration::from_secs(30),
+            retry_min: Duration::from_millis(250),
+            retry_max: Duration::from_secs(30),
+            max_delete_ratio: 0.5,
+            mass_delete_confirmations: 3,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// How a pass ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PassResult {
+    /// Changes applied.
+    Success,
+    /// Nothing to do.
+    Noop,
+    /// Removals held back by a guard (everything else applied).
+    Held,
+    Error,
+}
+
+impl PassResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PassResult::Success => "success",
+            PassResult::Noop => "noop",
+            PassResult::Held => "held",
+            PassResult::Error => "error",
+        }
+    }
+}
+
+/// What one pass did, for `/status`, metrics and logs.
+#[derive(Clone, Debug)]
+pub struct PassRecord {
+    pub finished_at: SystemTime,
+    pub duration: Duration,
+    pub result: PassResult,
+    /// Operations applied: (name, kind).
+    pub ops: Vec<(&'static str, OpKind)>,
+    pub reloads: Vec<String>,
+    pub diagnostics: Vec<Diagnostic>,
+    pub pending_drains: Vec<PendingDrain>,
+    pub error: Option<String>,
+    /// `observe`, `apply` or `conflict` when the pass failed.
+    pub error_kind: Option<&'static str>,
+    pub held_untrusted: usize,
+    pub held_mass_delete: Option<Verdict>,
+    /// The pass ran with no catalog change since the last successful one: whatever it changed
+    /// had drifted in HAProxy.
+    pub drift: bool,
+    /// Time from the first catalog change this pass covers to its successful application.
+    pub change_to_applied: Option<Duration>,
+    pub catalog_services: usize,
+    pub catalog_instances: usize,
+    pub desired_backends: usize,
+    pub desired_servers: usize,
+}
+
+/// The controller. `on_pass` is called after every pass; `shutdown` turning true stops it.
+pub struct Controller<D: Driver> {
+    driver: D,
+    settings: Settings,
+    catalog: watch::Receiver<Arc<Snapshot>>,
+    drains: DrainClock,
+    mass: MassDeleteGuard,
+}
+
+impl<D: Driver> Controller<D> {
+    pub fn new(driver: D, catalog: watch::Receiver<Arc<Snapshot>>, settings: Settings) -> Self {
+        let mass = MassDeleteGuard::new(
+            settings.max_delete_ratio,
+            settings.mass_delete_confirmations,
+        );
+        Controller {
+            driver,
+            settings,
+            catalog,
+            drains: DrainClock::default(),
+            mass,
+        }
+    }
+
+    pub fn driver(&self) -> &D {
+        &self.driver
+    }
+
+    /// Runs until `shutdown` becomes true. A pass in progress when it does gets
+    /// `shutdown_grace` to finish; past that it is dropped and the driver releases what it held
+    /// open.
+    pub async fn run(
+        mut self,
+        mut shutdown: watch::Receiver<bool>,
+        mut on_pass: impl FnMut(&PassRecord),
+    ) {
+        let s = self.settings.clone();
+        let mut resync = tokio::time::interval(s.resync);
+        resync.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let backoff_builder = ExponentialBuilder::default()
+            .with_min_delay(s.retry_min)
+            .with_max_delay(s.retry_max)
+            .with_jitter()
+            .without_max_times();
+        let mut backoff = backoff_builder.build();
+        let mut first_change: Option<Instant> = None;
+        let mut last_change: Option<Instant> = None;
+        let mut retry_at: Option<Instant> = None;
+        let mut catalog_open = true;
+        let mut applied_version: Option<Arc<Snapshot>> = None;
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let debounce_at = match (first_change, last_change) {
+                (Some(first), Some(last)) => Some((last + s.debounce).min(first + s.debounce_max)),
+                _ => None,
+            };
+            let wake = match (debounce_at, retry_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            tokio::select! {
+                biased;
+                r = shutdown.changed() => {
+                    if r.is_err() || *shutdown.borrow() {
+                        break;
+                    }
+                    continue;
+                }
+                r = self.catalog.changed(), if catalog_open => {
+                    if r.is_err() {
+                        catalog_open = false;
+                    } else {
+                        let now = Instant::now();
+                        first_change.get_or_insert(now);
+                        last_change = Some(now);
+                    }
+                    continue;
+                }
+                _ = sleep_until(wake.unwrap_or_else(Instant::now).into()), if wake.is_some() => {}
+                _ = resync.tick() => {}
+            }
+            let change = first_change.take();
+            last_change = None;
+            retry_at = None;
+            let snapshot = self.catalog.borrow_and_update().clone();
+            let drift = change.is_none()
+                && applied_version
+                    .as_ref()
+                    .is_some_and(|v| Arc::ptr_eq(v, &snapshot));
+            let started = Instant::now();
+            let outcome = {
+                let pass = run_guarded_pass(
+                    &self.driver,
+                    &snapshot,
+                    &s.policy,
+                    &mut self.drains,
+                    Some(&mut self.mass),
+                    true,
+                );
+                tokio::pin!(pass);
+                tokio::select! {
+                    r = &mut pass => Some(r),
+                    _ = wait_true(&mut shutdown) => {
+                        tracing::info!(grace = ?s.shutdown_grace, "shutdown: letting the current pass finish");
+                        tokio::time::timeout(s.shutdown_grace, &mut pass).await.ok()
+                    }
+                }
+            };
+            let Some(outcome) = outcome else {
+                tracing::warn!("shutdown: the current pass did not finish in time; abandoning it");
+                self.driver.abandon().await;
+                break;
+            };
+            let record = record(&snapshot, outcome, started, drift, change);
+            match record.result {
+                PassResult::Error => {
+                    let delay = backoff.next().unwrap_or(s.retry_max);
+                    retry_at = Some(Instant::now() + delay);
+                    tracing::warn!(error = record.error.as_deref().unwrap_or(""), retry_in = ?delay, "pass failed");
+                    // The change is not applied yet: keep measuring from it.
+                    first_change = first_change.or(change);
+                }
+                _ => {
+                    backoff = backoff_builder.build();
+                    applied_version = Some(snapshot.clone());
+                    if record.held_untrusted > 0
+                        || record.held_mass_delete.is_some()
+                        || !record.pending_drains.is_empty()
+                    {
+                        // Come back soon: drains finish and guards confirm across passes.
+                        retry_at = Some(
+                            Instant::now()
+                                + s.retry_min.max(Duration::from_millis(500)).min(s.resync),
+                        );
+                    }
+                }
+            }
+            on_pass(&record);
+        }
+    }
+}
+
+async fn wait_true(rx: &mut watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            // The sender is gone: nobody can ask for shutdown any more.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+fn record(
+    snapshot: &Snapshot,
+    outcome: Result<PassOutcome, PassError>,
+    started: Instant,
+    drift: bool,
+    change: Option<Instant>,
+) -> PassRecord {
+    let catalog_instances = snapshot.services.values().map(|s| s.instances.len()).sum();
+    let mut r = PassRecord {
+        finished_at: SystemTime::now(),
+        duration: started.elapsed(),
+        result: PassResult::Error,
+        ops: Vec::new(),
+        reloads: Vec::new(),
+        diagnostics: Vec::new(),
+        pending_drains: Vec::new(),
+        error: None,
+        error_kind: None,
+        held_untrusted: 0,
+        held_mass_delete: None,
+        drift: false,
+        change_to_applied: None,
+        catalog_services: snapshot.services.len(),
+        catalog_instances,
+        desired_backends: 0,
+        desired_servers: 0,
+    };
+    match outcome {
+        Err(e) => {
+            r.error_kind = Some(e.kind());
+            r.error = Some(e.to_string());
+        }
+        Ok(o) => {
+            r.desired_backends = o.desired.backends.len();
+            r.desired_servers = o.desired.backends.values().map(|b| b.servers.len()).sum();
+            r.diagnostics = o.desired.diagnostics;
+            r.pending_drains = o.plan.pending_drains.clone();
+            r.held_untrusted = o.held_untrusted;
+            r.held_mass_delete = o.held_mass_delete;
+            r.ops = o
+                .plan
+                .ops
+                .iter()
+                .map(|op| (op.action.name(), op.kind))
+                .collect();
+            r.reloads = o.report.map(|rep| rep.reloads).unwrap_or_default();
+            r.drift = drift && !r.ops.is_empty();
+            r.change_to_applied = change.map(|c| c.elapsed());
+            r.result = if r.held_untrusted > 0 || r.held_mass_delete.is_some() {
+                PassResult::Held
+            } else if r.ops.is_empty() {
+                PassResult::Noop
+            } else {
+                PassResult::Success
+            };
+            for op in &o.plan.ops {
+                tracing::info!(
+                    op = op.action.name(),
+                    backend = op.action.backend().unwrap_or(""),
+                    server = op.action.server().unwrap_or(""),
+                    reason = %op.reason,
+                    "applied"
+                );
+            }
+            if let Some(Verdict::Held {
+                servers,
+                owned,
+                seen,
+                needed,
+            }) = &r.held_mass_delete
+            {
+                tracing::warn!(
+                    servers,
+                    owned,
+                    seen,
+                    needed,
+                    "mass removal held back until confirmed"
+                );
+            }
+        }
+    }
+    r
+}
