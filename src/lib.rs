@@ -10,6 +10,7 @@ pub mod desired;
 pub mod haproxy;
 pub mod live;
 pub mod logging;
+pub mod metrics;
 pub mod model;
 pub mod plan;
 pub mod reconcile;
