@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod desired;
 pub mod haproxy;
+pub mod http;
 pub mod live;
 pub mod logging;
 pub mod metrics;
