@@ -86,6 +86,9 @@ pub struct ConfigFlags {
     /// Log format: text or json.
     #[arg(long, global = true, value_name = "FORMAT")]
     pub log_format: Option<String>,
+    /// Listen address (IP:port) of the health, readiness, status and metrics server.
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub http_listen: Option<String>,
 }
 
 impl ConfigFlags {
@@ -110,6 +113,7 @@ impl ConfigFlags {
             haproxy_frontend,
             log_level,
             log_format,
+            http_listen,
         } = self;
         Layer::from_flags([
             (Key::NomadAddress, nomad_address.as_deref()),
@@ -132,6 +136,7 @@ impl ConfigFlags {
             (Key::HaproxyFrontend, haproxy_frontend.as_deref()),
             (Key::LogLevel, log_level.as_deref()),
             (Key::LogFormat, log_format.as_deref()),
+            (Key::HttpListen, http_listen.as_deref()),
         ])
     }
 }
