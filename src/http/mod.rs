@@ -48,12 +48,18 @@ pub enum HttpError {
 /// Where handlers read the time from.
 pub type Clock = Arc<dyn Fn() -> Instant + Send + Sync>;
 
-/// What the handlers share: the metrics, the status board and a clock. Cheap to clone.
+/// Runs before each `/metrics` render, to copy in counts kept elsewhere (see
+/// [`Metrics::sync_counter`]). It must be quick and must not block.
+pub type ScrapeHook = Arc<dyn Fn(&Metrics) + Send + Sync>;
+
+/// What the handlers share: the metrics, the status board, a clock and an optional scrape hook.
+/// Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub status: Arc<Status>,
     clock: Clock,
+    on_scrape: Option<ScrapeHook>,
 }
 
 impl AppState {
@@ -63,6 +69,16 @@ impl AppState {
             metrics,
             status,
             clock: Arc::new(Instant::now),
+            on_scrape: None,
+        }
+    }
+
+    /// The same state calling `hook` before each `/metrics` render, for example to copy the
+    /// watcher's request counters in with [`Metrics::sync_counter`].
+    pub fn on_scrape(self, hook: impl Fn(&Metrics) + Send + Sync + 'static) -> AppState {
+        AppState {
+            on_scrape: Some(Arc::new(hook)),
+            ..self
         }
     }
 
@@ -84,6 +100,7 @@ impl fmt::Debug for AppState {
         f.debug_struct("AppState")
             .field("metrics", &self.metrics)
             .field("status", &self.status)
+            .field("on_scrape", &self.on_scrape.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -155,6 +172,9 @@ async fn status_doc(State(state): State<AppState>) -> Response {
 
 /// `GET /metrics`: Prometheus text format.
 async fn metrics(State(state): State<AppState>) -> Response {
+    if let Some(hook) = &state.on_scrape {
+        hook(&state.metrics);
+    }
     match state.metrics.try_render() {
         Ok(text) => ([(header::CONTENT_TYPE, state.metrics.content_type())], text).into_response(),
         Err(e) => {

@@ -281,6 +281,41 @@ async fn metrics_are_prometheus_text() {
     );
 }
 
+#[tokio::test]
+async fn the_scrape_hook_copies_external_counts_in_before_each_render() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let f = Fixture::new();
+    let requests = Arc::new(AtomicU64::new(0));
+    let seen = Arc::clone(&requests);
+    let state = f.state().on_scrape(move |m| {
+        m.sync_counter(
+            &m.nomad_requests,
+            &["/v1/services", "200"],
+            seen.load(Ordering::Relaxed),
+        );
+    });
+    let scrape = || async {
+        let req = Request::get("/metrics")
+            .body(Body::empty())
+            .expect("request");
+        let resp = router(state.clone())
+            .oneshot(req)
+            .await
+            .expect("infallible");
+        let text = body_text(resp).await;
+        let families = expo::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        families["hnc_nomad_requests_total"].value(
+            "hnc_nomad_requests_total",
+            &[("endpoint", "/v1/services"), ("status", "200")],
+        )
+    };
+    requests.store(3, Ordering::Relaxed);
+    assert_eq!(scrape().await, Some(3.0));
+    assert_eq!(scrape().await, Some(3.0), "no double counting");
+    requests.store(10, Ordering::Relaxed);
+    assert_eq!(scrape().await, Some(10.0));
+}
+
 fn mk_diag() -> Diagnostic {
     Diagnostic {
         namespace: "prod".into(),
