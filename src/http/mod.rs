@@ -13,7 +13,7 @@ use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -124,19 +124,51 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, HttpError> {
         .map_err(|source| HttpError::Bind { addr, source })
 }
 
-/// Serves [`router`] on `listener` until `shutdown` completes, then lets open requests finish.
+/// How long [`serve`] waits for open connections after the shutdown signal.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Serves [`router`] on `listener` until `shutdown` completes, then lets open requests finish
+/// for up to [`SHUTDOWN_GRACE`].
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), HttpError> {
+    serve_with_grace(listener, state, shutdown, SHUTDOWN_GRACE).await
+}
+
+/// [`serve`] with another grace period. The server sets no read timeout of its own, so a client
+/// that never finishes its request would otherwise hold shutdown up forever.
+pub async fn serve_with_grace(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> Result<(), HttpError> {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "admin HTTP server listening");
     }
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(HttpError::Serve)
+    let (stopping, mut stopped) = tokio::sync::watch::channel(false);
+    let signal = async move {
+        shutdown.await;
+        // Nobody listening only means serve() has already returned.
+        let _ = stopping.send(true);
+    };
+    let server = axum::serve(listener, router(state)).with_graceful_shutdown(signal);
+    let deadline = async move {
+        if stopped.wait_for(|s| *s).await.is_err() {
+            // The sender is gone without a signal: the server ended by itself.
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        result = server => result.map_err(HttpError::Serve),
+        () = deadline => {
+            tracing::warn!(grace_ms = grace.as_millis(), "admin HTTP connections still open after the shutdown grace period; closing");
+            Ok(())
+        }
+    }
 }
 
 /// `GET /healthz`: 200 while the loop's last heartbeat is recent, else 503.

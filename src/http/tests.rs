@@ -588,6 +588,42 @@ async fn serves_over_tcp_and_shuts_down_gracefully() {
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn shutdown_does_not_wait_forever_for_a_stalled_client() {
+    let f = Fixture::new();
+    let listener = bind("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("bind port 0");
+    let addr = listener.local_addr().expect("local addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let grace = Duration::from_secs(2);
+    let server = tokio::spawn(serve_with_grace(
+        listener,
+        f.state(),
+        async {
+            let _ = stopped.await;
+        },
+        grace,
+    ));
+    // A client that sends half a request and then nothing.
+    let mut stalled = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stalled
+        .write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    tokio::task::yield_now().await;
+
+    let asked = tokio::time::Instant::now();
+    stop.send(()).expect("server still running");
+    let result = tokio::time::timeout(grace * 2, server)
+        .await
+        .expect("serve returns after the grace period")
+        .expect("server task");
+    assert!(result.is_ok(), "{result:?}");
+    assert!(asked.elapsed() >= grace, "waited the grace period first");
+    drop(stalled);
+}
+
 #[tokio::test]
 async fn bind_names_the_address_on_failure() {
     let taken = bind("127.0.0.1:0".parse().expect("addr"))
