@@ -110,6 +110,9 @@ pub struct ConfigFlags {
     /// Log format: text or json.
     #[arg(long, global = true, value_name = "FORMAT")]
     pub log_format: Option<String>,
+    /// Listen address (IP:port) of the health, readiness, status and metrics server.
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub http_listen: Option<String>,
 }
 
 impl ConfigFlags {
@@ -142,6 +145,7 @@ impl ConfigFlags {
             mass_delete_confirmations,
             log_level,
             log_format,
+            http_listen,
         } = self;
         Layer::from_flags([
             (Key::NomadAddress, nomad_address.as_deref()),
@@ -175,6 +179,7 @@ impl ConfigFlags {
             ),
             (Key::LogLevel, log_level.as_deref()),
             (Key::LogFormat, log_format.as_deref()),
+            (Key::HttpListen, http_listen.as_deref()),
         ])
     }
 }

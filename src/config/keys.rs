@@ -32,6 +32,7 @@ pub enum Key {
     ReconcileMassDeleteConfirmations,
     LogLevel,
     LogFormat,
+    HttpListen,
 }
 
 /// How a key is documented and where it may be set.
@@ -268,6 +269,14 @@ pub const KEYS: &[KeySpec] = &[
         default: "text",
         doc: "Log output format on stderr: `text` or `json`.",
     },
+    KeySpec {
+        key: Key::HttpListen,
+        json: "http.listen",
+        env: &["HTTP_LISTEN"],
+        flag: Some("--http-listen"),
+        default: "0.0.0.0:4650",
+        doc: "Address (IP:port) of the HTTP server for `/healthz`, `/readyz`, `/status` and `/metrics`. Port 0 picks a free port (logged).",
+    },
 ];
 
 impl Key {
@@ -348,6 +357,7 @@ mod tests {
         assert!(is_section("nomad"));
         assert!(is_section("haproxy"));
         assert!(is_section("log"));
+        assert!(is_section("http"));
         assert!(!is_section("nomad.address"));
         assert!(!is_section("noma"));
         assert_eq!(suggest("haproxy.adress"), Some("haproxy.address"));

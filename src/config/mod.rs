@@ -9,6 +9,7 @@ pub mod keys;
 pub mod layer;
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -111,6 +112,7 @@ pub struct Config {
     pub haproxy: HaproxyConfig,
     pub reconcile: ReconcileConfig,
     pub log: LogConfig,
+    pub http: HttpConfig,
 }
 
 /// The converge loop's timing and safety settings.
@@ -205,6 +207,14 @@ pub struct LogConfig {
     pub format: LogFormat,
 }
 
+/// The admin HTTP server (`/healthz`, `/readyz`, `/status`, `/metrics`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// Default `0.0.0.0:4650`: reachable by Nomad checks and Prometheus from outside the
+    /// allocation; nothing served is secret. Use `127.0.0.1:4650` to keep it local.
+    pub listen: SocketAddr,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -227,6 +237,10 @@ const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_TAG_PREFIX: &str = "haproxy";
 const DEFAULT_RESYNC_INTERVAL: Duration = Duration::from_secs(60);
 const DEFAULT_LOG_FILTER: &str = "info";
+/// Outside Prometheus's exporter range (9100-9999, fully allocated) and Nomad's dynamic port
+/// range (20000-32000); next to Nomad's own 4646-4648.
+const DEFAULT_HTTP_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 4650);
 
 impl Config {
     /// Loads the configuration from all sources: an optional JSON file, the environment (through
@@ -365,6 +379,10 @@ impl Config {
         }
         let format = v.log_format(Key::LogFormat).unwrap_or(LogFormat::Text);
 
+        let listen = v
+            .socket_addr(Key::HttpListen)
+            .unwrap_or(DEFAULT_HTTP_LISTEN);
+
         match errors.len() {
             0 => Ok(Config {
                 nomad: NomadConfig {
@@ -387,6 +405,7 @@ impl Config {
                 },
                 reconcile,
                 log: LogConfig { filter, format },
+                http: HttpConfig { listen },
             }),
             1 => Err(errors.remove(0)),
             _ => Err(ConfigError::Many(errors)),
@@ -440,6 +459,9 @@ impl Config {
             "log": {
                 "level": self.log.filter,
                 "format": self.log.format.as_str(),
+            },
+            "http": {
+                "listen": self.http.listen.to_string(),
             },
         })
     }
@@ -681,6 +703,24 @@ impl Validator<'_> {
                     return None;
                 }
                 Some(items)
+            }
+        }
+    }
+
+    /// An `IP:port` listen address (`[::1]:4650` for IPv6); no host names, so what is bound is
+    /// exactly what was written.
+    fn socket_addr(&mut self, key: Key) -> Option<SocketAddr> {
+        let text = self.string(key)?;
+        match text.trim().parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.fail(
+                    key,
+                    format!(
+                        "`{text}` is not an IP address and port (for example 0.0.0.0:4650, 127.0.0.1:4650 or [::]:4650)"
+                    ),
+                );
+                None
             }
         }
     }

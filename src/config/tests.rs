@@ -660,3 +660,46 @@ fn reconcile_keys() {
     let e = err(from_env(&[("RECONCILE_RESYNC_INTERVAL", "0s")]));
     assert!(e.contains("must be greater than zero"), "{e}");
 }
+
+#[test]
+fn http_listen_defaults_and_comes_from_every_source() {
+    let addr = |s: &str| -> std::net::SocketAddr { s.parse().expect("test address") };
+    let c = Config::from_layer(&Layer::default()).expect("defaults");
+    assert_eq!(c.http.listen, addr("0.0.0.0:4650"));
+    assert_eq!(c.to_redacted_json()["http"]["listen"], "0.0.0.0:4650");
+
+    let c = from_file(r#"{"http":{"listen":"127.0.0.1:9000"}}"#).expect("valid");
+    assert_eq!(c.http.listen, addr("127.0.0.1:9000"));
+    let c = from_env(&[("HTTP_LISTEN", "[::1]:4650")]).expect("valid");
+    assert_eq!(c.http.listen, addr("[::1]:4650"));
+    assert_eq!(c.to_redacted_json()["http"]["listen"], "[::1]:4650");
+    let c = Config::from_layer(&flag_layer(&[(Key::HttpListen, "127.0.0.1:0")])).expect("valid");
+    assert_eq!(c.http.listen, addr("127.0.0.1:0"), "port 0: any free port");
+}
+
+#[test]
+fn http_listen_must_be_an_ip_address_and_port() {
+    let e = err(from_env(&[("HTTP_LISTEN", "localhost:4650")]));
+    assert_eq!(
+        e,
+        "invalid http.listen (from environment variable HTTP_LISTEN): `localhost:4650` is not an IP address and port (for example 0.0.0.0:4650, 127.0.0.1:4650 or [::]:4650)"
+    );
+    let e = err(Config::from_layer(&flag_layer(&[(
+        Key::HttpListen,
+        "127.0.0.1",
+    )])));
+    assert!(
+        e.starts_with("invalid http.listen (from flag --http-listen): `127.0.0.1` is not"),
+        "{e}"
+    );
+    let e = err(from_file(r#"{"http":{"listen":"0.0.0.0:70000"}}"#));
+    assert!(
+        e.contains("`0.0.0.0:70000` is not an IP address and port"),
+        "{e}"
+    );
+    let e = err(from_file(r#"{"http":{"listen":4650}}"#));
+    assert_eq!(
+        e,
+        "invalid http.listen (from config file test.json): expected a string, found a number"
+    );
+}

@@ -529,7 +529,24 @@ fn candidate(
     let newest_variant = members
         .iter()
         .max_by(|(a, _), (b, _)| {
-            (a.modify_index, a.create_index, &a.id).cmp(&(b.modify_index, b.create_index, &b.id))
+            // A total order on everything that can differ, so the choice never depends on
+            // input order (Nomad's IDs are unique, but a double or a bug may repeat one).
+            (
+                a.modify_index,
+                a.create_index,
+                &a.id,
+                &a.address,
+                a.port,
+                &a.tags,
+            )
+                .cmp(&(
+                    b.modify_index,
+                    b.create_index,
+                    &b.id,
+                    &b.address,
+                    b.port,
+                    &b.tags,
+                ))
         })
         .map(|(_, v)| *v)?;
 
@@ -588,22 +605,18 @@ fn candidate(
     }
 
     let mut servers = BTreeMap::new();
+    let mut bad: Option<&Instance> = None;
     for (inst, v) in &members {
         let addr: IpAddr = match inst.address.parse() {
             Ok(a) if inst.port != 0 => a,
             _ => {
-                let d = diag(
-                    key,
-                    Severity::Skipped,
-                    Reason::InvalidAddress,
-                    None,
-                    format!(
-                        "registration {} has address `{}` port {}, which is not an IP address and port; service skipped",
-                        inst.id, inst.address, inst.port
-                    ),
-                );
-                freeze(desired, d);
-                return None;
+                // Report the same registration whatever the input order.
+                if bad.is_none_or(|b| {
+                    (&inst.id, &inst.address, inst.port) < (&b.id, &b.address, b.port)
+                }) {
+                    bad = Some(inst);
+                }
+                continue;
             }
         };
         let weight = variants[*v].parsed.weight.unwrap_or(DEFAULT_WEIGHT);
@@ -611,6 +624,20 @@ fn candidate(
             .entry(Endpoint::new(addr, inst.port))
             .or_insert(ServerSpec { weight });
         spec.weight = spec.weight.max(weight);
+    }
+    if let Some(inst) = bad {
+        let d = diag(
+            key,
+            Severity::Skipped,
+            Reason::InvalidAddress,
+            None,
+            format!(
+                "registration {} has address `{}` port {}, which is not an IP address and port; service skipped",
+                inst.id, inst.address, inst.port
+            ),
+        );
+        freeze(desired, d);
+        return None;
     }
 
     let newest_settings = newest.settings.clone();

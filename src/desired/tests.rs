@@ -1090,3 +1090,36 @@ fn domains_are_the_union_across_instances() {
         "a rolling deploy keeps the old domain while old instances live"
     );
 }
+
+#[test]
+fn repeated_registration_ids_do_not_make_the_result_order_dependent() {
+    // Found by proptest: two registrations sharing an ID, one with a bad address.
+    let a = mk_instance(
+        "00a0",
+        "10.0.0.1",
+        80,
+        &["haproxy.enable=true", "haproxy.weight=2"],
+    );
+    let b = mk_instance("00a0", "not-an-ip", 8080, &["haproxy.enable=true"]);
+    let c = mk_instance(
+        "00a0",
+        "10.0.0.2",
+        9000,
+        &["haproxy.enable=true", "haproxy.balance=first"],
+    );
+    for set in [vec![a.clone(), c.clone()], vec![a, b, c]] {
+        let mut reversed = set.clone();
+        reversed.reverse();
+        let one = build(
+            &mk_snapshot(vec![("default", "web", set)]),
+            &Live::default(),
+            &Policy::default(),
+        );
+        let two = build(
+            &mk_snapshot(vec![("default", "web", reversed)]),
+            &Live::default(),
+            &Policy::default(),
+        );
+        assert_eq!(one, two);
+    }
+}

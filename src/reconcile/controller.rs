@@ -16,6 +16,7 @@ use super::pass::{PassError, PassOutcome, run_guarded_pass};
 use crate::catalog::Snapshot;
 use crate::desired::{Diagnostic, Policy};
 use crate::haproxy::Driver;
+pub use crate::metrics::PassResult;
 use crate::plan::{OpKind, PendingDrain};
 
 /// Loop settings (see the README's configuration table for defaults).
@@ -48,30 +49,6 @@ impl Default for Settings {
             max_delete_ratio: 0.5,
             mass_delete_confirmations: 3,
             shutdown_grace: Duration::from_secs(10),
-        }
-    }
-}
-
-/// How a pass ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PassResult {
-    /// Changes applied.
-    Success,
-    /// Nothing to do.
-    Noop,
-    /// Removals held back by a guard (everything else applied).
-    Held,
-    Error,
-}
-
-impl PassResult {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PassResult::Success => "success",
-            PassResult::Noop => "noop",
-            PassResult::Held => "held",
-            PassResult::Error => "error",
         }
     }
 }
@@ -307,7 +284,7 @@ fn record(
             r.reloads = o.report.map(|rep| rep.reloads).unwrap_or_default();
             r.drift = drift && !r.ops.is_empty();
             r.change_to_applied = change.map(|c| c.elapsed());
-            r.result = if r.held_untrusted > 0 || r.held_mass_delete.is_some() {
+            r.result = if r.held_mass_delete.is_some() {
                 PassResult::Held
             } else if r.ops.is_empty() {
                 PassResult::Noop
