@@ -18,12 +18,22 @@ pub struct Cli {
     #[command(flatten)]
     pub flags: ConfigFlags,
 
+    /// What to do; `run` when omitted.
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Keep HAProxy converged with Nomad until SIGTERM or SIGINT (the default).
+    Run,
+    /// One pass without applying: print what would change. Exit 0 when nothing would, 2 when
+    /// changes are pending, 1 on error (like `terraform plan -detailed-exitcode`).
+    Plan {
+        /// Print the plan as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Load and validate the configuration, print it as JSON with secrets redacted.
     /// Exit 0 when valid, 2 when not.
     CheckConfig,

@@ -3,6 +3,7 @@
 //! The pure core (no I/O): [`desired`] (tags → desired model), [`live`] (what a driver observed),
 //! [`plan`] (diff → ordered plan), over the shared vocabulary in [`model`].
 
+pub mod app;
 pub mod catalog;
 pub mod cli;
 pub mod config;

@@ -1,16 +1,21 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use haproxy_nomad_connector::app::{self, PlanExit};
 use haproxy_nomad_connector::cli::{Cli, Command};
 use haproxy_nomad_connector::config::Config;
 use haproxy_nomad_connector::logging;
+use tokio::sync::watch;
 
 /// Configuration errors and bad usage exit with 2, like clap's own usage errors.
 const EXIT_CONFIG: u8 = 2;
+/// `plan`: changes pending.
+const EXIT_CHANGES: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Version = cli.command {
+    let command = cli.command.unwrap_or(Command::Run);
+    if let Command::Version = command {
         println!("{} {}", env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
@@ -31,7 +36,7 @@ fn main() -> ExitCode {
     }
     let effective = config.to_redacted_json();
     tracing::debug!(config = %effective, "effective configuration");
-    match cli.command {
+    match command {
         Command::CheckConfig => {
             match serde_json::to_string_pretty(&effective) {
                 Ok(text) => println!("{text}"),
@@ -44,5 +49,67 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Version => ExitCode::SUCCESS,
+        Command::Run => {
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let result = runtime.block_on(async {
+                let (stop, stopped) = watch::channel(false);
+                tokio::spawn(async move {
+                    wait_for_signal().await;
+                    let _ = stop.send(true);
+                });
+                app::run(config, stopped).await
+            });
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "stopped");
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Plan { json } => {
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let mut out = std::io::stdout();
+            match runtime.block_on(app::plan(config, json, &mut out)) {
+                Ok(PlanExit::Clean) => ExitCode::SUCCESS,
+                Ok(PlanExit::Changes) => ExitCode::from(EXIT_CHANGES),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// SIGTERM or SIGINT.
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = int.recv() => tracing::info!("SIGINT received"),
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

@@ -200,7 +200,12 @@ fn version_prints_name_and_version() {
 }
 
 #[test]
-fn no_command_is_a_usage_error() {
-    let out = run(&[], &[]);
+fn an_unknown_command_is_a_usage_error() {
+    let out = run(&["serve"], &[]);
     assert_eq!(out.status.code(), Some(2));
+    let (_, stderr) = text(&out);
+    assert!(
+        stderr.contains("unrecognized subcommand 'serve'"),
+        "{stderr}"
+    );
 }

@@ -67,7 +67,12 @@ async fn plain_text_errors_and_unknown_services() {
 
 #[tokio::test]
 async fn blocking_queries_on_the_table_wide_index() {
-    let double = NomadDouble::start().await;
+    // Indexes from 1, for readable numbers.
+    let double = NomadDouble::start_with(Options {
+        first_raft_index: 0,
+        ..Options::default()
+    })
+    .await;
     double.register([Reg::new("default", "web", "a", "10.0.0.1", 1)]);
     double.register([Reg::new("prod", "api", "b", "10.0.0.2", 2)]);
     assert_eq!(double.table_index(), 2);
@@ -167,6 +172,7 @@ fn batch_index(line: &str) -> u64 {
 async fn event_stream_heartbeat_and_index_rules() {
     let double = NomadDouble::start_with(Options {
         buffer_size: 3,
+        first_raft_index: 0,
         ..Options::default()
     })
     .await;

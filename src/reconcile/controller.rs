@@ -172,6 +172,11 @@ impl<D: Driver> Controller<D> {
                     .as_ref()
                     .is_some_and(|v| Arc::ptr_eq(v, &snapshot));
             let started = Instant::now();
+            tracing::debug!(
+                services = snapshot.services.len(),
+                synced = snapshot.synced,
+                "pass starting"
+            );
             let outcome = {
                 let pass = run_guarded_pass(
                     &self.driver,
@@ -196,6 +201,7 @@ impl<D: Driver> Controller<D> {
                 break;
             };
             let record = record(&snapshot, outcome, started, drift, change);
+            tracing::debug!(result = record.result.as_str(), ops = record.ops.len(), took = ?record.duration, "pass finished");
             match record.result {
                 PassResult::Error => {
                     let delay = backoff.next().unwrap_or(s.retry_max);

@@ -2,6 +2,7 @@
 //! Data Plane API double comes in a later milestone). Each integration-test crate uses a subset.
 #![allow(dead_code)]
 
+pub mod connector;
 pub mod dataplane;
 pub mod haproxy;
 pub mod http;

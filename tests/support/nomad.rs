@@ -138,6 +138,11 @@ pub struct Options {
     /// Nomad ≤ 1.9.5 answers a valid token lacking the capability on the stream with
     /// `500 Permission denied`; 1.9.6+ with 403.
     pub legacy_stream_denial: bool,
+    /// The raft index before the first write. A real cluster has applied entries (elections,
+    /// configuration, namespaces) before any service registers, so its first registration is
+    /// never index 1 — which a client could not tell apart from the floored index of an empty
+    /// table. Tests of the index rules themselves may start at 0 for readable numbers.
+    pub first_raft_index: u64,
 }
 
 impl Default for Options {
@@ -146,6 +151,7 @@ impl Default for Options {
             buffer_size: 100,
             heartbeat: Duration::from_secs(30),
             legacy_stream_denial: false,
+            first_raft_index: 10,
         }
     }
 }
@@ -279,7 +285,10 @@ impl NomadDouble {
         let (changed, _) = watch::channel(0);
         let (live, _) = broadcast::channel(options.buffer_size.max(1));
         Arc::new(Shared {
-            state: Mutex::new(Cluster::default()),
+            state: Mutex::new(Cluster {
+                raft_index: options.first_raft_index,
+                ..Cluster::default()
+            }),
             options,
             changed,
             live,

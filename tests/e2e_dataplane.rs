@@ -1,0 +1,472 @@
+//! End to end: the real binary (`run`, `plan`) against the Nomad and Data Plane API doubles.
+
+mod support;
+
+use std::time::Duration;
+
+use haproxy_nomad_connector::model::route_rules;
+use serde_json::{Value, json};
+use support::connector::{BIN, Connector};
+use support::dataplane::{BaseConfig, DataplaneDouble, FrontendSpec, Options as DpOptions};
+use support::nomad::{NomadDouble, Reg};
+
+/// The doubles run on their own runtime's threads, so the test thread can block while it
+/// waits (blocking a runtime worker would stall the doubles' tasks).
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+const MAPS: [&str; 4] = [
+    "hnc_exact.map",
+    "hnc_prefix.map",
+    "hnc_suffix.map",
+    "hnc_regex.map",
+];
+const WAIT: Duration = Duration::from_secs(15);
+
+fn base() -> BaseConfig {
+    let mut fe = FrontendSpec::new("http-in")
+        .default_backend("legacy")
+        .acl(json!({"acl_name": "is_admin", "criterion": "path_beg", "value": "/admin"}))
+        .rule(json!({"name": "legacy", "cond": "if", "cond_test": "is_admin METH_GET"}));
+    for (name, cond) in route_rules("/etc/haproxy/maps") {
+        fe = fe.rule(json!({"name": name, "cond": "if", "cond_test": cond}));
+    }
+    let mut b = BaseConfig::new()
+        .backend(json!({"name": "legacy", "mode": "http", "servers": {"app1": {"name": "app1", "address": "192.0.2.10", "port": 80}}}))
+        .frontend(fe);
+    for m in MAPS {
+        b = b.map_file(m, "");
+    }
+    b
+}
+
+fn env(
+    nomad: &NomadDouble,
+    dp: &DataplaneDouble,
+    extra: &[(&str, &str)],
+) -> Vec<(&'static str, String)> {
+    let mut v: Vec<(&'static str, String)> = vec![
+        ("NOMAD_ADDR", nomad.url().to_string()),
+        ("HAPROXY_DATAPLANE_URL", dp.url()),
+        ("HAPROXY_USERNAME", dp.user()),
+        ("HAPROXY_PASSWORD", dp.password()),
+        ("RECONCILE_RESYNC_INTERVAL", "1s".into()),
+        ("NOMAD_RESYNC_INTERVAL", "1s".into()),
+        ("RECONCILE_DEBOUNCE", "20ms".into()),
+        ("HAPROXY_DRAIN_TIMEOUT_SEC", "5s".into()),
+    ];
+    for (k, val) in extra {
+        let key: &'static str = Box::leak(k.to_string().into_boxed_str());
+        v.retain(|(x, _)| *x != key);
+        v.push((key, val.to_string()));
+    }
+    v
+}
+
+fn web(alloc: &str, ip: &str, tags: &[&str]) -> Reg {
+    Reg::new("default", "web", alloc, ip, 8080).tags(Some(tags))
+}
+
+const TAGS: &[&str] = &[
+    "haproxy.enable=true",
+    "haproxy.domain=web.example.com",
+    "haproxy.check.path=/health",
+];
+
+/// Serving servers of `backend` in the double's runtime: (name, address:port, check enabled).
+fn serving(dp: &DataplaneDouble, backend: &str) -> Vec<(String, String, bool)> {
+    let rt = dp.runtime_snapshot();
+    rt["backends"][backend]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|s| s["admin_state"] == "ready")
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap_or("").to_string(),
+                format!("{}:{}", s["address"].as_str().unwrap_or(""), s["port"]),
+                s["check_enabled"] == true,
+            )
+        })
+        .collect()
+}
+
+fn map_entries(dp: &DataplaneDouble, map: &str) -> Vec<(String, String)> {
+    dp.runtime_snapshot()["maps"][map]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|e| {
+            (
+                e[0].as_str().unwrap_or("").to_string(),
+                e[1].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn register_scale_change_domain_and_deregister_with_drain() {
+    let rt = runtime();
+    let nomad = rt.block_on(NomadDouble::start());
+    let dp = rt.block_on(DataplaneDouble::start(base(), DpOptions::fast()));
+    let c = Connector::start(&env(&nomad, &dp, &[]));
+
+    nomad.register([web("a1", "10.0.0.1", TAGS), web("a2", "10.0.0.2", TAGS)]);
+    c.wait_for("2 serving servers and the route", WAIT, |_| {
+        serving(&dp, "web").len() == 2
+            && map_entries(&dp, "hnc_exact.map")
+                == vec![("web.example.com".to_string(), "web".to_string())]
+    });
+    assert!(serving(&dp, "web").iter().all(|(_, _, check)| *check));
+    c.wait_for("ready", WAIT, |c| {
+        c.get("/readyz").is_some_and(|(s, _)| s == 200)
+    });
+
+    // Scale up.
+    nomad.register([web("a3", "10.0.0.3", TAGS)]);
+    c.wait_for("3 serving servers", WAIT, |_| {
+        serving(&dp, "web").len() == 3
+    });
+
+    // Deregister one: drained, then its slot freed; the route stays.
+    dp.reset_counters();
+    let leaving = serving(&dp, "web")
+        .into_iter()
+        .find(|(_, a, _)| a.starts_with("10.0.0.3"))
+        .expect("slot")
+        .0;
+    dp.set_sessions("web", &leaving, 2);
+    nomad.deregister(&[&web("a3", "10.0.0.3", TAGS).id]);
+    c.wait_for("the server draining", WAIT, |_| {
+        dp.runtime_server("web", &leaving)
+            .is_some_and(|s| s.admin_state == "drain")
+    });
+    assert_eq!(
+        map_entries(&dp, "hnc_exact.map").len(),
+        1,
+        "route kept while other instances live"
+    );
+    dp.set_sessions("web", &leaving, 0);
+    c.wait_for("the drained server removed", WAIT, |_| {
+        dp.runtime_server("web", &leaving)
+            .is_some_and(|s| s.admin_state == "maint")
+    });
+    assert_eq!(dp.reload_count(), 0, "scaling and draining never reload");
+
+    // Domain change: the new domain routes, the old one is gone.
+    let new_tags = [
+        "haproxy.enable=true",
+        "haproxy.domain=shop.example.com",
+        "haproxy.check.path=/health",
+    ];
+    nomad.set_tags(&web("a1", "10.0.0.1", TAGS).id, Some(&new_tags));
+    nomad.set_tags(&web("a2", "10.0.0.2", TAGS).id, Some(&new_tags));
+    c.wait_for("the route moved to the new domain", WAIT, |_| {
+        map_entries(&dp, "hnc_exact.map")
+            == vec![("shop.example.com".to_string(), "web".to_string())]
+    });
+    assert!(
+        dp.validation_failures().is_empty(),
+        "{:?}",
+        dp.validation_failures()
+    );
+    assert_eq!(dp.open_transactions(), 0);
+}
+
+#[test]
+fn drift_and_lost_events_are_repaired() {
+    let rt = runtime();
+    let nomad = rt.block_on(NomadDouble::start());
+    let dp = rt.block_on(DataplaneDouble::start(base(), DpOptions::fast()));
+    let c = Connector::start(&env(&nomad, &dp, &[]));
+    nomad.register([web("a1", "10.0.0.1", TAGS), web("a2", "10.0.0.2", TAGS)]);
+    c.wait_for("2 serving", WAIT, |_| serving(&dp, "web").len() == 2);
+    c.wait_for("a quiet pass", WAIT, |c| {
+        c.metrics().sum("hnc_passes_total", &[("result", "noop")]) >= 1.0
+    });
+
+    // The Data Plane API (and HAProxy) restarted from the base configuration.
+    dp.reset_to_base();
+    c.wait_for(
+        "the backend recreated within one resync",
+        Duration::from_secs(5),
+        |_| serving(&dp, "web").len() == 2 && map_entries(&dp, "hnc_exact.map").len() == 1,
+    );
+    c.wait_for("drift counted", WAIT, |c| {
+        c.metrics().sum("hnc_drift_repairs_total", &[]) >= 1.0
+    });
+
+    // Nomad restarted with an empty event buffer, and an instance deleted with no event.
+    nomad.restart_with_empty_buffer();
+    nomad.delete_silently(&[&web("a2", "10.0.0.2", TAGS).id]);
+    c.wait_for("the silently deleted instance drained away", WAIT, |_| {
+        serving(&dp, "web").len() == 1
+    });
+}
+
+#[test]
+fn nomad_outage_and_denial_delete_nothing_and_make_it_unready() {
+    let rt = runtime();
+    let nomad = rt.block_on(NomadDouble::start());
+    nomad.enable_acl();
+    nomad.grant("good-token", &["*"]);
+    let dp = rt.block_on(DataplaneDouble::start(base(), DpOptions::fast()));
+    let c = Connector::start(&env(&nomad, &dp, &[("NOMAD_TOKEN", "good-token")]));
+    nomad.register([web("a1", "10.0.0.1", TAGS), web("a2", "10.0.0.2", TAGS)]);
+    c.wait_for("converged and ready", WAIT, |c| {
+        serving(&dp, "web").len() == 2 && c.get("/readyz").is_some_and(|(s, _)| s == 200)
+    });
+
+    nomad.set_outage(true);
+    c.wait_for("not ready: Nomad unreachable", WAIT, |c| {
+        c.get("/readyz")
+            .is_some_and(|(s, b)| s == 503 && b.contains("nomad"))
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        serving(&dp, "web").len(),
+        2,
+        "nothing deleted while Nomad is unreachable"
+    );
+    nomad.set_outage(false);
+    c.wait_for("ready again", WAIT, |c| {
+        c.get("/readyz").is_some_and(|(s, _)| s == 200)
+    });
+
+    nomad.deny_token("good-token");
+    c.wait_for("not ready: Nomad denied", WAIT, |c| {
+        c.get("/readyz")
+            .is_some_and(|(s, b)| s == 503 && b.contains("nomad_denied"))
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        serving(&dp, "web").len(),
+        2,
+        "nothing deleted while the token is refused"
+    );
+    let (_, status) = c.get("/status").expect("status");
+    assert!(
+        !status.contains("good-token"),
+        "the token never shows: {status}"
+    );
+}
+
+#[test]
+fn everything_gone_is_held_until_confirmed_then_applied() {
+    let rt = runtime();
+    let nomad = rt.block_on(NomadDouble::start());
+    let dp = rt.block_on(DataplaneDouble::start(base(), DpOptions::fast()));
+    let c = Connector::start(&env(
+        &nomad,
+        &dp,
+        &[("RECONCILE_MASS_DELETE_CONFIRMATIONS", "3")],
+    ));
+    let regs: Vec<Reg> = (1..=4)
+        .map(|i| web(&format!("a{i}"), &format!("10.0.0.{i}"), TAGS))
+        .collect();
+    let ids: Vec<String> = regs.iter().map(|r| r.id.clone()).collect();
+    nomad.register(regs);
+    c.wait_for("4 serving", WAIT, |_| serving(&dp, "web").len() == 4);
+
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    nomad.deregister(&ids);
+    c.wait_for("a held pass", WAIT, |c| {
+        c.metrics().sum("hnc_mass_delete_held_total", &[]) >= 1.0
+    });
+    assert_eq!(serving(&dp, "web").len(), 4, "held: still serving");
+    c.wait_for("not ready while held", WAIT, |c| {
+        c.get("/readyz")
+            .is_some_and(|(s, b)| s == 503 && b.contains("mass_delete"))
+    });
+    c.wait_for("applied after the confirmations", WAIT, |_| {
+        serving(&dp, "web").is_empty()
+    });
+    let held = c.metrics().sum("hnc_mass_delete_held_total", &[]);
+    assert_eq!(held, 2.0, "held for two passes, applied on the third");
+}
+
+#[test]
+fn sigterm_mid_pass_exits_0_within_10s_with_no_open_transaction() {
+    let rt = runtime();
+    let nomad = rt.block_on(NomadDouble::start());
+    let dp = rt.block_on(DataplaneDouble::start(base(), DpOptions::fast()));
+    let mut c = Connector::start(&env(&nomad, &dp, &[("RECONCILE_DEBOUNCE", "1ms")]));
+    // A burst of new services: passes with transactions run while the signal arrives.
+    for i in 0..20 {
+        nomad.register([Reg::new(
+            "default",
+            &format!("svc-{i}"),
+            &format!("s{i}"),
+            "10.0.1.1",
+            9000 + i,
+        )
+        .tags(Some(&["haproxy.enable=true", "haproxy.domain=x.test"]))]);
+    }
+    std::thread::sleep(Duration::from_millis(30));
+    let (code, took) = c.terminate(Duration::from_secs(12));
+    assert_eq!(code, Some(0), "log:\n{}", c.log_text());
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert_eq!(dp.open_transactions(), 0);
+}
+
+#[test]
+fn metrics_are_prometheus_text_with_the_key_series() {
+    let rt = runtime();
+    let nomad = rt.block_on(NomadDouble::start());
+    let dp = rt.block_on(DataplaneDouble::start(base(), DpOptions::fast()));
+    let c = Connector::start(&env(&nomad, &dp, &[]));
+    nomad.register([web("a1", "10.0.0.1", TAGS)]);
+    c.wait_for("serving", WAIT, |_| serving(&dp, "web").len() == 1);
+    c.wait_for("a noop pass", WAIT, |c| {
+        c.metrics().sum("hnc_passes_total", &[("result", "noop")]) >= 1.0
+    });
+    let m = c.metrics();
+    for (name, kind) in [
+        ("hnc_passes_total", "counter"),
+        ("hnc_pass_duration_seconds", "histogram"),
+        ("hnc_event_to_applied_seconds", "histogram"),
+        ("hnc_plan_operations_total", "counter"),
+        ("hnc_haproxy_reloads_total", "counter"),
+        ("hnc_driver_requests_total", "counter"),
+        ("hnc_nomad_requests_total", "counter"),
+        ("hnc_nomad_stream_reconnects_total", "counter"),
+        ("hnc_catalog_services", "gauge"),
+        ("hnc_catalog_instances", "gauge"),
+        ("hnc_desired_backends", "gauge"),
+        ("hnc_desired_servers", "gauge"),
+        ("hnc_last_successful_pass_timestamp_seconds", "gauge"),
+        ("hnc_build_info", "gauge"),
+    ] {
+        assert_eq!(m.types.get(name).map(String::as_str), Some(kind), "{name}");
+    }
+    assert!(m.sum("hnc_passes_total", &[("result", "success")]) >= 1.0);
+    assert_eq!(
+        m.sum(
+            "hnc_plan_operations_total",
+            &[("op", "create_backend"), ("kind", "structural")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        m.sum("hnc_haproxy_reloads_total", &[("reason", "structural")]),
+        1.0
+    );
+    assert!(
+        m.sum(
+            "hnc_driver_requests_total",
+            &[("endpoint", "backends"), ("status", "200")]
+        ) >= 1.0
+    );
+    assert!(m.sum("hnc_nomad_requests_total", &[("endpoint", "list")]) >= 1.0);
+    assert_eq!(m.sum("hnc_catalog_services", &[]), 1.0);
+    assert_eq!(m.sum("hnc_desired_servers", &[]), 1.0);
+    assert!(m.sum("hnc_event_to_applied_seconds_count", &[]) >= 1.0);
+    assert!(m.sum("hnc_last_successful_pass_timestamp_seconds", &[]) > 1.7e9);
+    assert_eq!(
+        m.sum("hnc_build_info", &[("version", env!("CARGO_PKG_VERSION"))]),
+        1.0
+    );
+}
+
+#[test]
+fn event_to_applied_latency_and_idle_pass_cost() {
+    let rt = runtime();
+    let nomad = rt.block_on(NomadDouble::start());
+    let dp = rt.block_on(DataplaneDouble::start(base(), DpOptions::fast()));
+    let c = Connector::start(&env(&nomad, &dp, &[("RECONCILE_RESYNC_INTERVAL", "2s")]));
+    nomad.register([web("a0", "10.0.0.250", TAGS)]);
+    c.wait_for("serving", WAIT, |_| serving(&dp, "web").len() == 1);
+    // 200 registrations, one at a time, each waited for.
+    for i in 1..=200u32 {
+        let ip = format!("10.1.{}.{}", i / 200, i % 200 + 1);
+        nomad.register([web(&format!("r{i}"), &ip, TAGS)]);
+        c.wait_for("the instance serving", WAIT, |_| {
+            serving(&dp, "web").len() == i as usize + 1
+        });
+    }
+    let m = c.metrics();
+    let p50 = m
+        .histogram_quantile("hnc_event_to_applied_seconds", 0.5)
+        .expect("p50");
+    let p99 = m
+        .histogram_quantile("hnc_event_to_applied_seconds", 0.99)
+        .expect("p99");
+    println!(
+        "event-to-applied over {} passes: p50 <= {p50}s, p99 <= {p99}s",
+        m.sum("hnc_event_to_applied_seconds_count", &[])
+    );
+    assert!(p99 <= 1.0, "p99 {p99}s");
+
+    // An idle resync pass: count the Data Plane API requests of one quiet interval.
+    c.wait_for("a noop pass", WAIT, |c| {
+        c.metrics().sum("hnc_passes_total", &[("result", "noop")]) >= 1.0
+    });
+    let before = c.metrics().sum("hnc_passes_total", &[]);
+    dp.reset_counters();
+    c.wait_for("one more pass", WAIT, |c| {
+        c.metrics().sum("hnc_passes_total", &[]) >= before + 1.0
+    });
+    let requests = dp.total_requests();
+    println!("Data Plane API requests in one idle pass: {requests}");
+    assert!(requests <= 6, "{:?}", dp.requests());
+}
+
+fn plan_cmd(
+    nomad: &NomadDouble,
+    dp_url: &str,
+    user: &str,
+    password: &str,
+    json: bool,
+) -> (Option<i32>, String, String) {
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.arg("plan").env_clear();
+    if json {
+        cmd.arg("--json");
+    }
+    let out = cmd
+        .env("NOMAD_ADDR", nomad.url())
+        .env("HAPROXY_DATAPLANE_URL", dp_url)
+        .env("HAPROXY_USERNAME", user)
+        .env("HAPROXY_PASSWORD", password)
+        .output()
+        .expect("run plan");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn plan_exit_codes() {
+    let rt = runtime();
+    let nomad = rt.block_on(NomadDouble::start());
+    let dp = rt.block_on(DataplaneDouble::start(base(), DpOptions::fast()));
+    let (code, out, err) = plan_cmd(&nomad, &dp.url(), &dp.user(), &dp.password(), false);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("No changes"), "{out}");
+
+    nomad.register([web("a1", "10.0.0.1", TAGS)]);
+    let (code, out, err) = plan_cmd(&nomad, &dp.url(), &dp.user(), &dp.password(), false);
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert!(out.contains("+ create backend web"), "{out}");
+    let (code, out, _) = plan_cmd(&nomad, &dp.url(), &dp.user(), &dp.password(), true);
+    assert_eq!(code, Some(2));
+    let v: Value = serde_json::from_str(&out).expect("JSON plan");
+    assert_eq!(v["changes"], true);
+    assert_eq!(v["summary"]["create_backend"], 1);
+    assert_eq!(dp.commit_count(), 0, "plan applies nothing");
+
+    let dead = format!("http://127.0.0.1:{}", support::haproxy::free_port());
+    let (code, _, err) = plan_cmd(&nomad, &dead, "admin", "x", false);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("cannot observe HAProxy"), "{err}");
+}
