@@ -232,7 +232,7 @@ impl RuntimeDriver {
     /// Runs `haproxy -c` over the main configuration and `candidate`.
     async fn validate(&self, candidate: &Path) -> Result<(), DriverError> {
         let mut cmd = tokio::process::Command::new(&self.cfg.binary);
-        cmd.arg("-c").arg("-q");
+        cmd.arg("-c");
         for c in &self.cfg.configs {
             cmd.arg("-f").arg(c);
         }
@@ -255,9 +255,14 @@ impl RuntimeDriver {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        // HAProxy's alerts and warnings; its NOTICE lines (version, path) say nothing here.
+        let message: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.contains("[NOTICE]"))
+            .collect();
         Err(DriverError::Rejected(format!(
             "haproxy -c refused the candidate configuration: {}",
-            text.trim()
+            message.join("\n")
         )))
     }
 
