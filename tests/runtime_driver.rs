@@ -157,7 +157,6 @@ impl Env {
     async fn wait_serving(&self, host: &str, names: &[&str]) {
         let want: BTreeSet<String> = names.iter().map(|s| s.to_string()).collect();
         let deadline = Instant::now() + Duration::from_secs(10);
-        let mut last = BTreeSet::new();
         loop {
             // Round robin: 3 rounds over the wanted set see every member.
             let got: BTreeSet<String> = self
@@ -168,10 +167,9 @@ impl Env {
             if got == want {
                 return;
             }
-            last = got;
             assert!(
                 Instant::now() < deadline,
-                "host {host}: want {want:?}, last saw {last:?}\n{}",
+                "host {host}: want {want:?}, last saw {got:?}\n{}",
                 self.lb.admin("show servers state")
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -398,6 +396,10 @@ async fn rolling_deploy_under_load_fails_no_request() {
     }
     env.wait_serving("api.example.test", &["new0", "new1", "new2"])
         .await;
+    // Keep the load on for at least 3 s in all.
+    while started.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     stop.store(true, Ordering::Relaxed);
     let failures = load.join().expect("load thread");
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
