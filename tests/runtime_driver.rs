@@ -364,6 +364,7 @@ async fn rolling_deploy_under_load_fails_no_request() {
         let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
         std::thread::spawn(move || {
             let mut failures = Vec::new();
+            let (begin, mut sent) = (Instant::now(), 0u32);
             while !stop.load(Ordering::Relaxed) {
                 match http::get(port, "api.example.test", "/") {
                     Ok((200, _)) => {
@@ -374,7 +375,10 @@ async fn rolling_deploy_under_load_fails_no_request() {
                         failures.push(format!("{other:?}"));
                     }
                 }
-                std::thread::sleep(Duration::from_millis(50));
+                // Paced at 20 requests/s (a slow request does not shift the schedule).
+                sent += 1;
+                let next = begin + Duration::from_millis(50) * sent;
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
             }
             failures
         })
@@ -404,7 +408,8 @@ async fn rolling_deploy_under_load_fails_no_request() {
     let failures = load.join().expect("load thread");
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
     println!("rolling deploy: {ok} requests succeeded, {failed} failed");
-    assert!(ok >= 40, "the load loop ran ({ok} requests)");
+    // About 60 requests at 20/s over 3 s; a loaded machine may fall behind the schedule.
+    assert!(ok >= 30, "the load loop ran ({ok} requests)");
     assert_eq!(failed, 0, "failed requests: {failures:?}");
     assert_eq!(env.reloads(), reloads_before, "the deploy caused a reload");
 }
@@ -610,4 +615,45 @@ async fn a_rejected_candidate_restores_the_fragment_and_reports_haproxy_message(
     // The good driver converges afterwards.
     env.converge(&snap).await;
     env.wait_serving("api.example.test", &["a"]).await;
+}
+
+#[test]
+fn deploy_example_config_is_valid_and_has_the_generated_rules() {
+    let text = include_str!("../deploy/haproxy-runtime.cfg");
+    let readme = include_str!("../README.md");
+    for (expr, cond) in route_rules("/etc/haproxy/maps") {
+        let line = format!("    use_backend {expr} if {cond}\n");
+        assert!(text.contains(&line), "deploy config lacks {line}");
+        assert!(readme.contains(&line), "README lacks {line}");
+    }
+    // `haproxy -c` with the maps in a temp directory (they must exist) and the fragment beside.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let maps = dir.path().join("maps");
+    std::fs::create_dir_all(&maps).expect("maps dir");
+    for kind in MatchKind::ALL {
+        std::fs::write(maps.join(kind.map_file()), "").expect("map");
+    }
+    let cfg = dir.path().join("haproxy.cfg");
+    std::fs::write(
+        &cfg,
+        text.replace("/etc/haproxy/maps", &maps.display().to_string()),
+    )
+    .expect("write cfg");
+    let fragment = dir.path().join("conf.d");
+    std::fs::create_dir_all(&fragment).expect("conf.d");
+    std::fs::write(fragment.join("hnc.cfg"), "").expect("fragment");
+    let out = std::process::Command::new(haproxy::binary())
+        .arg("-c")
+        .arg("-f")
+        .arg(&cfg)
+        .arg("-f")
+        .arg(&fragment)
+        .output()
+        .expect("run haproxy -c");
+    assert!(
+        out.status.success(),
+        "haproxy -c refused deploy/haproxy-runtime.cfg:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
