@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::catalog::Snapshot;
-use crate::config::Config;
+use crate::config::{Config, DriverKind};
 use crate::desired::Policy;
 use crate::haproxy::dataplane::{DataplaneDriver, Options as DataplaneOptions};
+use crate::haproxy::runtime::RuntimeDriver;
 use crate::haproxy::{ApplyReport, Driver, DriverError};
 use crate::http::{self, AppState, Condition, DriverState, NomadState, Status};
 use crate::live::Live;
@@ -20,9 +21,6 @@ use crate::plan::{Plan, render};
 use crate::reconcile::controller::{Controller, PassRecord, Settings};
 use crate::reconcile::drains::DrainClock;
 use crate::reconcile::pass::run_pass;
-
-/// Where the Data Plane API keeps map files unless told otherwise (its `--maps-dir` default).
-pub const DEFAULT_DPAPI_MAPS_DIR: &str = "/etc/haproxy/maps";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -84,10 +82,65 @@ fn dataplane(config: &Config) -> Result<DataplaneDriver, AppError> {
         username: config.haproxy.username.clone(),
         password: config.haproxy.password.clone(),
         frontend: config.haproxy.frontend.clone(),
-        maps_dir: DEFAULT_DPAPI_MAPS_DIR.to_string(),
+        maps_dir: config.haproxy.runtime.maps_dir.clone(),
         timeout: Duration::from_secs(30),
     })
     .map_err(|e| AppError::Setup(e.to_string()))
+}
+
+/// The driver `haproxy.driver` names.
+pub enum AnyDriver {
+    Dataplane(Box<DataplaneDriver>),
+    Runtime(Box<RuntimeDriver>),
+}
+
+impl AnyDriver {
+    pub fn from_config(config: &Config) -> Result<AnyDriver, AppError> {
+        Ok(match config.haproxy.driver {
+            DriverKind::Dataplane => AnyDriver::Dataplane(dataplane(config)?),
+            DriverKind::Runtime => {
+                AnyDriver::Runtime(RuntimeDriver::new(config.haproxy.runtime.clone()))
+            }
+        })
+    }
+}
+
+impl Driver for AnyDriver {
+    fn name(&self) -> &'static str {
+        match self {
+            AnyDriver::Dataplane(d) => d.name(),
+            AnyDriver::Runtime(d) => d.name(),
+        }
+    }
+    async fn observe(&self) -> Result<Live, DriverError> {
+        match self {
+            AnyDriver::Dataplane(d) => d.observe().await,
+            AnyDriver::Runtime(d) => d.observe().await,
+        }
+    }
+    async fn apply(
+        &self,
+        plan: &Plan,
+        desired: &crate::desired::Desired,
+        live: &Live,
+    ) -> Result<ApplyReport, DriverError> {
+        match self {
+            AnyDriver::Dataplane(d) => d.apply(plan, desired, live).await,
+            AnyDriver::Runtime(d) => d.apply(plan, desired, live).await,
+        }
+    }
+    async fn abandon(&self) {
+        match self {
+            AnyDriver::Dataplane(d) => d.abandon().await,
+            AnyDriver::Runtime(d) => d.abandon().await,
+        }
+    }
+    fn request_counts(&self) -> Vec<(String, String, u64)> {
+        match self {
+            AnyDriver::Dataplane(d) => d.request_counts(),
+            AnyDriver::Runtime(d) => d.request_counts(),
+        }
+    }
 }
 
 fn watcher(config: &Config) -> Result<Watcher, AppError> {
@@ -124,7 +177,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
     let listener = http::bind(config.http.listen)
         .await
         .map_err(|e| AppError::Setup(e.to_string()))?;
-    let driver = Arc::new(dataplane(&config)?);
+    let driver = Arc::new(AnyDriver::from_config(&config)?);
     let watcher = watcher(&config)?;
     let nomad_stats = watcher.stats();
 
@@ -290,7 +343,7 @@ pub enum PlanExit {
 
 /// `plan`: one pass without applying, printed for people or as JSON.
 pub async fn plan(config: Config, json: bool, out: &mut impl Write) -> Result<PlanExit, AppError> {
-    let driver = dataplane(&config)?;
+    let driver = AnyDriver::from_config(&config)?;
     let watcher = watcher(&config)?;
     let mut rx = watcher.snapshot();
     let waited = tokio::time::timeout(

@@ -114,6 +114,27 @@ pub struct ConfigFlags {
     /// Consecutive passes confirming a mass removal.
     #[arg(long, global = true, value_name = "N")]
     pub mass_delete_confirmations: Option<String>,
+    /// HAProxy driver: dataplane or runtime.
+    #[arg(long, global = true, value_name = "DRIVER")]
+    pub haproxy_driver: Option<String>,
+    /// Runtime driver: HAProxy master CLI socket.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub haproxy_master_socket: Option<String>,
+    /// Runtime driver: HAProxy admin stats socket.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub haproxy_admin_socket: Option<String>,
+    /// Runtime driver: the config fragment the connector owns.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub haproxy_fragment: Option<String>,
+    /// Runtime driver: directory of the host-route maps.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub haproxy_maps_dir: Option<String>,
+    /// Runtime driver: HAProxy binary for `haproxy -c`.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub haproxy_binary: Option<String>,
+    /// Runtime driver: HAProxy's other config files, comma-separated.
+    #[arg(long, global = true, value_name = "PATHS")]
+    pub haproxy_config: Option<String>,
     /// Log level or tracing filter directive.
     #[arg(long, global = true, value_name = "FILTER")]
     pub log_level: Option<String>,
@@ -153,6 +174,13 @@ impl ConfigFlags {
             debounce_max,
             max_delete_ratio,
             mass_delete_confirmations,
+            haproxy_driver,
+            haproxy_master_socket,
+            haproxy_admin_socket,
+            haproxy_fragment,
+            haproxy_maps_dir,
+            haproxy_binary,
+            haproxy_config,
             log_level,
             log_format,
             http_listen,
@@ -187,6 +215,13 @@ impl ConfigFlags {
                 Key::ReconcileMassDeleteConfirmations,
                 mass_delete_confirmations.as_deref(),
             ),
+            (Key::HaproxyDriver, haproxy_driver.as_deref()),
+            (Key::HaproxyMasterSocket, haproxy_master_socket.as_deref()),
+            (Key::HaproxyAdminSocket, haproxy_admin_socket.as_deref()),
+            (Key::HaproxyFragment, haproxy_fragment.as_deref()),
+            (Key::HaproxyMapsDir, haproxy_maps_dir.as_deref()),
+            (Key::HaproxyBinary, haproxy_binary.as_deref()),
+            (Key::HaproxyConfig, haproxy_config.as_deref()),
             (Key::LogLevel, log_level.as_deref()),
             (Key::LogFormat, log_format.as_deref()),
             (Key::HttpListen, http_listen.as_deref()),

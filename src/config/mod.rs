@@ -171,6 +171,27 @@ pub struct HaproxyConfig {
     pub backend_strategy: BackendStrategy,
     pub drain_timeout: Duration,
     pub frontend: Option<String>,
+    pub driver: DriverKind,
+    /// Where the runtime driver finds HAProxy and its files (used when `driver` is `runtime`).
+    pub runtime: crate::haproxy::runtime::RuntimeConfig,
+}
+
+/// Which HAProxy driver the connector uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DriverKind {
+    /// The Data Plane API.
+    Dataplane,
+    /// The master and admin sockets plus an owned config fragment.
+    Runtime,
+}
+
+impl DriverKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriverKind::Dataplane => "dataplane",
+            DriverKind::Runtime => "runtime",
+        }
+    }
 }
 
 /// What to do with a dynamic service whose backend name already exists and is not ours.
@@ -241,6 +262,11 @@ const DEFAULT_LOG_FILTER: &str = "info";
 /// range (20000-32000); next to Nomad's own 4646-4648.
 const DEFAULT_HTTP_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 4650);
+const DEFAULT_MASTER_SOCKET: &str = "/run/haproxy-master.sock";
+const DEFAULT_FRAGMENT: &str = "/etc/haproxy/conf.d/haproxy-nomad-connector.cfg";
+const DEFAULT_MAPS_DIR: &str = "/etc/haproxy/maps";
+const DEFAULT_HAPROXY_BINARY: &str = "haproxy";
+const DEFAULT_HAPROXY_CONFIG: &str = "/etc/haproxy/haproxy.cfg";
 
 impl Config {
     /// Loads the configuration from all sources: an optional JSON file, the environment (through
@@ -368,6 +394,43 @@ impl Config {
             );
         }
 
+        let driver = match v.string(Key::HaproxyDriver).as_deref() {
+            None | Some("dataplane") => DriverKind::Dataplane,
+            Some("runtime") => DriverKind::Runtime,
+            Some(other) => {
+                v.fail(
+                    Key::HaproxyDriver,
+                    format!("unknown driver `{other}`; accepted: dataplane, runtime"),
+                );
+                DriverKind::Dataplane
+            }
+        };
+        let runtime = crate::haproxy::runtime::RuntimeConfig {
+            master_socket: v
+                .path(Key::HaproxyMasterSocket)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_MASTER_SOCKET)),
+            admin_socket: v.path(Key::HaproxyAdminSocket),
+            fragment: v
+                .path(Key::HaproxyFragment)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_FRAGMENT)),
+            maps_dir: v
+                .path(Key::HaproxyMapsDir)
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| DEFAULT_MAPS_DIR.to_string()),
+            binary: v
+                .path(Key::HaproxyBinary)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_HAPROXY_BINARY)),
+            configs: v
+                .paths(Key::HaproxyConfig)
+                .unwrap_or_else(|| vec![PathBuf::from(DEFAULT_HAPROXY_CONFIG)]),
+        };
+        if runtime.fragment.file_name().is_none() {
+            v.fail(
+                Key::HaproxyFragment,
+                format!("`{}` names no file", runtime.fragment.display()),
+            );
+        }
+
         let filter = v
             .string(Key::LogLevel)
             .unwrap_or_else(|| DEFAULT_LOG_FILTER.to_string());
@@ -402,6 +465,8 @@ impl Config {
                     backend_strategy,
                     drain_timeout,
                     frontend,
+                    driver,
+                    runtime,
                 },
                 reconcile,
                 log: LogConfig { filter, format },
@@ -448,6 +513,13 @@ impl Config {
                 "backend_strategy": self.haproxy.backend_strategy.as_str(),
                 "drain_timeout_sec": humantime::format_duration(self.haproxy.drain_timeout).to_string(),
                 "frontend": self.haproxy.frontend,
+                "driver": self.haproxy.driver.as_str(),
+                "master_socket": self.haproxy.runtime.master_socket.display().to_string(),
+                "admin_socket": path(&self.haproxy.runtime.admin_socket),
+                "fragment": self.haproxy.runtime.fragment.display().to_string(),
+                "maps_dir": self.haproxy.runtime.maps_dir,
+                "binary": self.haproxy.runtime.binary.display().to_string(),
+                "config": self.haproxy.runtime.configs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
             },
             "reconcile": {
                 "resync_interval": humantime::format_duration(self.reconcile.resync_interval).to_string(),
@@ -550,6 +622,70 @@ impl Validator<'_> {
                 None
             }
         }
+    }
+
+    /// A file-system path as text: no whitespace or control characters, since it also appears in
+    /// HAProxy configuration lines and CLI commands.
+    fn path(&mut self, key: Key) -> Option<PathBuf> {
+        let text = self.string(key)?;
+        if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            self.fail(
+                key,
+                format!(
+                    "`{text}` contains whitespace or control characters, which HAProxy would split"
+                ),
+            );
+            return None;
+        }
+        Some(PathBuf::from(text))
+    }
+
+    /// A list of paths: a JSON array, or comma-separated text.
+    fn paths(&mut self, key: Key) -> Option<Vec<PathBuf>> {
+        let entry = self.layer.get(key)?;
+        let items: Vec<String> = match &entry.raw {
+            Raw::Text(s) | Raw::Json(Value::String(s)) => {
+                s.split(',').map(|p| p.trim().to_string()).collect()
+            }
+            Raw::Json(Value::Array(items)) => {
+                let mut out = Vec::new();
+                for item in items {
+                    match item {
+                        Value::String(s) => out.push(s.trim().to_string()),
+                        other => {
+                            let found = layer::json_kind(other);
+                            self.fail(
+                                key,
+                                format!("expected a list of paths, found {found} in it"),
+                            );
+                            return None;
+                        }
+                    }
+                }
+                out
+            }
+            Raw::Json(other) => {
+                let found = layer::json_kind(other);
+                self.fail(key, format!("expected a list of paths, found {found}"));
+                return None;
+            }
+        };
+        let items: Vec<String> = items.into_iter().filter(|s| !s.is_empty()).collect();
+        if items.is_empty() {
+            self.fail(key, "no path given".to_string());
+            return None;
+        }
+        if let Some(bad) = items
+            .iter()
+            .find(|p| p.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            self.fail(
+                key,
+                format!("`{bad}` contains whitespace or control characters"),
+            );
+            return None;
+        }
+        Some(items.into_iter().map(PathBuf::from).collect())
     }
 
     fn bool(&mut self, key: Key) -> Option<bool> {

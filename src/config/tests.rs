@@ -703,3 +703,63 @@ fn http_listen_must_be_an_ip_address_and_port() {
         "invalid http.listen (from config file test.json): expected a string, found a number"
     );
 }
+
+#[test]
+fn runtime_driver_keys() {
+    let c = Config::from_layer(&Layer::default()).expect("defaults are valid");
+    assert_eq!(c.haproxy.driver, DriverKind::Dataplane);
+    let r = &c.haproxy.runtime;
+    assert_eq!(r.master_socket, PathBuf::from("/run/haproxy-master.sock"));
+    assert_eq!(r.admin_socket, None);
+    assert_eq!(
+        r.fragment,
+        PathBuf::from("/etc/haproxy/conf.d/haproxy-nomad-connector.cfg")
+    );
+    assert_eq!(r.maps_dir, "/etc/haproxy/maps");
+    assert_eq!(r.binary, PathBuf::from("haproxy"));
+    assert_eq!(r.configs, vec![PathBuf::from("/etc/haproxy/haproxy.cfg")]);
+
+    let c = from_file(
+        r#"{"haproxy":{"driver":"runtime","master_socket":"/m.sock","admin_socket":"/a.sock",
+            "fragment":"/d/f.cfg","maps_dir":"/maps","binary":"/bin/hx","config":["/a.cfg","/b.cfg"]}}"#,
+    )
+    .expect("valid");
+    assert_eq!(c.haproxy.driver, DriverKind::Runtime);
+    let r = &c.haproxy.runtime;
+    assert_eq!(r.admin_socket, Some(PathBuf::from("/a.sock")));
+    assert_eq!(
+        r.configs,
+        vec![PathBuf::from("/a.cfg"), PathBuf::from("/b.cfg")]
+    );
+    let json = c.to_redacted_json();
+    assert_eq!(json["haproxy"]["driver"], "runtime");
+    assert_eq!(
+        json["haproxy"]["config"],
+        serde_json::json!(["/a.cfg", "/b.cfg"])
+    );
+
+    let c = from_env(&[
+        ("HAPROXY_DRIVER", "runtime"),
+        ("HAPROXY_CONFIG", "/x.cfg, /y.cfg"),
+        ("HAPROXY_MAPS_DIR", "/m"),
+    ])
+    .expect("valid");
+    assert_eq!(
+        c.haproxy.runtime.configs,
+        vec![PathBuf::from("/x.cfg"), PathBuf::from("/y.cfg")]
+    );
+    assert_eq!(c.haproxy.runtime.maps_dir, "/m");
+
+    let e = err(from_env(&[
+        ("HAPROXY_DRIVER", "socket"),
+        ("HAPROXY_MAPS_DIR", "/my maps"),
+    ]));
+    assert!(
+        e.contains("haproxy.driver") && e.contains("accepted: dataplane, runtime"),
+        "{e}"
+    );
+    assert!(
+        e.contains("haproxy.maps_dir") && e.contains("whitespace"),
+        "{e}"
+    );
+}

@@ -2,6 +2,8 @@
 //! [`Plan`]; it decides nothing. Two implementations: the Data Plane API and (in its own module)
 //! the runtime/master sockets.
 
+pub mod runtime;
+
 use std::future::Future;
 
 use crate::desired::Desired;

@@ -1,0 +1,851 @@
+//! The runtime-socket driver: HAProxy without the Data Plane API. It owns one configuration
+//! fragment (loaded by HAProxy with an extra `-f`) and four host-route map files, and talks to
+//! HAProxy through the master CLI (`-S`) and the admin stats socket (or the master's `@1`).
+//!
+//! What each kind of change does, and how it survives a reload or restart:
+//! - **Structural** (create, update or delete an owned backend): the fragment is rendered from the
+//!   state the plan leads to, checked with `haproxy -c -f <main…> -f <candidate>`, swapped in
+//!   atomically (rename) and HAProxy is reloaded through the master CLI. The reload is confirmed
+//!   (3.0: `Success=1`; 2.6: the `show proc` counters and a new worker), and the driver waits until
+//!   the new worker answers. A failed check or reload restores the previous files and is reported
+//!   as [`DriverError::Rejected`] with HAProxy's message; the controller's backoff decides when to
+//!   try again (never a hot loop here). The reload realises the whole file state at once (owned
+//!   backends with their servers, maps); afterwards the connector's servers in backends it does not
+//!   own (adopted and custom ones, whose hand-written sections it cannot rewrite) are added again
+//!   at run time, since a reload drops every server that exists only at run time.
+//! - **Runtime** (servers, weights, drains, checks, routes): admin-socket commands, no reload. The
+//!   fragment and the map files are then rewritten (atomically, only when their text changes) so
+//!   that a later reload or restart starts from the same state. The fragment lists only servers
+//!   in rotation: a draining server is left out, because a reload would otherwise put it back in
+//!   service; its sessions finish in the old worker.
+//! - Servers in adopted and custom backends exist only at run time. After a restart that the
+//!   connector did not cause, the next pass sees them missing and adds them again (within one
+//!   resync period); after its own reloads the driver re-adds them at once.
+
+pub mod fragment;
+pub mod socket;
+pub mod state;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tracing::{debug, info, warn};
+
+use super::{ApplyReport, Driver, DriverError};
+use crate::desired::{Desired, Ownership};
+use crate::live::{Live, LiveBackend, LiveServer};
+use crate::model::{
+    AdminState, BackendSettings, CheckSpec, Endpoint, MatchKind, Mode, RouteKey, is_owned_server,
+};
+use crate::plan::{Action, Plan, sim};
+use fragment::FragmentBackend;
+use socket::{Outcome, WorkerRoute};
+
+/// How long one ordinary CLI command may take.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a reload (parse, fork, the new worker answering) may take.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `haproxy -c` may take.
+const VALIDATE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Poll interval while waiting for a reload to show.
+const POLL: Duration = Duration::from_millis(10);
+
+/// Where the runtime driver finds HAProxy and its files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    /// Master CLI socket (`haproxy -W -S <path>`).
+    pub master_socket: PathBuf,
+    /// Admin stats socket (`stats socket <path> level admin`); `None`: worker commands go through
+    /// the master CLI with `@1`.
+    pub admin_socket: Option<PathBuf>,
+    /// The fragment file the connector owns.
+    pub fragment: PathBuf,
+    /// The directory of the host maps, exactly as the frontend rules name it.
+    pub maps_dir: String,
+    /// HAProxy binary used for `haproxy -c`.
+    pub binary: PathBuf,
+    /// The configuration files HAProxy loads besides the fragment, in order.
+    pub configs: Vec<PathBuf>,
+}
+
+impl RuntimeConfig {
+    /// The map file of `kind`, as HAProxy knows it (the path written in the frontend rules).
+    pub fn map_path(&self, kind: MatchKind) -> String {
+        format!(
+            "{}/{}",
+            self.maps_dir.trim_end_matches('/'),
+            kind.map_file()
+        )
+    }
+}
+
+/// Counters since the driver was created.
+#[derive(Debug, Default)]
+pub struct RuntimeStats {
+    pub reloads: AtomicU64,
+    pub failed_reloads: AtomicU64,
+    pub failed_validations: AtomicU64,
+    pub commands: AtomicU64,
+}
+
+pub struct RuntimeDriver {
+    cfg: RuntimeConfig,
+    route: WorkerRoute,
+    stats: RuntimeStats,
+}
+
+fn unreachable(e: socket::SocketError) -> DriverError {
+    DriverError::Unreachable(e.to_string())
+}
+
+fn file_error(what: &str, path: &Path, e: std::io::Error) -> DriverError {
+    DriverError::Other(format!("cannot {what} {}: {e}", path.display()))
+}
+
+impl RuntimeDriver {
+    pub fn new(cfg: RuntimeConfig) -> RuntimeDriver {
+        let route = match &cfg.admin_socket {
+            Some(p) => WorkerRoute::Admin(p.clone()),
+            None => WorkerRoute::Master(cfg.master_socket.clone()),
+        };
+        RuntimeDriver {
+            cfg,
+            route,
+            stats: RuntimeStats::default(),
+        }
+    }
+
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.cfg
+    }
+
+    pub fn stats(&self) -> &RuntimeStats {
+        &self.stats
+    }
+
+    /// Creates the map files and the fragment when they are missing (empty), so HAProxy can start
+    /// with the frontend rules and the extra `-f` in place before the first pass.
+    pub fn ensure_files(&self) -> Result<(), DriverError> {
+        std::fs::create_dir_all(&self.cfg.maps_dir)
+            .map_err(|e| file_error("create", Path::new(&self.cfg.maps_dir), e))?;
+        for kind in MatchKind::ALL {
+            let path = PathBuf::from(self.cfg.map_path(kind));
+            if !path.exists() {
+                write_atomic(&path, &fragment::render_map(kind, &BTreeMap::new()))?;
+            }
+        }
+        if !self.cfg.fragment.exists() {
+            if let Some(dir) = self.cfg.fragment.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| file_error("create", dir, e))?;
+            }
+            write_atomic(&self.cfg.fragment, &fragment::render(&BTreeMap::new()))?;
+        }
+        Ok(())
+    }
+
+    /// One worker command; its raw reply.
+    async fn worker(&self, cmd: &str) -> Result<String, DriverError> {
+        self.stats.commands.fetch_add(1, Ordering::Relaxed);
+        self.route
+            .run(cmd, COMMAND_TIMEOUT)
+            .await
+            .map_err(unreachable)
+    }
+
+    /// One state-changing worker command, interpreted.
+    async fn change(
+        &self,
+        cmd: &str,
+        success: &[&str],
+        report: &mut ApplyReport,
+    ) -> Result<Outcome, DriverError> {
+        report.requests += 1;
+        let reply = self.worker(cmd).await?;
+        let outcome = socket::outcome(&reply, success);
+        debug!(command = cmd, ?outcome, "runtime command");
+        Ok(outcome)
+    }
+
+    async fn master(&self, cmd: &str, timeout: Duration) -> Result<String, DriverError> {
+        self.stats.commands.fetch_add(1, Ordering::Relaxed);
+        socket::command(&self.cfg.master_socket, cmd, timeout)
+            .await
+            .map_err(unreachable)
+    }
+
+    async fn show_proc(&self) -> Result<state::ProcState, DriverError> {
+        let text = self.master("show proc", COMMAND_TIMEOUT).await?;
+        state::proc(&text).map_err(|e| DriverError::Other(e.to_string()))
+    }
+
+    /// Reads the fragment on disk: the record of which backends are the connector's.
+    fn read_fragment(&self) -> Result<BTreeMap<String, Option<BackendSettings>>, DriverError> {
+        match std::fs::read_to_string(&self.cfg.fragment) {
+            Ok(text) => Ok(fragment::parse(&text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+            Err(e) => Err(file_error("read", &self.cfg.fragment, e)),
+        }
+    }
+
+    /// Renders the fragment for the state `after` (the live state once the plan is applied).
+    fn render_fragment(&self, after: &Live, desired: &Desired) -> String {
+        let mut backends = BTreeMap::new();
+        for (name, b) in after.backends.iter().filter(|(_, b)| b.owned) {
+            let Some(settings) = b
+                .settings
+                .clone()
+                .or_else(|| desired.backends.get(name).map(|d| d.settings.clone()))
+            else {
+                warn!(backend = %name, "owned backend with unreadable settings left out of the fragment");
+                continue;
+            };
+            let servers = b
+                .servers
+                .values()
+                .filter(|s| is_owned_server(&s.name) && s.admin == AdminState::Ready)
+                .filter_map(|s| s.endpoint.map(|e| (s.name.clone(), (e, s.weight))))
+                .collect();
+            backends.insert(name.clone(), FragmentBackend { settings, servers });
+        }
+        fragment::render(&backends)
+    }
+
+    fn render_maps(&self, after: &Live) -> Vec<(PathBuf, String)> {
+        let routes: BTreeMap<RouteKey, String> = after
+            .routes
+            .iter()
+            .filter_map(|(k, v)| v.first().map(|b| (k.clone(), b.clone())))
+            .collect();
+        MatchKind::ALL
+            .iter()
+            .map(|k| {
+                (
+                    PathBuf::from(self.cfg.map_path(*k)),
+                    fragment::render_map(*k, &routes),
+                )
+            })
+            .collect()
+    }
+
+    /// Runs `haproxy -c` over the main configuration and `candidate`.
+    async fn validate(&self, candidate: &Path) -> Result<(), DriverError> {
+        let mut cmd = tokio::process::Command::new(&self.cfg.binary);
+        cmd.arg("-c");
+        for c in &self.cfg.configs {
+            cmd.arg("-f").arg(c);
+        }
+        cmd.arg("-f").arg(candidate);
+        cmd.kill_on_drop(true);
+        let out = tokio::time::timeout(VALIDATE_TIMEOUT, cmd.output())
+            .await
+            .map_err(|_| DriverError::Other("haproxy -c timed out".into()))?
+            .map_err(|e| {
+                DriverError::Other(format!("cannot run {} -c: {e}", self.cfg.binary.display()))
+            })?;
+        if out.status.success() {
+            return Ok(());
+        }
+        self.stats
+            .failed_validations
+            .fetch_add(1, Ordering::Relaxed);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // HAProxy's alerts and warnings; its NOTICE lines (version, path) say nothing here.
+        let message: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.contains("[NOTICE]"))
+            .collect();
+        Err(DriverError::Rejected(format!(
+            "haproxy -c refused the candidate configuration: {}",
+            message.join("\n")
+        )))
+    }
+
+    /// Reloads HAProxy through the master CLI and waits until the new worker serves. Returns
+    /// HAProxy's message when the reload failed.
+    async fn reload(&self) -> Result<(), DriverError> {
+        let before = self.show_proc().await?;
+        let reply = self.master("reload", RELOAD_TIMEOUT).await?;
+        let deadline = Instant::now() + RELOAD_TIMEOUT;
+        if reply.contains("Success=0") {
+            return Err(DriverError::Rejected(format!(
+                "reload failed: {}",
+                reply.trim()
+            )));
+        }
+        // 2.6 answers nothing: the counters tell. 3.0 said Success=1; the same wait finds the
+        // new worker.
+        let after = loop {
+            if let Ok(p) = self.show_proc().await {
+                if p.failed > before.failed {
+                    return Err(DriverError::Rejected(format!(
+                        "reload failed (show proc: {} failed reloads, was {}); see HAProxy's log",
+                        p.failed, before.failed
+                    )));
+                }
+                let new_worker = p
+                    .workers
+                    .iter()
+                    .any(|w| !before.workers.contains(w) && !before.old_workers.contains(w));
+                if p.reloads > before.reloads && new_worker {
+                    break p;
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(DriverError::Unreachable(
+                    "HAProxy did not report a new worker after the reload".into(),
+                ));
+            }
+            tokio::time::sleep(POLL).await;
+        };
+        let Some(pid) = after
+            .workers
+            .iter()
+            .copied()
+            .find(|w| !before.workers.contains(w))
+        else {
+            return Ok(());
+        };
+        if let WorkerRoute::Admin(_) = &self.route {
+            // The old worker may still hold the admin socket for a moment: wait until the new
+            // one answers, twice in a row.
+            let mut seen = 0;
+            while seen < 2 {
+                let answer = self.worker("show info").await.ok();
+                if answer.as_deref().and_then(state::info_pid) == Some(pid) {
+                    seen += 1;
+                } else {
+                    seen = 0;
+                }
+                if Instant::now() > deadline {
+                    return Err(DriverError::Unreachable(format!(
+                        "the new worker {pid} did not answer on the admin socket"
+                    )));
+                }
+                if seen < 2 {
+                    tokio::time::sleep(POLL).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The structural path: render, validate, swap, reload, confirm; restore on failure.
+    async fn apply_structural(
+        &self,
+        plan: &Plan,
+        desired: &Desired,
+        after: &Live,
+        report: &mut ApplyReport,
+    ) -> Result<(), DriverError> {
+        let reasons: Vec<String> = plan
+            .ops
+            .iter()
+            .filter(|o| o.kind == crate::plan::OpKind::Structural)
+            .map(|o| {
+                format!(
+                    "{} {}: {}",
+                    o.action.name(),
+                    o.action.backend().unwrap_or(""),
+                    o.reason
+                )
+            })
+            .collect();
+        let text = self.render_fragment(after, desired);
+        let maps = self.render_maps(after);
+        let previous_fragment = read_optional(&self.cfg.fragment)?;
+        let mut previous_maps = Vec::new();
+        for (path, _) in &maps {
+            previous_maps.push((path.clone(), read_optional(path)?));
+        }
+        let restore = |why: &str| {
+            warn!(reason = why, "restoring the previous fragment and maps");
+            if let Some(old) = &previous_fragment {
+                let _ = write_atomic(&self.cfg.fragment, old);
+            }
+            for (path, old) in &previous_maps {
+                if let Some(old) = old {
+                    let _ = write_atomic(path, old);
+                }
+            }
+        };
+        // Maps first: `haproxy -c` loads them too (a regex HAProxy cannot compile fails here).
+        for (path, content) in &maps {
+            write_if_changed(path, content)?;
+        }
+        let candidate = hidden_sibling(&self.cfg.fragment, "candidate");
+        write_plain(&candidate, &text)?;
+        if let Err(e) = self.validate(&candidate).await {
+            let _ = std::fs::remove_file(&candidate);
+            restore("validation failed");
+            warn!(error = %e, "candidate configuration rejected");
+            return Err(e);
+        }
+        std::fs::rename(&candidate, &self.cfg.fragment)
+            .map_err(|e| file_error("install", &self.cfg.fragment, e))?;
+        report.requests += 2;
+        match self.reload().await {
+            Ok(()) => {
+                self.stats.reloads.fetch_add(1, Ordering::Relaxed);
+                info!(reasons = ?reasons, "HAProxy reloaded");
+                report.reloads.push(reasons.join("; "));
+            }
+            Err(e) => {
+                self.stats.failed_reloads.fetch_add(1, Ordering::Relaxed);
+                restore("reload failed");
+                warn!(error = %e, "reload failed");
+                return Err(e);
+            }
+        }
+        // A reload drops the connector's run-time servers in backends it does not own.
+        let mut refused = Vec::new();
+        for (name, d) in &desired.backends {
+            if d.ownership == Ownership::Owned {
+                continue;
+            }
+            let Some(b) = after.backends.get(name) else {
+                continue;
+            };
+            for s in b.servers.values() {
+                if !is_owned_server(&s.name) || s.admin != AdminState::Ready {
+                    continue;
+                }
+                let Some(endpoint) = s.endpoint else { continue };
+                let check = d.settings.check.is_enabled();
+                if let Err(m) = self
+                    .add_server(
+                        name,
+                        &s.name,
+                        endpoint,
+                        s.weight,
+                        check,
+                        d.settings.maxconn,
+                        &d.settings.check,
+                        report,
+                    )
+                    .await?
+                {
+                    refused.push(m);
+                }
+            }
+        }
+        report.applied += plan.ops.len();
+        if refused.is_empty() {
+            Ok(())
+        } else {
+            Err(DriverError::Rejected(refused.join("; ")))
+        }
+    }
+
+    /// `add server` (+ `enable health`) + `set server … state ready`. The inner error is a refusal
+    /// message (the next pass retries).
+    #[allow(clippy::too_many_arguments)]
+    async fn add_server(
+        &self,
+        backend: &str,
+        server: &str,
+        endpoint: Endpoint,
+        weight: u16,
+        check: bool,
+        maxconn: Option<u32>,
+        spec: &CheckSpec,
+        report: &mut ApplyReport,
+    ) -> Result<Result<(), String>, DriverError> {
+        let mut cmd = format!("add server {backend}/{server} {endpoint}");
+        if check {
+            cmd.push_str(" check");
+            if let Some(t) = spec.timing() {
+                cmd.push_str(&format!(
+                    " inter {}ms fall {} rise {}",
+                    t.interval_ms, t.fall, t.rise
+                ));
+            }
+        }
+        cmd.push_str(&format!(" weight {weight}"));
+        if let Some(m) = maxconn {
+            cmd.push_str(&format!(" maxconn {m}"));
+        }
+        if let Outcome::Refused(m) = self
+            .change(&cmd, &["New server registered."], report)
+            .await?
+        {
+            return Ok(Err(format!("add server {backend}/{server}: {m}")));
+        }
+        if check
+            && let Outcome::Refused(m) = self
+                .change(&format!("enable health {backend}/{server}"), &[], report)
+                .await?
+        {
+            return Ok(Err(format!("enable health {backend}/{server}: {m}")));
+        }
+        if let Outcome::Refused(m) = self
+            .change(
+                &format!("set server {backend}/{server} state ready"),
+                &[],
+                report,
+            )
+            .await?
+        {
+            return Ok(Err(format!(
+                "set server {backend}/{server} state ready: {m}"
+            )));
+        }
+        info!(backend, server, op = "add_server", %endpoint, weight, check, "server added");
+        Ok(Ok(()))
+    }
+
+    /// One runtime operation. `Ok(Err(message))` is a refusal by HAProxy.
+    async fn apply_runtime_op(
+        &self,
+        action: &Action,
+        live: &Live,
+        desired: &Desired,
+        report: &mut ApplyReport,
+    ) -> Result<Result<(), String>, DriverError> {
+        match action {
+            Action::AddServer {
+                backend,
+                server,
+                endpoint,
+                weight,
+                check,
+                maxconn,
+            } => {
+                let spec = desired
+                    .backends
+                    .get(backend)
+                    .map(|d| d.settings.check.clone())
+                    .unwrap_or(CheckSpec::None);
+                self.add_server(
+                    backend, server, *endpoint, *weight, *check, *maxconn, &spec, report,
+                )
+                .await
+            }
+            Action::ReadyServer { backend, server } => {
+                let cmd = format!("set server {backend}/{server} state ready");
+                self.refusal(&cmd, &[], report, "ready_server", backend, server)
+                    .await
+            }
+            Action::EnableCheck { backend, server } => {
+                let cmd = format!("enable health {backend}/{server}");
+                self.refusal(&cmd, &[], report, "enable_check", backend, server)
+                    .await
+            }
+            Action::SetWeight {
+                backend,
+                server,
+                weight,
+            } => {
+                let cmd = format!("set server {backend}/{server} weight {weight}");
+                self.refusal(&cmd, &[], report, "set_weight", backend, server)
+                    .await
+            }
+            Action::DrainServer { backend, server } => {
+                let cmd = format!("set server {backend}/{server} state drain");
+                self.refusal(&cmd, &[], report, "drain_server", backend, server)
+                    .await
+            }
+            Action::RemoveServer { backend, server } => {
+                let maint = format!("set server {backend}/{server} state maint");
+                if let Err(m) = self
+                    .refusal(&maint, &[], report, "remove_server", backend, server)
+                    .await?
+                {
+                    return Ok(Err(m));
+                }
+                let del = format!("del server {backend}/{server}");
+                match self.change(&del, &["Server deleted."], report).await? {
+                    Outcome::Done => {
+                        info!(backend = %backend, server = %server, op = "remove_server", "server deleted");
+                        Ok(Ok(()))
+                    }
+                    Outcome::Refused(m) if m.contains("still has connections") => {
+                        // The diff asks for removal when sessions are gone or the drain timed
+                        // out: close what is left, try once more, else the next pass retries.
+                        let shut = format!("shutdown sessions server {backend}/{server}");
+                        let _ = self.change(&shut, &[], report).await?;
+                        match self.change(&del, &["Server deleted."], report).await? {
+                            Outcome::Done => Ok(Ok(())),
+                            Outcome::Refused(m) => {
+                                info!(backend = %backend, server = %server, op = "remove_server", reason = %m, "server still busy; left for the next pass");
+                                Ok(Ok(()))
+                            }
+                        }
+                    }
+                    Outcome::Refused(m) => Ok(Err(format!("{del}: {m}"))),
+                }
+            }
+            Action::AddRoute { route, backend } => {
+                let cmd = format!(
+                    "add map {} {} {backend}",
+                    self.cfg.map_path(route.kind),
+                    socket::escape_arg(&route.key)
+                );
+                self.refusal(&cmd, &[], report, "add_route", backend, &route.key)
+                    .await
+            }
+            Action::SetRoute { route, backend } => {
+                let file = self.cfg.map_path(route.kind);
+                let key = socket::escape_arg(&route.key);
+                if live.routes.get(route).is_some_and(|v| v.len() == 1) {
+                    let cmd = format!("set map {file} {key} {backend}");
+                    self.refusal(&cmd, &[], report, "set_route", backend, &route.key)
+                        .await
+                } else {
+                    let del = format!("del map {file} {key}");
+                    if let Err(m) = self
+                        .refusal(&del, &[], report, "set_route", backend, &route.key)
+                        .await?
+                    {
+                        return Ok(Err(m));
+                    }
+                    let add = format!("add map {file} {key} {backend}");
+                    self.refusal(&add, &[], report, "set_route", backend, &route.key)
+                        .await
+                }
+            }
+            Action::RemoveRoute { route } => {
+                let cmd = format!(
+                    "del map {} {}",
+                    self.cfg.map_path(route.kind),
+                    socket::escape_arg(&route.key)
+                );
+                self.refusal(&cmd, &[], report, "remove_route", "", &route.key)
+                    .await
+            }
+            // This driver never reports the rules missing: the frontend is the user's file.
+            Action::InsertRouteRules => Ok(Ok(())),
+            Action::CreateBackend { backend, .. }
+            | Action::UpdateBackend { backend, .. }
+            | Action::DeleteBackend { backend } => Err(DriverError::Other(format!(
+                "structural operation on {backend} outside a reload"
+            ))),
+        }
+    }
+
+    async fn refusal(
+        &self,
+        cmd: &str,
+        success: &[&str],
+        report: &mut ApplyReport,
+        op: &'static str,
+        backend: &str,
+        object: &str,
+    ) -> Result<Result<(), String>, DriverError> {
+        match self.change(cmd, success, report).await? {
+            Outcome::Done => {
+                info!(backend, object, op, "applied");
+                Ok(Ok(()))
+            }
+            Outcome::Refused(m) => {
+                warn!(backend, object, op, message = %m, "HAProxy refused");
+                Ok(Err(format!("{cmd}: {m}")))
+            }
+        }
+    }
+}
+
+impl Driver for RuntimeDriver {
+    fn request_counts(&self) -> Vec<(String, String, u64)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        vec![
+            (
+                "socket_command".into(),
+                "sent".into(),
+                self.stats.commands.load(Relaxed),
+            ),
+            (
+                "reload".into(),
+                "ok".into(),
+                self.stats.reloads.load(Relaxed),
+            ),
+            (
+                "reload".into(),
+                "failed".into(),
+                self.stats.failed_reloads.load(Relaxed),
+            ),
+            (
+                "validation".into(),
+                "failed".into(),
+                self.stats.failed_validations.load(Relaxed),
+            ),
+        ]
+    }
+
+    fn name(&self) -> &'static str {
+        "runtime"
+    }
+
+    async fn observe(&self) -> Result<Live, DriverError> {
+        let parse = |e: state::ParseError| DriverError::Other(e.to_string());
+        let names = state::backends(&self.worker("show backend").await?).map_err(parse)?;
+        let servers =
+            state::servers_state(&self.worker("show servers state").await?).map_err(parse)?;
+        let stat = state::stat(&self.worker("show stat").await?).map_err(parse)?;
+        let ours = self.read_fragment()?;
+        let sessions = state::sessions(&stat);
+        let proxies: BTreeMap<&str, &state::StatRow> = stat
+            .iter()
+            .filter(|r| r.name == "BACKEND")
+            .map(|r| (r.proxy.as_str(), r))
+            .collect();
+
+        let mut live = Live::default();
+        for name in names {
+            let row = proxies.get(name.as_str());
+            let settings = ours.get(&name).cloned().flatten();
+            let owned = ours.contains_key(&name);
+            let mode = match (&settings, row.map(|r| r.mode.as_str())) {
+                (Some(s), _) => s.mode,
+                (None, Some("tcp")) => Mode::Tcp,
+                _ => Mode::Http,
+            };
+            let balance = row
+                .map(|r| r.algo.clone())
+                .filter(|a| !a.is_empty())
+                .or_else(|| settings.as_ref().map(|s| s.balance.as_str().to_string()));
+            live.backends.insert(
+                name.clone(),
+                LiveBackend {
+                    name,
+                    owned,
+                    mode,
+                    balance,
+                    settings,
+                    servers: BTreeMap::new(),
+                },
+            );
+        }
+        for s in servers {
+            let Some(b) = live.backends.get_mut(&s.backend) else {
+                continue;
+            };
+            let sessions = sessions
+                .get(&(s.backend.clone(), s.server.clone()))
+                .copied()
+                .unwrap_or(0);
+            b.servers.insert(
+                s.server.clone(),
+                LiveServer {
+                    name: s.server,
+                    endpoint: s.endpoint,
+                    admin: s.admin,
+                    op: s.op,
+                    check_enabled: s.check_enabled,
+                    weight: s.weight,
+                    sessions,
+                    drain_started: None,
+                },
+            );
+        }
+        for kind in MatchKind::ALL {
+            let file = self.cfg.map_path(kind);
+            let reply = self.worker(&format!("show map {file}")).await?;
+            match state::map_entries(&reply) {
+                Ok(entries) => {
+                    for (key, backend) in entries {
+                        live.routes
+                            .entry(RouteKey { kind, key })
+                            .or_default()
+                            .push(backend);
+                    }
+                }
+                Err(e) => {
+                    // The frontend does not reference this map: routes of this kind cannot be
+                    // served (their `add map` will be refused with HAProxy's message).
+                    warn!(map = %file, error = %e, "host map not loaded by HAProxy; add the frontend rules from the README");
+                }
+            }
+        }
+        Ok(live)
+    }
+
+    async fn apply(
+        &self,
+        plan: &Plan,
+        desired: &Desired,
+        live: &Live,
+    ) -> Result<ApplyReport, DriverError> {
+        let mut report = ApplyReport::default();
+        let mut after = live.clone();
+        sim::apply(&mut after, plan);
+        if plan.has_structural() {
+            self.apply_structural(plan, desired, &after, &mut report)
+                .await?;
+            return Ok(report);
+        }
+        let mut refused = Vec::new();
+        let mut touched_routes = false;
+        for op in &plan.ops {
+            touched_routes |= matches!(
+                op.action,
+                Action::AddRoute { .. } | Action::SetRoute { .. } | Action::RemoveRoute { .. }
+            );
+            match self
+                .apply_runtime_op(&op.action, live, desired, &mut report)
+                .await?
+            {
+                Ok(()) => report.applied += 1,
+                Err(m) => refused.push(m),
+            }
+        }
+        // Persist for the next reload or restart.
+        let text = self.render_fragment(&after, desired);
+        write_if_changed(&self.cfg.fragment, &text)?;
+        if touched_routes {
+            for (path, content) in self.render_maps(&after) {
+                write_if_changed(&path, &content)?;
+            }
+        }
+        if refused.is_empty() {
+            Ok(report)
+        } else {
+            Err(DriverError::Rejected(refused.join("; ")))
+        }
+    }
+}
+
+fn read_optional(path: &Path) -> Result<Option<String>, DriverError> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(file_error("read", path, e)),
+    }
+}
+
+/// `.<name>.<suffix>` next to `path`: hidden and without a `.cfg` ending, so HAProxy never loads
+/// it from a configuration directory.
+fn hidden_sibling(path: &Path, suffix: &str) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.{suffix}"))
+}
+
+fn write_plain(path: &Path, content: &str) -> Result<(), DriverError> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).map_err(|e| file_error("create", path, e))?;
+    f.write_all(content.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| file_error("write", path, e))
+}
+
+/// Writes through a hidden temporary file and a rename, so HAProxy never reads half a file.
+fn write_atomic(path: &Path, content: &str) -> Result<(), DriverError> {
+    let tmp = hidden_sibling(path, "tmp");
+    write_plain(&tmp, content)?;
+    std::fs::rename(&tmp, path).map_err(|e| file_error("replace", path, e))
+}
+
+fn write_if_changed(path: &Path, content: &str) -> Result<(), DriverError> {
+    if read_optional(path)?.as_deref() == Some(content) {
+        return Ok(());
+    }
+    write_atomic(path, content)
+}
