@@ -97,9 +97,9 @@ pub enum AnyDriver {
 impl AnyDriver {
     pub fn from_config(config: &Config) -> Result<AnyDriver, AppError> {
         Ok(match config.haproxy.driver {
-            DriverKind::Dataplane => AnyDriver::Dataplane(dataplane(config)?),
+            DriverKind::Dataplane => AnyDriver::Dataplane(Box::new(dataplane(config)?)),
             DriverKind::Runtime => {
-                AnyDriver::Runtime(RuntimeDriver::new(config.haproxy.runtime.clone()))
+                AnyDriver::Runtime(Box::new(RuntimeDriver::new(config.haproxy.runtime.clone())))
             }
         })
     }
