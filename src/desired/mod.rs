@@ -196,28 +196,30 @@ pub fn build(snapshot: &Snapshot, live: &Live, policy: &Policy) -> Result<Desire
     }
 
     // Backend-name conflicts: the oldest registration wins; all are reported.
-    let mut by_name: BTreeMap<String, Vec<Candidate>> = BTreeMap::new();
-    for c in candidates {
-        by_name.entry(c.backend.clone()).or_default().push(c);
-    }
-    let mut winners = Vec::new();
-    for (name, mut group) in by_name {
-        group.sort_by(|a, b| a.age.cmp(&b.age));
-        if group.len() > 1 {
-            let keys: Vec<String> = group.iter().map(|c| c.key.to_string()).collect();
-            for (i, c) in group.iter().enumerate() {
-                let outcome = if i == 0 {
-                    "kept (oldest registration)"
+    // Sorted by name, then age: each run of one name is a group, its first the winner.
+    candidates.sort_by(|a, b| a.backend.cmp(&b.backend).then_with(|| a.age.cmp(&b.age)));
+    let mut winners: Vec<Candidate> = Vec::with_capacity(candidates.len());
+    let mut rest = candidates.into_iter().peekable();
+    while let Some(first) = rest.next() {
+        let mut losers = Vec::new();
+        while let Some(next) = rest.next_if(|n| n.backend == first.backend) {
+            losers.push(next);
+        }
+        if !losers.is_empty() {
+            let name = &first.backend;
+            let keys: Vec<String> = std::iter::once(&first)
+                .chain(&losers)
+                .map(|c| c.key.to_string())
+                .collect();
+            for (i, c) in std::iter::once(&first).chain(&losers).enumerate() {
+                let (severity, outcome) = if i == 0 {
+                    (Severity::Warning, "kept (oldest registration)")
                 } else {
-                    "skipped"
+                    (Severity::Skipped, "skipped")
                 };
                 desired.diagnostics.push(diag(
                     &c.key,
-                    if i == 0 {
-                        Severity::Warning
-                    } else {
-                        Severity::Skipped
-                    },
+                    severity,
                     Reason::BackendNameConflict,
                     None,
                     format!(
@@ -227,7 +229,7 @@ pub fn build(snapshot: &Snapshot, live: &Live, policy: &Policy) -> Result<Desire
                 ));
             }
         }
-        winners.push(group.swap_remove(0));
+        winners.push(first);
     }
 
     // Ownership against live HAProxy, per strategy.
@@ -334,14 +336,22 @@ pub fn build(snapshot: &Snapshot, live: &Live, policy: &Policy) -> Result<Desire
     }
 
     // Domain conflicts: one (kind, key) claimed by several services; the oldest wins.
-    let mut claims: BTreeMap<(MatchKind, String), Vec<usize>> = BTreeMap::new();
-    for (i, (c, _)) in accepted.iter().enumerate() {
-        for d in &c.domains {
-            claims.entry(d.clone()).or_default().push(i);
+    // Every claim as (domain, age, service index), sorted: each run of one domain is a group,
+    // its first claimant the winner.
+    let mut claims: Vec<(&(MatchKind, String), &(u64, ServiceKey), usize)> = accepted
+        .iter()
+        .enumerate()
+        .flat_map(|(i, (c, _))| c.domains.iter().map(move |d| (d, &c.age, i)))
+        .collect();
+    claims.sort_unstable();
+    let mut grouped: Vec<((MatchKind, String), Vec<usize>)> = Vec::new();
+    for (domain, _, i) in claims {
+        match grouped.last_mut() {
+            Some((d, owners)) if d == domain => owners.push(i),
+            _ => grouped.push((domain.clone(), vec![i])),
         }
     }
-    for ((kind, key), mut owners) in claims {
-        owners.sort_by(|a, b| accepted[*a].0.age.cmp(&accepted[*b].0.age));
+    for ((kind, key), owners) in grouped {
         if owners.len() > 1 {
             let names: Vec<String> = owners
                 .iter()
@@ -525,30 +535,35 @@ fn candidate(
     if members.is_empty() {
         return None;
     }
-    // The newest registration's values are what a new backend takes when instances disagree.
-    let newest_variant = members
-        .iter()
-        .max_by(|(a, _), (b, _)| {
-            // A total order on everything that can differ, so the choice never depends on
-            // input order (Nomad's IDs are unique, but a double or a bug may repeat one).
-            (
-                a.modify_index,
-                a.create_index,
-                &a.id,
-                &a.address,
-                a.port,
-                &a.tags,
-            )
-                .cmp(&(
-                    b.modify_index,
-                    b.create_index,
-                    &b.id,
-                    &b.address,
-                    b.port,
-                    &b.tags,
-                ))
-        })
-        .map(|(_, v)| *v)?;
+    // The newest registration's values are what a new backend takes when instances disagree;
+    // with a single variant there is nothing to choose.
+    let newest_variant = if variants.len() == 1 {
+        0
+    } else {
+        members
+            .iter()
+            .max_by(|(a, _), (b, _)| {
+                // A total order on everything that can differ, so the choice never depends on
+                // input order (Nomad's IDs are unique, but a double or a bug may repeat one).
+                (
+                    a.modify_index,
+                    a.create_index,
+                    &a.id,
+                    &a.address,
+                    a.port,
+                    &a.tags,
+                )
+                    .cmp(&(
+                        b.modify_index,
+                        b.create_index,
+                        &b.id,
+                        &b.address,
+                        b.port,
+                        &b.tags,
+                    ))
+            })
+            .map(|(_, v)| *v)?
+    };
 
     let kinds: BTreeSet<_> = variants
         .iter()
@@ -604,7 +619,9 @@ fn candidate(
         return None;
     }
 
-    let mut servers = BTreeMap::new();
+    // Collected, sorted and merged, then built in one go: much cheaper than inserting one by
+    // one into a map at tens of thousands of instances.
+    let mut endpoints: Vec<(Endpoint, u16)> = Vec::with_capacity(members.len());
     let mut bad: Option<&Instance> = None;
     for (inst, v) in &members {
         let addr: IpAddr = match inst.address.parse() {
@@ -620,11 +637,15 @@ fn candidate(
             }
         };
         let weight = variants[*v].parsed.weight.unwrap_or(DEFAULT_WEIGHT);
-        let spec = servers
-            .entry(Endpoint::new(addr, inst.port))
-            .or_insert(ServerSpec { weight });
-        spec.weight = spec.weight.max(weight);
+        endpoints.push((Endpoint::new(addr, inst.port), weight));
     }
+    // Duplicate endpoints keep the highest weight.
+    endpoints.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+    endpoints.dedup_by_key(|(e, _)| *e);
+    let servers: BTreeMap<Endpoint, ServerSpec> = endpoints
+        .into_iter()
+        .map(|(e, weight)| (e, ServerSpec { weight }))
+        .collect();
     if let Some(inst) = bad {
         let d = diag(
             key,

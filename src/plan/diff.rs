@@ -16,24 +16,17 @@ pub fn diff(desired: &Desired, live: &Live, now: Instant, policy: &Policy) -> Pl
     // Backends whose owned servers are not all gone after this plan (drains in progress).
     let mut still_draining: BTreeSet<&str> = BTreeSet::new();
 
-    let names: BTreeSet<&str> = desired
-        .backends
-        .keys()
-        .map(String::as_str)
-        .chain(
-            live.backends
-                .values()
-                .filter(|b| b.owned || b.servers.keys().any(|s| is_owned_server(s)))
-                .map(|b| b.name.as_str()),
-        )
-        .collect();
-
-    for name in names {
-        if desired.frozen.contains(name) {
+    // Both maps are sorted by name: walk them together instead of looking every name up.
+    let pairs = merge_by_name(&desired.backends, &live.backends)
+        .into_iter()
+        .filter(|(_, d, l)| {
+            d.is_some()
+                || l.is_some_and(|b| b.owned || b.servers.keys().any(|s| is_owned_server(s)))
+        });
+    for (name, want, have) in pairs {
+        if !desired.frozen.is_empty() && desired.frozen.contains(name) {
             continue;
         }
-        let want = desired.backends.get(name);
-        let have = live.backends.get(name);
         match (want, have) {
             (Some(d), None) => {
                 if d.ownership == Ownership::Owned {
@@ -98,6 +91,42 @@ pub fn diff(desired: &Desired, live: &Live, now: Instant, policy: &Policy) -> Pl
     }
     plan.sort();
     plan
+}
+
+/// The names of both maps in order, each with its entry on either side.
+fn merge_by_name<'a>(
+    desired: &'a BTreeMap<String, DesiredBackend>,
+    live: &'a BTreeMap<String, LiveBackend>,
+) -> Vec<(&'a str, Option<&'a DesiredBackend>, Option<&'a LiveBackend>)> {
+    let mut out = Vec::with_capacity(desired.len().max(live.len()));
+    let mut d = desired.iter().peekable();
+    let mut l = live.iter().peekable();
+    loop {
+        let next = match (d.peek(), l.peek()) {
+            (None, None) => break,
+            (Some((dn, _)), Some((ln, _))) => dn.as_str().cmp(ln.as_str()),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+        };
+        match next {
+            std::cmp::Ordering::Less => {
+                if let Some((n, db)) = d.next() {
+                    out.push((n.as_str(), Some(db), None));
+                }
+            }
+            std::cmp::Ordering::Greater => {
+                if let Some((n, lb)) = l.next() {
+                    out.push((n.as_str(), None, Some(lb)));
+                }
+            }
+            std::cmp::Ordering::Equal => {
+                if let (Some((n, db)), Some((_, lb))) = (d.next(), l.next()) {
+                    out.push((n.as_str(), Some(db), Some(lb)));
+                }
+            }
+        }
+    }
+    out
 }
 
 fn add_server(backend: &str, d: &DesiredBackend, endpoint: &Endpoint, weight: u16) -> Op {
