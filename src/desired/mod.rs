@@ -171,6 +171,9 @@ pub fn backend_name(key: &ServiceKey) -> String {
     }
 }
 
+/// A domain claimed by a service: (domain, the service's age, its index among the accepted).
+type Claim<'a> = (&'a (MatchKind, String), &'a (u64, ServiceKey), usize);
+
 /// One service after its registrations were parsed, before cross-service checks.
 struct Candidate {
     key: ServiceKey,
@@ -338,7 +341,7 @@ pub fn build(snapshot: &Snapshot, live: &Live, policy: &Policy) -> Result<Desire
     // Domain conflicts: one (kind, key) claimed by several services; the oldest wins.
     // Every claim as (domain, age, service index), sorted: each run of one domain is a group,
     // its first claimant the winner.
-    let mut claims: Vec<(&(MatchKind, String), &(u64, ServiceKey), usize)> = accepted
+    let mut claims: Vec<Claim<'_>> = accepted
         .iter()
         .enumerate()
         .flat_map(|(i, (c, _))| c.domains.iter().map(move |d| (d, &c.age, i)))
