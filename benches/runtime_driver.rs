@@ -7,19 +7,23 @@
 //! `cargo bench --bench runtime_driver` runs the full measurement; without `--bench` (as
 //! `cargo test --all-targets` runs it) a 5-event smoke run checks that it works.
 //!
-//! To extend to the full path (event at the Nomad double → server in rotation), replace
-//! `Scenario::event` with a registration at the double and the pass with the controller's; the
-//! measurement and the floor stay as they are.
+//! Then the full path: the connector itself (`app::run`, default settings: 50 ms debounce)
+//! watching the Nomad double, from a registration at the double to the server in rotation.
 
 #[path = "../tests/support/haproxy.rs"]
 #[allow(dead_code)]
 mod haproxy;
+#[path = "../tests/support/nomad.rs"]
+#[allow(dead_code)]
+mod nomad;
 
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use haproxy_nomad_connector::app;
 use haproxy_nomad_connector::catalog::{Instance, Service, ServiceKey, Snapshot};
+use haproxy_nomad_connector::config::{Config, Layer};
 use haproxy_nomad_connector::desired::Policy;
 use haproxy_nomad_connector::haproxy::runtime::{RuntimeConfig, RuntimeDriver, socket, state};
 use haproxy_nomad_connector::model::{AdminState, OpState, route_rules};
@@ -63,10 +67,11 @@ async fn wait_in_rotation(admin: &std::path::Path, backend: &str, server: &str) 
         let text = socket::command(admin, &format!("show servers state {backend}"), TIMEOUT)
             .await
             .expect("show servers state");
-        let ready = state::servers_state(&text)
-            .expect("parse")
-            .iter()
-            .any(|s| s.server == server && s.admin == AdminState::Ready && s.op == OpState::Up);
+        // "Can't find backend." until the backend exists: keep polling.
+        let ready = state::servers_state(&text).is_ok_and(|list| {
+            list.iter()
+                .any(|s| s.server == server && s.admin == AdminState::Ready && s.op == OpState::Up)
+        });
         if ready {
             return;
         }
@@ -147,7 +152,8 @@ fn main() {
         .map(|l| l.local_addr().expect("addr").port())
         .collect();
 
-    let rt = tokio::runtime::Builder::new_current_thread()
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
@@ -219,5 +225,52 @@ fn main() {
             .reloads;
         println!("reloads during the run: {reloads} (the initial backend creation only)");
         assert_eq!(reloads, 1);
+
+        // The full path: a registration at the Nomad double → the running connector → in rotation.
+        let double = nomad::NomadDouble::start().await;
+        let vars: std::collections::HashMap<&str, String> = [
+            ("NOMAD_ADDR", double.url().to_string()),
+            ("HAPROXY_DRIVER", "runtime".to_string()),
+            ("HAPROXY_MASTER_SOCKET", lb.master_socket.display().to_string()),
+            ("HAPROXY_ADMIN_SOCKET", lb.admin_socket.display().to_string()),
+            ("HAPROXY_FRAGMENT", files.path().join("conf.d").join("hnc.cfg").display().to_string()),
+            ("HAPROXY_MAPS_DIR", files.path().join("maps").display().to_string()),
+            ("HAPROXY_BINARY", lb.bin.display().to_string()),
+            ("HAPROXY_CONFIG", lb.config.display().to_string()),
+            ("HTTP_LISTEN", format!("127.0.0.1:{}", haproxy::free_port())),
+            ("LOG_LEVEL", "warn".to_string()),
+            ("RECONCILE_DEBOUNCE", std::env::var("HNC_BENCH_DEBOUNCE").unwrap_or_else(|_| "50ms".into())),
+        ]
+        .into_iter()
+        .collect();
+        let config = Config::load(None, |k| vars.get(k).cloned(), Layer::default()).expect("config");
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let connector = tokio::spawn(app::run(config, stopped));
+        let listeners2: Vec<TcpListener> = (0..=events)
+            .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
+            .collect();
+        let mut full = Vec::with_capacity(events);
+        let reg = |i: usize, port: u16| {
+            nomad::Reg::new("default", "e2e", &format!("e{i}"), "127.0.0.1", port).tags(Some(&["haproxy.enable=true"]))
+        };
+        let first = listeners2[0].local_addr().expect("addr").port();
+        double.register([reg(0, first)]);
+        wait_in_rotation(&lb.admin_socket, "e2e", &format!("hnc_127.0.0.1_{first}")).await;
+        for (i, l) in listeners2.iter().enumerate().skip(1) {
+            let port = l.local_addr().expect("addr").port();
+            let t0 = Instant::now();
+            double.register([reg(i, port)]);
+            wait_in_rotation(&lb.admin_socket, "e2e", &format!("hnc_127.0.0.1_{port}")).await;
+            full.push(t0.elapsed());
+        }
+        let (e50, e99) = summary("Nomad event → in rotation (connector)", full);
+        println!(
+            "ratio connector/floor: p50 {:.1}x, p99 {:.1}x; target p99 <= 100 ms: {}",
+            e50.as_secs_f64() / f50.as_secs_f64(),
+            e99.as_secs_f64() / f99.as_secs_f64(),
+            if e99 <= Duration::from_millis(100) { "met" } else { "NOT met" }
+        );
+        let _ = stop.send(true);
+        let _ = connector.await;
     });
 }

@@ -130,6 +130,7 @@ impl<D: Driver> Controller<D> {
         let mut retry_at: Option<Instant> = None;
         let mut catalog_open = true;
         let mut applied_version: Option<Arc<Snapshot>> = None;
+        let mut seen: Arc<Snapshot> = self.catalog.borrow().clone();
         loop {
             if *shutdown.borrow() {
                 break;
@@ -154,9 +155,14 @@ impl<D: Driver> Controller<D> {
                     if r.is_err() {
                         catalog_open = false;
                     } else {
-                        let now = Instant::now();
-                        first_change.get_or_insert(now);
-                        last_change = Some(now);
+                        // Only what a pass reads counts: a new list index alone is no change.
+                        let current = self.catalog.borrow().clone();
+                        if !same_content(&seen, &current) {
+                            let now = Instant::now();
+                            first_change.get_or_insert(now);
+                            last_change = Some(now);
+                        }
+                        seen = current;
                     }
                     continue;
                 }
@@ -167,10 +173,11 @@ impl<D: Driver> Controller<D> {
             last_change = None;
             retry_at = None;
             let snapshot = self.catalog.borrow_and_update().clone();
+            seen = snapshot.clone();
             let drift = change.is_none()
                 && applied_version
                     .as_ref()
-                    .is_some_and(|v| Arc::ptr_eq(v, &snapshot));
+                    .is_some_and(|v| same_content(v, &snapshot));
             let started = Instant::now();
             tracing::debug!(
                 services = snapshot.services.len(),
@@ -228,6 +235,18 @@ impl<D: Driver> Controller<D> {
             on_pass(&record);
         }
     }
+}
+
+/// Whether two snapshots hold the same services (the same shared entries) and trust state; the
+/// list index is not part of what a pass reads.
+fn same_content(a: &Snapshot, b: &Snapshot) -> bool {
+    a.synced == b.synced
+        && a.stale == b.stale
+        && a.services.len() == b.services.len()
+        && a.services
+            .iter()
+            .zip(&b.services)
+            .all(|((ka, va), (kb, vb))| ka == kb && (Arc::ptr_eq(va, vb) || va == vb))
 }
 
 async fn wait_true(rx: &mut watch::Receiver<bool>) {
