@@ -212,7 +212,11 @@ fn an_unknown_command_is_a_usage_error() {
 
 #[test]
 fn the_example_configurations_are_valid() {
-    for file in ["examples/predecessor.json", "examples/dataplane.json", "examples/runtime.json"] {
+    for file in [
+        "examples/predecessor.json",
+        "examples/dataplane.json",
+        "examples/runtime.json",
+    ] {
         let path = format!("{}/{file}", env!("CARGO_MANIFEST_DIR"));
         let out = run(&["check-config", "--config", &path], &[]);
         let (_, stderr) = text(&out);
