@@ -640,8 +640,9 @@ impl Validator<'_> {
         Some(PathBuf::from(text))
     }
 
-    /// A list of paths: a JSON array, or comma-separated text.
-    fn paths(&mut self, key: Key) -> Option<Vec<PathBuf>> {
+    /// A list of texts: a JSON array of strings, or comma-separated text; entries trimmed and
+    /// empty ones dropped. `what` names the items in messages.
+    fn list(&mut self, key: Key, what: &str) -> Option<Vec<String>> {
         let entry = self.layer.get(key)?;
         let items: Vec<String> = match &entry.raw {
             Raw::Text(s) | Raw::Json(Value::String(s)) => {
@@ -656,7 +657,7 @@ impl Validator<'_> {
                             let found = layer::json_kind(other);
                             self.fail(
                                 key,
-                                format!("expected a list of paths, found {found} in it"),
+                                format!("expected a list of {what}, found {found} in it"),
                             );
                             return None;
                         }
@@ -666,11 +667,16 @@ impl Validator<'_> {
             }
             Raw::Json(other) => {
                 let found = layer::json_kind(other);
-                self.fail(key, format!("expected a list of paths, found {found}"));
+                self.fail(key, format!("expected a list of {what}, found {found}"));
                 return None;
             }
         };
-        let items: Vec<String> = items.into_iter().filter(|s| !s.is_empty()).collect();
+        Some(items.into_iter().filter(|s| !s.is_empty()).collect())
+    }
+
+    /// A list of paths: a JSON array, or comma-separated text.
+    fn paths(&mut self, key: Key) -> Option<Vec<PathBuf>> {
+        let items = self.list(key, "paths")?;
         if items.is_empty() {
             self.fail(key, "no path given".to_string());
             return None;
@@ -892,38 +898,7 @@ impl Validator<'_> {
     /// The names of a namespace-list key, trimmed, sorted and de-duplicated (empty entries
     /// dropped); the callers decide what an empty list or `*` means.
     fn namespace_items(&mut self, key: Key) -> Option<Vec<String>> {
-        let entry = self.layer.get(key)?;
-        let items: Vec<String> = match &entry.raw {
-            Raw::Text(s) | Raw::Json(Value::String(s)) => {
-                s.split(',').map(|p| p.trim().to_string()).collect()
-            }
-            Raw::Json(Value::Array(items)) => {
-                let mut out = Vec::new();
-                for item in items {
-                    match item {
-                        Value::String(s) => out.push(s.trim().to_string()),
-                        other => {
-                            let found = layer::json_kind(other);
-                            self.fail(
-                                key,
-                                format!("expected a list of namespace names, found {found} in it"),
-                            );
-                            return None;
-                        }
-                    }
-                }
-                out
-            }
-            Raw::Json(other) => {
-                let found = layer::json_kind(other);
-                self.fail(
-                    key,
-                    format!("expected a list of namespace names, found {found}"),
-                );
-                return None;
-            }
-        };
-        let mut items: Vec<String> = items.into_iter().filter(|s| !s.is_empty()).collect();
+        let mut items = self.list(key, "namespace names")?;
         items.sort();
         items.dedup();
         Some(items)
