@@ -68,7 +68,8 @@ impl World {
         let body = format!(
             "defaults\n    mode http\n    timeout connect 2s\n    timeout client 10s\n    timeout server 10s\n    retries 3\n    option redispatch\n\n\
              frontend fe\n    bind 127.0.0.1:{port}\n{rules}    default_backend hand_default\n\n\
-             backend hand_default\n    http-request return status 404 content-type text/plain string nobody\n"
+             backend hand_default\n    http-request return status 404 content-type text/plain string nobody\n\n\
+             backend hand_written\n    balance roundrobin\n    server static1 127.0.0.1:9 weight 7\n"
         );
         let lb = Haproxy::start_with(&body, std::slice::from_ref(&confd));
         let env: Vec<(&str, String)> = vec![
@@ -141,6 +142,10 @@ impl World {
                     self.lb.master("show proc")
                 )
             })
+    }
+
+    fn fragment(&self) -> std::path::PathBuf {
+        self._files.path().join("conf.d").join("hnc.cfg")
     }
 
     fn wait(&self, what: &str, mut cond: impl FnMut(&World) -> bool) {
@@ -315,4 +320,139 @@ fn manual_maintenance_is_repaired() {
     w.wait("drift counted", |w| {
         w.connector.metrics().sum("hnc_drift_repairs_total", &[]) >= 1.0
     });
+}
+
+#[test]
+fn a_failing_health_check_takes_an_instance_out_and_back() {
+    let w = World::start();
+    let (a, b) = (Instance::start("a"), Instance::start("b"));
+    w.nomad.register([reg("a", &a), reg("b", &b)]);
+    w.wait("2 serving", |w| w.serving("app").len() == 2);
+    b.set_healthy(false);
+    w.wait("b out of rotation", |w| w.serving("app").len() == 1);
+    assert!(
+        answers(w.port, DOMAIN, 10).iter().all(|x| x == "a"),
+        "traffic only to a"
+    );
+    b.set_healthy(true);
+    w.wait("b back", |w| w.serving("app").len() == 2);
+    let deadline = Instant::now() + WAIT;
+    while !answers(w.port, DOMAIN, 10).contains(&"b".to_string()) {
+        assert!(Instant::now() < deadline, "traffic never came back to b");
+    }
+}
+
+#[test]
+fn several_domains_suffix_and_regex_and_a_domain_moved_without_reload() {
+    let w = World::start();
+    let (a, b) = (Instance::start("svc-a"), Instance::start("svc-b"));
+    let a_tags = [
+        "haproxy.enable=true",
+        "haproxy.domain=a.example.test",
+        "haproxy.domain=shared.example.test",
+        "haproxy.domain=*.wild.example.test",
+    ];
+    let b_tags = [
+        "haproxy.enable=true",
+        "haproxy.domain=^b[0-9]+\\.example\\.test$",
+        "haproxy.domain.type=regex",
+    ];
+    let ra = Reg::new("default", "svc-a", "a", "127.0.0.1", a.port).tags(Some(&a_tags));
+    let rb = Reg::new("default", "svc-b", "b", "127.0.0.1", b.port).tags(Some(&b_tags));
+    w.nomad.register([ra.clone(), rb.clone()]);
+    w.wait("both serving", |w| {
+        w.serving("svc_a").len() == 1 && w.serving("svc_b").len() == 1
+    });
+    let one = |host: &str| answers(w.port, host, 1).remove(0);
+    assert_eq!(one("a.example.test"), "svc-a");
+    assert_eq!(one("shared.example.test"), "svc-a");
+    assert_eq!(one("x.wild.example.test"), "svc-a");
+    assert_eq!(one("B42.example.test"), "svc-b");
+    assert_eq!(one("bx.example.test"), "status 404");
+
+    // shared.example.test moves from svc-a to svc-b: a map change, no reload.
+    let reloads = w.reloads();
+    let a_tags: Vec<&str> = a_tags
+        .iter()
+        .copied()
+        .filter(|t| !t.contains("shared"))
+        .collect();
+    w.nomad.set_tags(&ra.id, Some(&a_tags));
+    let mut b_moved: Vec<&str> = vec!["haproxy.enable=true", "haproxy.domain=shared.example.test"];
+    w.nomad.set_tags(&rb.id, Some(&b_moved));
+    b_moved.clear();
+    let deadline = Instant::now() + WAIT;
+    while one("shared.example.test") != "svc-b" {
+        assert!(
+            Instant::now() < deadline,
+            "the domain never moved\n{}",
+            w.connector.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert_eq!(one("a.example.test"), "svc-a");
+    assert_eq!(w.reloads(), reloads, "moving a domain does not reload");
+}
+
+#[test]
+fn restarts_from_files_keep_state_and_a_lost_fragment_is_repaired() {
+    let mut w = World::start();
+    let instances: Vec<Instance> = (0..3).map(|i| Instance::start(&format!("i{i}"))).collect();
+    w.nomad.register(
+        instances
+            .iter()
+            .enumerate()
+            .map(|(i, inst)| reg(&format!("a{i}"), inst)),
+    );
+    w.wait("3 serving", |w| w.serving("app").len() == 3);
+    w.wait("a quiet pass", |w| {
+        w.connector
+            .metrics()
+            .sum("hnc_passes_total", &[("result", "noop")])
+            >= 2.0
+    });
+    let hand = w.lb.admin("show servers state hand_written");
+
+    // Killed and restarted from its files: everything is back at once, before any pass.
+    w.lb.restart();
+    w.wait("3 serving right after the restart", |w| {
+        w.serving("app").len() == 3
+    });
+    assert_eq!(answers(w.port, DOMAIN, 3).len(), 3);
+    assert!(
+        answers(w.port, DOMAIN, 6)
+            .iter()
+            .all(|x| x.starts_with('i'))
+    );
+
+    // Restarted with the fragment gone: repaired within one resync (1 s here).
+    std::fs::write(w.fragment(), "").expect("empty the fragment");
+    w.lb.restart();
+    assert!(
+        w.serving("app").is_empty(),
+        "the backend is gone with its fragment"
+    );
+    let t = Instant::now();
+    w.wait("repaired", |w| w.serving("app").len() == 3);
+    println!("fragment lost: repaired in {:?}", t.elapsed());
+    assert!(
+        answers(w.port, DOMAIN, 6)
+            .iter()
+            .all(|x| x.starts_with('i'))
+    );
+
+    // The hand-written backend is untouched throughout.
+    let strip = |s: &str| -> Vec<String> {
+        s.lines()
+            .skip(2)
+            .map(|l| {
+                let c: Vec<&str> = l.split_whitespace().collect();
+                format!("{} {} {} {}", c[3], c[4], c[6], c[7])
+            })
+            .collect()
+    };
+    assert_eq!(
+        strip(&hand),
+        strip(&w.lb.admin("show servers state hand_written"))
+    );
 }

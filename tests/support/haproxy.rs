@@ -65,6 +65,7 @@ pub struct Haproxy {
     pub master_socket: PathBuf,
     pub admin_socket: PathBuf,
     pub log: PathBuf,
+    extra: Vec<PathBuf>,
 }
 
 impl Haproxy {
@@ -91,33 +92,7 @@ impl Haproxy {
             dir.path().join("haproxy.pid").display()
         );
         std::fs::write(&config, format!("{global}{body}\n")).expect("write haproxy.cfg");
-        let log_file = std::fs::File::create(&log).expect("create log");
-        let mut cmd = Command::new(&bin);
-        cmd.arg("-W")
-            .arg("-S")
-            .arg(format!("{},mode,600", master_socket.display()))
-            .arg("-f")
-            .arg(&config);
-        for path in extra {
-            cmd.arg("-f").arg(path);
-        }
-        cmd.stdin(Stdio::null())
-            .stdout(log_file.try_clone().expect("dup log"))
-            .stderr(log_file)
-            .current_dir(dir.path());
-        // If the test process dies without running Drop, the kernel stops HAProxy's master
-        // (which takes its workers with it).
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let child = spawn(&bin, &master_socket, &config, extra, dir.path(), &log);
         let mut haproxy = Haproxy {
             child,
             bin,
@@ -126,6 +101,7 @@ impl Haproxy {
             master_socket,
             admin_socket,
             log,
+            extra: extra.to_vec(),
         };
         haproxy.wait_ready();
         haproxy
@@ -154,6 +130,21 @@ impl Haproxy {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Stops HAProxy and starts it again from the same files and sockets (a crash and restart,
+    /// or `systemctl restart`).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = spawn(
+            &self.bin,
+            &self.master_socket,
+            &self.config,
+            &self.extra,
+            self.dir.path(),
+            &self.log,
+        );
+        self.wait_ready();
     }
 
     /// The master's process id.
@@ -216,6 +207,46 @@ impl Drop for Haproxy {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+fn spawn(
+    bin: &Path,
+    master_socket: &Path,
+    config: &Path,
+    extra: &[PathBuf],
+    dir: &Path,
+    log: &Path,
+) -> Child {
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("open log");
+    let mut cmd = Command::new(bin);
+    cmd.arg("-W")
+        .arg("-S")
+        .arg(format!("{},mode,600", master_socket.display()))
+        .arg("-f")
+        .arg(config);
+    for path in extra {
+        cmd.arg("-f").arg(path);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(log_file.try_clone().expect("dup log"))
+        .stderr(log_file)
+        .current_dir(dir);
+    // If the test process dies without running Drop, the kernel stops HAProxy's master
+    // (which takes its workers with it).
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()))
 }
 
 /// Sends one line to a HAProxy CLI socket (non-interactive mode) and reads until it closes.

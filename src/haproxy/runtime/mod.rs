@@ -280,8 +280,17 @@ impl RuntimeDriver {
         }
         // 2.6 answers nothing: the counters tell. 3.0 said Success=1; the same wait finds the
         // new worker.
+        let restarted = || {
+            DriverError::Unreachable(
+                "HAProxy was restarted during the reload (new master process); the next pass observes it afresh"
+                    .into(),
+            )
+        };
         let after = loop {
             if let Ok(p) = self.show_proc().await {
+                if p.master_pid != before.master_pid {
+                    return Err(restarted());
+                }
                 if p.failed > before.failed {
                     return Err(DriverError::Rejected(format!(
                         "reload failed (show proc: {} failed reloads, was {}); see HAProxy's log",
@@ -321,6 +330,12 @@ impl RuntimeDriver {
                     seen += 1;
                 } else {
                     seen = 0;
+                }
+                if seen == 0
+                    && let Ok(p) = self.show_proc().await
+                    && p.master_pid != before.master_pid
+                {
+                    return Err(restarted());
                 }
                 if Instant::now() > deadline {
                     return Err(DriverError::Unreachable(format!(
