@@ -336,10 +336,25 @@ proptest! {
         let mut live = start.clone();
         let foreign_before: Vec<(String, Vec<String>)> = foreign_servers(&start);
         let mut last = None;
-        for _round in 0..3 {
+        for round in 0..3 {
             let d = build(&snap, &live, &policy).expect("use_existing never fails");
             let plan = diff(&d, &live, now, &policy);
             assert_owned_only(&plan, &live, &d);
+            if round == 1 {
+                // After one application, only the second half of drains can be left: removing
+                // servers whose drain began in round 0 (and the routes and backends that waited
+                // for them).
+                for op in &plan.ops {
+                    prop_assert!(
+                        matches!(
+                            op.action,
+                            Action::RemoveServer { .. } | Action::RemoveRoute { .. } | Action::DeleteBackend { .. }
+                        ),
+                        "round 1 still plans {:?}",
+                        op
+                    );
+                }
+            }
             if plan.is_empty() {
                 last = Some(plan);
                 break;
