@@ -298,23 +298,36 @@ fn sigterm_mid_pass_exits_0_within_10s_with_no_open_transaction() {
     let rt = runtime();
     let nomad = rt.block_on(NomadDouble::start());
     let dp = rt.block_on(DataplaneDouble::start(base(), DpOptions::fast()));
-    let mut c = Connector::start(&env(&nomad, &dp, &[("RECONCILE_DEBOUNCE", "1ms")]));
-    // A burst of new services: passes with transactions run while the signal arrives.
-    for i in 0..20 {
-        nomad.register([Reg::new(
-            "default",
-            &format!("svc-{i}"),
-            &format!("s{i}"),
-            "10.0.1.1",
-            9000 + i,
-        )
-        .tags(Some(&["haproxy.enable=true", "haproxy.domain=x.test"]))]);
-    }
-    std::thread::sleep(Duration::from_millis(30));
+
+    // A pass that finishes within the grace period: it completes, then the process exits.
+    dp.set_commit_delay(Duration::from_secs(2));
+    let mut c = Connector::start(&env(&nomad, &dp, &[]));
+    nomad.register([web("a1", "10.0.0.1", TAGS)]);
+    c.wait_for("a transaction open (the pass is mid-commit)", WAIT, |_| {
+        dp.open_transactions() == 1
+    });
     let (code, took) = c.terminate(Duration::from_secs(12));
     assert_eq!(code, Some(0), "log:\n{}", c.log_text());
     assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert_eq!(dp.commit_count(), 1, "the pass was allowed to finish");
     assert_eq!(dp.open_transactions(), 0);
+
+    // A pass that cannot finish within the 10 s grace: abandoned, its transaction aborted.
+    dp.reset_to_base();
+    dp.set_commit_delay(Duration::from_secs(30));
+    let mut c = Connector::start(&env(&nomad, &dp, &[]));
+    c.wait_for("a transaction open (the pass is mid-commit)", WAIT, |_| {
+        dp.open_transactions() == 1
+    });
+    let (code, took) = c.terminate(Duration::from_secs(15));
+    assert_eq!(code, Some(0), "log:\n{}", c.log_text());
+    assert!(took < Duration::from_secs(11), "took {took:?}");
+    assert!(c.log_text().contains("abandoning it"), "{}", c.log_text());
+    assert_eq!(
+        dp.open_transactions(),
+        0,
+        "the abandoned pass's transaction was aborted"
+    );
 }
 
 #[test]

@@ -265,6 +265,8 @@ pub(crate) struct State {
     reload_seq: u64,
     last_success_seq: Option<u64>,
     fail_next: bool,
+    /// Time a transaction commit takes before it is processed (a slow `haproxy -c` and reload).
+    commit_delay: std::time::Duration,
     counters: Counters,
 }
 
@@ -298,6 +300,7 @@ impl State {
             reload_seq: 0,
             last_success_seq: None,
             fail_next: false,
+            commit_delay: std::time::Duration::ZERO,
             counters: Counters::default(),
         }
     }
@@ -603,6 +606,12 @@ impl DataplaneDouble {
         self.st().fail_next = true;
     }
 
+    /// Every transaction commit from now on takes `delay` before it is processed, as a slow
+    /// configuration check and reload would.
+    pub fn set_commit_delay(&self, delay: std::time::Duration) {
+        self.st().commit_delay = delay;
+    }
+
     /// Runs the pending reload now instead of waiting for the agent's tick.
     pub fn flush_reloads(&self) {
         self.st().run_pending();
@@ -780,6 +789,10 @@ pub(crate) async fn auth_and_count(
         .is_some_and(|v| v == expected);
     if !ok {
         return ApiError::new(401, "unauthenticated for invalid credentials").into_response();
+    }
+    let delay = lock(&state).commit_delay;
+    if route == "PUT /v3/services/haproxy/transactions/{id}" && !delay.is_zero() {
+        tokio::time::sleep(delay).await;
     }
     ROUTE.scope(route, next.run(req)).await
 }
