@@ -47,8 +47,9 @@ pub enum NomadError {
         status: u16,
         message: String,
     },
-    /// No answer: connection refused, TLS failure, timeout.
-    #[error("cannot reach Nomad for {what}: {source}")]
+    /// No answer: connection refused, TLS failure, timeout. The message carries the whole cause
+    /// chain (e.g. the certificate problem), not just reqwest's summary.
+    #[error("cannot reach Nomad for {what}: {}", error_chain(.source))]
     Transport {
         what: String,
         #[source]
@@ -57,6 +58,21 @@ pub enum NomadError {
     /// An answer that is not what Nomad sends.
     #[error("unexpected answer from Nomad to {what}: {reason}")]
     Protocol { what: String, reason: String },
+}
+
+/// An error and all its causes, `: `-separated.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
 }
 
 impl NomadError {

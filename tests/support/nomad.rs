@@ -263,6 +263,44 @@ impl NomadDouble {
         }
     }
 
+    /// The double over HTTPS (`tls http = true`), with `tls` (the server certificate, and client
+    /// verification when Nomad's `verify_https_client` is on). A client that speaks plain HTTP
+    /// or does not trust the certificate fails the handshake.
+    pub async fn start_tls(
+        options: Options,
+        tls: Arc<tokio_rustls::rustls::ServerConfig>,
+    ) -> NomadDouble {
+        let shared = Self::shared(options);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the Nomad double");
+        let addr: SocketAddr = listener.local_addr().expect("local addr");
+        let app = router(shared.clone());
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        let server = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    let Ok(stream) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+                });
+            }
+        });
+        NomadDouble {
+            shared,
+            server,
+            url: format!("https://{addr}"),
+            _dir: None,
+        }
+    }
+
     /// The double on a unix socket in a private temp dir; its URL is `unix:///…/nomad.sock`.
     pub async fn start_unix(options: Options) -> NomadDouble {
         let shared = Self::shared(options);
