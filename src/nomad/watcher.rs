@@ -525,20 +525,7 @@ impl Core {
             }
         }
 
-        let generation = self.generation;
-        let reader = self.reader.clone();
-        let results: Vec<(ServiceKey, Result<Option<Service>, NomadError>)> =
-            futures::stream::iter(to_read)
-                .map(|key| {
-                    let reader = reader.clone();
-                    async move {
-                        let result = reader.read(&key, generation).await;
-                        (key, result)
-                    }
-                })
-                .buffer_unordered(self.settings.tuning.read_concurrency.max(1))
-                .collect()
-                .await;
+        let results = self.read_all(to_read).await;
         for (key, result) in results {
             match result {
                 Ok(Some(service)) => {
@@ -555,7 +542,7 @@ impl Core {
             }
         }
         self.reader
-            .forget_jobs_older_than(generation.saturating_sub(1));
+            .forget_jobs_older_than(self.generation.saturating_sub(1));
 
         let now = Instant::now();
         if let Some(index) = index {
@@ -614,23 +601,30 @@ impl Core {
         }
     }
 
+    /// Reads `keys` concurrently (at most `read_concurrency` at a time).
+    async fn read_all(
+        &self,
+        keys: impl IntoIterator<Item = ServiceKey>,
+    ) -> Vec<(ServiceKey, Result<Option<Service>, NomadError>)> {
+        let generation = self.generation;
+        let reader = self.reader.clone();
+        futures::stream::iter(keys)
+            .map(|key| {
+                let reader = reader.clone();
+                async move {
+                    let result = reader.read(&key, generation).await;
+                    (key, result)
+                }
+            })
+            .buffer_unordered(self.settings.tuning.read_concurrency.max(1))
+            .collect()
+            .await
+    }
+
     /// Re-reads the services named by events, one read each however many events named them.
     async fn read_hinted(&mut self) {
         let keys = std::mem::take(&mut self.pending);
-        let generation = self.generation;
-        let reader = self.reader.clone();
-        let results: Vec<(ServiceKey, Result<Option<Service>, NomadError>)> =
-            futures::stream::iter(keys)
-                .map(|key| {
-                    let reader = reader.clone();
-                    async move {
-                        let result = reader.read(&key, generation).await;
-                        (key, result)
-                    }
-                })
-                .buffer_unordered(self.settings.tuning.read_concurrency.max(1))
-                .collect()
-                .await;
+        let results = self.read_all(keys).await;
         let mut errors = Vec::new();
         for (key, result) in results {
             match result {
