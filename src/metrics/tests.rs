@@ -363,3 +363,75 @@ fn label_values_are_escaped_in_the_text() {
         Some(1.0)
     );
 }
+
+#[test]
+fn the_dashboard_queries_only_documented_series() {
+    let dashboard: serde_json::Value = serde_json::from_str(include_str!(
+        "../../dashboards/haproxy-nomad-connector.json"
+    ))
+    .expect("dashboard JSON");
+    // The README's metrics reference lists every series the registry defines.
+    let readme = include_str!("../../README.md");
+    let documented: Vec<&str> = readme
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `hnc_"))
+        .filter_map(|l| l.split('`').next())
+        .collect();
+    let names = regex::Regex::new(r"hnc_[a-z_]+").expect("regex");
+    let mut seen = 0;
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            for m in names.find_iter(expr) {
+                let name = m.as_str();
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s))
+                    .unwrap_or(name);
+                assert!(
+                    documented.iter().any(|d| format!("hnc_{d}") == family),
+                    "the dashboard queries {name}, which the README's metrics reference does not list"
+                );
+                seen += 1;
+            }
+        }
+    }
+    assert!(seen >= 14, "the dashboard queries {seen} series");
+}
+
+#[test]
+fn the_readme_documents_exactly_the_exported_series() {
+    let m = Metrics::new("test").expect("metrics");
+    // Labelled families only appear once a series exists: create one in each.
+    m.plan_operations
+        .with_label_values(&["add_server", "runtime"])
+        .inc();
+    m.haproxy_reloads.with_label_values(&["structural"]).inc();
+    m.driver_requests
+        .with_label_values(&["backends", "200"])
+        .inc();
+    m.nomad_requests.with_label_values(&["list", "200"]).inc();
+    m.nomad_events
+        .with_label_values(&["ServiceRegistration"])
+        .inc();
+    m.drift_repairs.with_label_values(&["add_server"]).inc();
+    m.skipped_services
+        .with_label_values(&["invalid_tag"])
+        .set(1);
+    let mut exported: Vec<String> = m
+        .registry()
+        .gather()
+        .iter()
+        .map(|f| f.name().to_string())
+        .collect();
+    exported.sort();
+    let readme = include_str!("../../README.md");
+    let mut documented: Vec<String> = readme
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `hnc_"))
+        .filter_map(|l| l.split('`').next())
+        .map(|n| format!("hnc_{n}"))
+        .collect();
+    documented.sort();
+    assert_eq!(documented, exported);
+}
