@@ -138,31 +138,36 @@ impl DataplaneDriver {
             .await?;
         // (backend, server) → (status, sessions)
         let mut runtime: BTreeMap<(String, String), (String, u64)> = BTreeMap::new();
-        for process in stats.body.as_array().into_iter().flatten() {
-            for st in process
-                .get("stats")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                let (Some(b), Some(s)) = (
-                    st.get("backend_name").and_then(Value::as_str),
-                    st.get("name").and_then(Value::as_str),
-                ) else {
-                    continue;
-                };
-                let inner = st.get("stats");
-                let status = inner
-                    .and_then(|x| x.get("status"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string();
-                let scur = inner
-                    .and_then(|x| x.get("scur"))
-                    .and_then(Value::as_u64)
-                    .unwrap_or(0);
-                runtime.insert((b.to_string(), s.to_string()), (status, scur));
-            }
+        // One `native_stats` object (the spec's 200 schema); `stats` is omitted when empty.
+        if !stats.body.is_object() {
+            return Err(DataplaneError::Protocol(
+                "stats/native: expected an object".into(),
+            ));
+        }
+        for st in stats
+            .body
+            .get("stats")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let (Some(b), Some(s)) = (
+                st.get("backend_name").and_then(Value::as_str),
+                st.get("name").and_then(Value::as_str),
+            ) else {
+                continue;
+            };
+            let inner = st.get("stats");
+            let status = inner
+                .and_then(|x| x.get("status"))
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            let scur = inner
+                .and_then(|x| x.get("scur"))
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
+            runtime.insert((b.to_string(), s.to_string()), (status, scur));
         }
 
         let mut live = Live::default();

@@ -1192,8 +1192,8 @@ async fn rt_servers_list(AxState(st): AxState<Shared>, Path(parent): Path<String
     Ok(reply(200, Some(Value::Array(list)), None))
 }
 
-/// `GET /v3/services/haproxy/stats/native[?type=&name=&parent=]`: one `native_stats` element per
-/// process (the double has one), built from the runtime model: `show stat` as DPAPI returns it.
+/// `GET /v3/services/haproxy/stats/native[?type=&name=&parent=]`: one `native_stats` object (the
+/// spec's 200 schema, not an array), built from the runtime model: `show stat` as DPAPI returns it.
 async fn stats_native(AxState(st): AxState<Shared>, Query(q): Q) -> Resp {
     let kind = q.get("type").map(String::as_str);
     if let Some(k) = kind
@@ -1251,7 +1251,7 @@ async fn stats_native(AxState(st): AxState<Shared>, Query(q): Q) -> Resp {
     }
     Ok(reply(
         200,
-        Some(json!([{"runtimeAPI": "/var/run/haproxy/admin.sock", "stats": stats}])),
+        Some(json!({"runtimeAPI": "/var/run/haproxy/admin.sock", "stats": stats})),
         None,
     ))
 }
