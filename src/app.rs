@@ -153,17 +153,6 @@ fn watcher(config: &Config) -> Result<Watcher, AppError> {
     ))
 }
 
-/// The `reason` label of a reload: a small fixed set, never free text.
-pub fn reload_label(reason: &str) -> &'static str {
-    if reason.contains("health check") {
-        "enable_check"
-    } else if reason.contains("written with a reload") {
-        "fallback"
-    } else {
-        "structural"
-    }
-}
-
 /// `run`: serves until `shutdown` turns true. Returns when the loop, the watcher and the HTTP
 /// server have stopped.
 pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<(), AppError> {
@@ -204,7 +193,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
     let mut recent: Vec<String> = Vec::new();
     let on_pass = move |r: &PassRecord| {
         reload_total += r.reloads.len() as u64;
-        recent.extend(r.reloads.iter().cloned());
+        recent.extend(r.reloads.iter().map(|x| x.detail.clone()));
         let excess = recent.len().saturating_sub(10);
         recent.drain(..excess);
         record(
@@ -267,9 +256,9 @@ fn record(
         st.set_diagnostics(r.diagnostics.clone());
         st.set_pending_drains(r.pending_drains.clone());
     }
-    for reason in &r.reloads {
+    for reload in &r.reloads {
         m.haproxy_reloads
-            .with_label_values(&[reload_label(reason)])
+            .with_label_values(&[reload.kind.as_str()])
             .inc();
     }
     m.set_catalog(r.catalog_services, r.catalog_instances);

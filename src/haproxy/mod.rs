@@ -12,11 +12,49 @@ use crate::plan::Plan;
 
 pub mod dataplane;
 
+/// Why a driver reloaded HAProxy (the `reason` label of `hnc_haproxy_reloads_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReloadKind {
+    /// Backends, check settings, slot growth or frontend rules changed.
+    Structural,
+    /// A health check had to be re-enabled and the driver has no runtime way to do it.
+    EnableCheck,
+    /// A change meant for the runtime path fell back to a reload.
+    Fallback,
+}
+
+impl ReloadKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReloadKind::Structural => "structural",
+            ReloadKind::EnableCheck => "enable_check",
+            ReloadKind::Fallback => "fallback",
+        }
+    }
+}
+
+/// One reload a driver caused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reload {
+    pub kind: ReloadKind,
+    /// What changed, for people (logs, `/status`).
+    pub detail: String,
+}
+
+impl Reload {
+    pub fn new(kind: ReloadKind, detail: impl Into<String>) -> Reload {
+        Reload {
+            kind,
+            detail: detail.into(),
+        }
+    }
+}
+
 /// What applying a plan did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ApplyReport {
-    /// One entry per HAProxy reload the driver caused, with its reason.
-    pub reloads: Vec<String>,
+    /// One entry per HAProxy reload the driver caused.
+    pub reloads: Vec<Reload>,
     /// Operations executed.
     pub applied: usize,
     /// Requests or socket commands sent.

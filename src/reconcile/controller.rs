@@ -61,7 +61,7 @@ pub struct PassRecord {
     pub result: PassResult,
     /// Operations applied: (name, kind).
     pub ops: Vec<(&'static str, OpKind)>,
-    pub reloads: Vec<String>,
+    pub reloads: Vec<crate::haproxy::Reload>,
     pub diagnostics: Vec<Diagnostic>,
     pub pending_drains: Vec<PendingDrain>,
     pub error: Option<String>,

@@ -28,7 +28,7 @@ use self::objects::{
     Slot, backend_body, http_checks, parse_settings, parse_slot, slot_body, slot_name, slot_number,
     slot_target,
 };
-use super::{ApplyReport, Driver, DriverError};
+use super::{ApplyReport, Driver, DriverError, Reload, ReloadKind};
 use crate::config::Secret;
 use crate::desired::{Desired, Ownership};
 use crate::live::{Live, LiveBackend, LiveServer};
@@ -515,7 +515,9 @@ impl DataplaneDriver {
 
         if !staged.is_empty() {
             version = self.transaction(version, &staged).await?;
-            report.reloads.push(reasons.join("; "));
+            report
+                .reloads
+                .push(Reload::new(ReloadKind::Structural, reasons.join("; ")));
         }
 
         // Run-time part, in plan order.
@@ -606,9 +608,10 @@ impl DataplaneDriver {
                         )
                         .await?;
                     version = a.version.unwrap_or(version + 1);
-                    report
-                        .reloads
-                        .push(format!("re-enable the health check of {backend}/{server}"));
+                    report.reloads.push(Reload::new(
+                        ReloadKind::EnableCheck,
+                        format!("re-enable the health check of {backend}/{server}"),
+                    ));
                 }
                 Action::AddRoute { route, backend } => self.add_route(route, backend).await?,
                 Action::SetRoute { route, backend } => {
@@ -749,9 +752,10 @@ impl DataplaneDriver {
             .await?;
         if a.status == 202 {
             // DPAPI could not use the runtime path and scheduled a reload.
-            report
-                .reloads
-                .push(format!("server {backend}/{server} written with a reload"));
+            report.reloads.push(Reload::new(
+                ReloadKind::Fallback,
+                format!("server {backend}/{server} written with a reload"),
+            ));
         }
         Ok(a.version.unwrap_or(version + 1))
     }
@@ -862,8 +866,8 @@ impl Driver for DataplaneDriver {
             .apply_inner(plan, desired, live)
             .await
             .map_err(DriverError::from)?;
-        for reason in &report.reloads {
-            tracing::info!(driver = "dataplane", reason = %reason, "HAProxy reload");
+        for reload in &report.reloads {
+            tracing::info!(driver = "dataplane", kind = reload.kind.as_str(), reason = %reload.detail, "HAProxy reload");
         }
         Ok(report)
     }

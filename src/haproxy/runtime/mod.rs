@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
-use super::{ApplyReport, Driver, DriverError};
+use super::{ApplyReport, Driver, DriverError, Reload, ReloadKind};
 use crate::desired::{Desired, Ownership};
 use crate::live::{Live, LiveBackend, LiveServer};
 use crate::model::{
@@ -408,7 +408,9 @@ impl RuntimeDriver {
             Ok(()) => {
                 self.stats.reloads.fetch_add(1, Ordering::Relaxed);
                 info!(reasons = ?reasons, "HAProxy reloaded");
-                report.reloads.push(reasons.join("; "));
+                report
+                    .reloads
+                    .push(Reload::new(ReloadKind::Structural, reasons.join("; ")));
             }
             Err(e) => {
                 self.stats.failed_reloads.fetch_add(1, Ordering::Relaxed);
