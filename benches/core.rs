@@ -46,6 +46,7 @@ fn snapshot() -> Snapshot {
         services,
         synced: true,
         stale: None,
+        denied: false,
         index: 1,
     }
 }

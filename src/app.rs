@@ -289,9 +289,7 @@ fn record(
         recent_reload_reasons: recent.to_vec(),
     });
     let n = stats.snapshot();
-    let denied = snapshot.stale.as_deref().is_some_and(|e| {
-        e.contains("ermission denied") || e.contains("read-job") || e.contains("ACL")
-    });
+    let denied = snapshot.denied;
     st.set_condition(Condition::NomadDenied, denied);
     st.set_condition(
         Condition::NomadUnreachable,

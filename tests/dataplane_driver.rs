@@ -55,6 +55,7 @@ fn snapshot(services: Vec<(&str, Vec<Instance>)>) -> Snapshot {
             .collect(),
         synced: true,
         stale: None,
+        denied: false,
         index: 1,
     }
 }

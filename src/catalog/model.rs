@@ -84,6 +84,8 @@ pub struct Snapshot {
     pub synced: bool,
     /// Set while the last read failed; the data above is the last good data.
     pub stale: Option<String>,
+    /// Among the failures behind `stale`, Nomad refused the token (403): an operator must act.
+    pub denied: bool,
     /// Nomad's table-wide service index of the last successful list.
     pub index: u64,
 }

@@ -34,6 +34,7 @@ pub struct Store {
     services: BTreeMap<ServiceKey, Arc<Service>>,
     synced: bool,
     stale: Option<String>,
+    denied: bool,
     index: u64,
     /// Bumped on every change a reader can see; the watcher publishes when it moves.
     version: u64,
@@ -47,6 +48,7 @@ impl Store {
             services: BTreeMap::new(),
             synced: false,
             stale: None,
+            denied: false,
             index: 0,
             version: 0,
         }
@@ -131,20 +133,22 @@ impl Store {
         applied
     }
 
-    /// The last read failed: keep the data, say why it may be out of date. Returns whether
-    /// anything visible changed.
-    pub fn mark_stale(&mut self, error: impl Into<String>) -> bool {
+    /// The last read failed: keep the data, say why it may be out of date; `denied` when Nomad
+    /// refused the token. Returns whether anything visible changed.
+    pub fn mark_stale(&mut self, error: impl Into<String>, denied: bool) -> bool {
         let error = error.into();
-        if self.stale.as_deref() == Some(error.as_str()) {
+        if self.stale.as_deref() == Some(error.as_str()) && self.denied == denied {
             return false;
         }
         self.stale = Some(error);
+        self.denied = denied;
         self.version += 1;
         true
     }
 
     /// Reads succeed again.
     pub fn clear_stale(&mut self) -> bool {
+        self.denied = false;
         if self.stale.take().is_some() {
             self.version += 1;
             true
@@ -201,6 +205,7 @@ impl Store {
             services: self.services.clone(),
             synced: self.synced,
             stale: self.stale.clone(),
+            denied: self.denied,
             index: self.index,
         }
     }
@@ -361,10 +366,14 @@ mod tests {
         let mut list = BTreeMap::new();
         list.insert(key("default", "web"), mk_service(&["a"]));
         store.replace_all(list, 3);
-        assert!(store.mark_stale("403 in namespace default"));
-        assert!(!store.mark_stale("403 in namespace default"), "same error");
+        assert!(store.mark_stale("403 in namespace default", true));
+        assert!(
+            !store.mark_stale("403 in namespace default", true),
+            "same error"
+        );
         let snap = store.snapshot();
         assert_eq!(snap.stale.as_deref(), Some("403 in namespace default"));
+        assert!(snap.denied);
         assert_eq!(snap.services.len(), 1, "last good data kept");
         assert!(store.clear_stale());
         assert!(!store.clear_stale());

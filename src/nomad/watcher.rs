@@ -386,7 +386,8 @@ impl Core {
                     warn!(namespace = %scope, error = %e, "service list failed; retrying");
                 }
                 self.stats.set_last_error(Some(e.to_string()));
-                self.store.mark_stale(e.to_string());
+                self.store
+                    .mark_stale(e.to_string(), e.is_permission_denied());
                 self.publish();
             }
             Input::StreamUp { scope } => {
@@ -431,7 +432,9 @@ impl Core {
             warn!(namespace = %scope, "{SUSPICIOUS_EMPTY}");
             self.stats
                 .set_last_error(Some(SUSPICIOUS_EMPTY.to_string()));
-            self.store.mark_stale(SUSPICIOUS_EMPTY);
+            // With `namespace=*`, this is how Nomad answers a token that can read no namespace
+            // (CONTRACTS §1.9): a denial, not an outage.
+            self.store.mark_stale(SUSPICIOUS_EMPTY, true);
             self.publish();
             return;
         }
@@ -487,6 +490,7 @@ impl Core {
         self.stats.record_full_relist();
         let had_data = self.full_read_index > 0 || !self.store.is_empty();
         let mut errors: Vec<String> = Vec::new();
+        let mut denied = false;
         let mut index: Option<u64> = None;
         let mut next: BTreeMap<ServiceKey, Service> = BTreeMap::new();
         let mut to_read: Vec<ServiceKey> = Vec::new();
@@ -508,6 +512,7 @@ impl Core {
                     if page.index == 0 && names == 0 && had_data {
                         warn!(namespace = %scope, "{SUSPICIOUS_EMPTY}");
                         errors.push(SUSPICIOUS_EMPTY.to_string());
+                        denied = true;
                         self.keep_scope(&scope, &mut next);
                     } else {
                         index = Some(index.map_or(page.index, |i: u64| i.max(page.index)));
@@ -519,6 +524,7 @@ impl Core {
                     } else {
                         warn!(namespace = %scope, error = %e, "service list failed; keeping the last good data");
                     }
+                    denied |= e.is_permission_denied();
                     errors.push(e.to_string());
                     self.keep_scope(&scope, &mut next);
                 }
@@ -534,6 +540,7 @@ impl Core {
                 Ok(None) => {}
                 Err(e) => {
                     log_read_error(&key, &e);
+                    denied |= e.is_permission_denied();
                     errors.push(e.to_string());
                     if let Some(previous) = self.store.get(&key) {
                         next.insert(key, (**previous).clone());
@@ -581,7 +588,7 @@ impl Core {
             errors.dedup();
             let error = errors.join("; ");
             self.stats.set_last_error(Some(error.clone()));
-            self.store.mark_stale(error);
+            self.store.mark_stale(error, denied);
             let delay = self
                 .relist_backoff
                 .next()
@@ -626,6 +633,7 @@ impl Core {
         let keys = std::mem::take(&mut self.pending);
         let results = self.read_all(keys).await;
         let mut errors = Vec::new();
+        let mut denied = false;
         for (key, result) in results {
             match result {
                 Ok(service) => {
@@ -636,6 +644,7 @@ impl Core {
                 }
                 Err(e) => {
                     log_read_error(&key, &e);
+                    denied |= e.is_permission_denied();
                     errors.push(e.to_string());
                 }
             }
@@ -643,7 +652,7 @@ impl Core {
         if !errors.is_empty() {
             let error = errors.join("; ");
             self.stats.set_last_error(Some(error.clone()));
-            self.store.mark_stale(error);
+            self.store.mark_stale(error, denied);
             if self.relist_due.is_none() {
                 let delay = self
                     .relist_backoff

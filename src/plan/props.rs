@@ -126,6 +126,7 @@ fn snapshot() -> impl Strategy<Value = Snapshot> {
             .collect(),
         synced: true,
         stale: None,
+        denied: false,
         index: 1,
     })
 }

@@ -242,6 +242,7 @@ impl<D: Driver> Controller<D> {
 fn same_content(a: &Snapshot, b: &Snapshot) -> bool {
     a.synced == b.synced
         && a.stale == b.stale
+        && a.denied == b.denied
         && a.services.len() == b.services.len()
         && a.services
             .iter()
