@@ -277,11 +277,7 @@ fn record(
         },
         Instant::now(),
     );
-    let haproxy_down = matches!(r.error_kind, Some("observe"))
-        || r.error
-            .as_deref()
-            .is_some_and(|e| e.contains("unreachable"));
-    st.set_condition(Condition::HaproxyUnreachable, haproxy_down);
+    st.set_condition(Condition::HaproxyUnreachable, r.haproxy_unreachable);
     st.set_driver(DriverState {
         name: driver.to_string(),
         last_error: r.error.clone(),

@@ -483,3 +483,24 @@ fn plan_exit_codes() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("cannot observe HAProxy"), "{err}");
 }
+
+#[test]
+fn an_unreachable_dataplane_api_makes_it_unready_with_that_reason() {
+    let rt = runtime();
+    let nomad = rt.block_on(NomadDouble::start());
+    let dp = rt.block_on(DataplaneDouble::start(base(), DpOptions::fast()));
+    let dead = format!("http://127.0.0.1:{}", support::haproxy::free_port());
+    let c = Connector::start(&env(&nomad, &dp, &[("HAPROXY_DATAPLANE_URL", &dead)]));
+    c.wait_for("not ready: HAProxy unreachable", WAIT, |c| {
+        c.get("/readyz")
+            .is_some_and(|(s, b)| s == 503 && b.contains("haproxy_unreachable"))
+    });
+    // Wrong credentials are refused, not unreachable.
+    let c2 = Connector::start(&env(&nomad, &dp, &[("HAPROXY_PASSWORD", "wrong")]));
+    c2.wait_for("a failed pass", WAIT, |c| {
+        c.get("/readyz")
+            .is_some_and(|(s, b)| s == 503 && b.contains("last_pass_failed"))
+    });
+    let (_, body) = c2.get("/readyz").expect("readyz");
+    assert!(!body.contains("haproxy_unreachable"), "{body}");
+}

@@ -67,6 +67,8 @@ pub struct PassRecord {
     pub error: Option<String>,
     /// `observe`, `apply` or `conflict` when the pass failed.
     pub error_kind: Option<&'static str>,
+    /// The pass failed because HAProxy could not be reached.
+    pub haproxy_unreachable: bool,
     pub held_untrusted: usize,
     pub held_mass_delete: Option<Verdict>,
     /// The pass ran with no catalog change since the last successful one: whatever it changed
@@ -280,6 +282,7 @@ fn record(
         pending_drains: Vec::new(),
         error: None,
         error_kind: None,
+        haproxy_unreachable: false,
         held_untrusted: 0,
         held_mass_delete: None,
         drift: false,
@@ -292,6 +295,7 @@ fn record(
     match outcome {
         Err(e) => {
             r.error_kind = Some(e.kind());
+            r.haproxy_unreachable = e.haproxy_unreachable();
             r.error = Some(e.to_string());
         }
         Ok(o) => {

@@ -44,6 +44,15 @@ pub enum PassError {
 }
 
 impl PassError {
+    /// Whether HAProxy (or its API) could not be reached, as opposed to refusing a change.
+    pub fn haproxy_unreachable(&self) -> bool {
+        matches!(
+            self,
+            PassError::Observe(DriverError::Unreachable(_))
+                | PassError::Apply(DriverError::Unreachable(_))
+        )
+    }
+
     /// A stable label (metrics, readiness reasons).
     pub fn kind(&self) -> &'static str {
         match self {
