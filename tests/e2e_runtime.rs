@@ -405,12 +405,7 @@ fn restarts_from_files_keep_state_and_a_lost_fragment_is_repaired() {
             .map(|(i, inst)| reg(&format!("a{i}"), inst)),
     );
     w.wait("3 serving", |w| w.serving("app").len() == 3);
-    w.wait("a quiet pass", |w| {
-        w.connector
-            .metrics()
-            .sum("hnc_passes_total", &[("result", "noop")])
-            >= 2.0
-    });
+    w.connector.wait_settled();
     let hand = w.lb.admin("show servers state hand_written");
 
     // Killed and restarted from its files: everything is back at once, before any pass.

@@ -78,6 +78,21 @@ impl Connector {
         }
     }
 
+    /// Waits until a pass has applied something and a quiet pass has followed it. (The first
+    /// pass, before Nomad's first list, is a quiet one too, so "a noop pass" alone proves
+    /// nothing; and a change shows in HAProxy before its pass is recorded.)
+    pub fn wait_settled(&self) {
+        self.wait_for(
+            "an applying pass, then a quiet one",
+            Duration::from_secs(20),
+            |c| {
+                let m = c.metrics();
+                m.sum("hnc_passes_total", &[("result", "success")]) >= 1.0
+                    && m.sum("hnc_passes_total", &[("result", "noop")]) >= 2.0
+            },
+        );
+    }
+
     /// The parsed `/metrics`.
     pub fn metrics(&self) -> Metrics {
         let (status, body) = self.get("/metrics").expect("metrics answer");
