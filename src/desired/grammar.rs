@@ -104,6 +104,11 @@ pub fn regex(value: &str) -> Result<String, String> {
             super::host_regex::MAX_LEN
         ));
     }
+    if let Some(c) = value.chars().find(|c| !c.is_ascii()) {
+        return Err(format!(
+            "contains `{c}`; host names are ASCII (write international names in punycode)"
+        ));
+    }
     if value.ends_with("<<") {
         return Err("ends with `<<`, which HAProxy's CLI reads as the start of a payload".into());
     }
