@@ -9,7 +9,11 @@
 
 mod support;
 
+#[path = "hostile/cases.rs"]
+mod cases;
 #[path = "hostile/corpus.rs"]
 mod corpus;
+#[path = "hostile/harness.rs"]
+mod harness;
 #[path = "hostile/props.rs"]
 mod props;
