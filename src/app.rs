@@ -56,6 +56,31 @@ impl<T: Driver> Driver for Arc<T> {
     }
 }
 
+/// The one line an operator reads first: what runs, against what. Addresses come from the
+/// redacted configuration, so no credential can reach the log.
+fn log_start(config: &Config) {
+    let redacted = config.to_redacted_json();
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let haproxy = match config.haproxy.driver {
+        crate::config::DriverKind::Dataplane => text(&redacted["haproxy"]["address"]),
+        crate::config::DriverKind::Runtime => format!(
+            "master socket {}",
+            text(&redacted["haproxy"]["master_socket"])
+        ),
+    };
+    tracing::info!(
+        version = %env!("CARGO_PKG_VERSION"),
+        driver = %config.haproxy.driver.as_str(),
+        nomad = %text(&redacted["nomad"]["address"]),
+        namespaces = %text(&redacted["nomad"]["namespaces"]),
+        haproxy = %haproxy,
+        "starting"
+    );
+}
+
 fn policy(config: &Config) -> Policy {
     Policy {
         tag_prefix: config.nomad.tag_prefix.clone(),
@@ -169,6 +194,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
         .await
         .map_err(|e| AppError::Setup(e.to_string()))?;
     let driver = Arc::new(AnyDriver::from_config(&config)?);
+    log_start(&config);
     let watcher = watcher(&config)?;
     let nomad_stats = watcher.stats();
 

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::config::keys::Key;
 use crate::config::{ConfigError, Layer};
@@ -23,12 +23,48 @@ pub struct Cli {
     pub command: Option<Command>,
 }
 
+impl Cli {
+    /// The command line with each configuration flag's help ending in its environment
+    /// variables and default, both taken from the key registry (the same text as the README).
+    ///
+    /// The values are shown, not wired into clap's `env`/`default_value`: those would make every
+    /// flag always set and so override the JSON file, breaking the documented precedence
+    /// (defaults < file < environment < flags), and would lose the per-source error messages.
+    pub fn command_with_registry() -> clap::Command {
+        let mut cmd = Cli::command();
+        for spec in crate::config::keys::KEYS {
+            let Some(flag) = spec.flag else { continue };
+            let long = flag.trim_start_matches("--");
+            let id = cmd
+                .get_arguments()
+                .find(|a| a.get_long() == Some(long))
+                .map(|a| a.get_id().clone());
+            if let Some(id) = id {
+                let env = spec.env.join(", ");
+                let default = spec.default;
+                cmd = cmd.mut_arg(id, |a| {
+                    let help = a.get_help().map(ToString::to_string).unwrap_or_default();
+                    a.help(format!("{help} [env: {env}] [default: {default}]"))
+                });
+            }
+        }
+        cmd
+    }
+
+    /// Parses the process's arguments (exits with clap's usage error on bad ones).
+    pub fn parse_with_registry() -> Cli {
+        let matches = Cli::command_with_registry().get_matches();
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Keep HAProxy converged with Nomad until SIGTERM or SIGINT (the default).
     Run,
     /// One pass without applying: print what would change. Exit 0 when nothing would, 2 when
-    /// changes are pending, 1 on error (like `terraform plan -detailed-exitcode`).
+    /// changes are pending, 1 on error, 78 on a bad configuration (like `terraform plan
+    /// -detailed-exitcode`).
     Plan {
         /// Print the plan as JSON.
         #[arg(long)]

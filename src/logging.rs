@@ -1,5 +1,7 @@
 //! Logging: `tracing` to stderr, as text (default) or JSON lines.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
@@ -10,6 +12,9 @@ pub fn init(cfg: &LogConfig) -> Result<(), Box<dyn std::error::Error + Send + Sy
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal: Nomad's log files and journald get plain
+        // text.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(true);
     match cfg.format {
         LogFormat::Text => builder.try_init(),

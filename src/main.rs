@@ -1,20 +1,28 @@
 use std::process::ExitCode;
 
-use clap::Parser;
 use haproxy_nomad_connector::app::{self, PlanExit};
 use haproxy_nomad_connector::cli::{Cli, Command};
 use haproxy_nomad_connector::config::Config;
 use haproxy_nomad_connector::logging;
 use tokio::sync::watch;
 
-/// Configuration errors and bad usage exit with 2, like clap's own usage errors.
-const EXIT_CONFIG: u8 = 2;
+/// A configuration error of `run` or `plan` (sysexits' `EX_CONFIG`): its own code, so a
+/// supervisor or a script can tell it from `plan`'s "changes pending" (2) and from a failure to
+/// start (1).
+const EXIT_CONFIG: u8 = 78;
+/// `check-config` on an invalid configuration (its documented code since the first release).
+const EXIT_INVALID: u8 = 2;
 /// `plan`: changes pending.
 const EXIT_CHANGES: u8 = 2;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_with_registry();
     let command = cli.command.unwrap_or(Command::Run);
+    let config_error = if matches!(command, Command::CheckConfig) {
+        EXIT_INVALID
+    } else {
+        EXIT_CONFIG
+    };
     if let Command::Version = command {
         println!("{} {}", env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
@@ -27,12 +35,12 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(e) => {
             eprintln!("error: {e}");
-            return ExitCode::from(EXIT_CONFIG);
+            return ExitCode::from(config_error);
         }
     };
     if let Err(e) = logging::init(&config.log) {
         eprintln!("error: cannot start logging: {e}");
-        return ExitCode::from(EXIT_CONFIG);
+        return ExitCode::from(config_error);
     }
     let effective = config.to_redacted_json();
     tracing::debug!(config = %effective, "effective configuration");

@@ -223,3 +223,93 @@ fn the_example_configurations_are_valid() {
         assert_eq!(out.status.code(), Some(0), "{file}: {stderr}");
     }
 }
+
+#[test]
+fn configuration_errors_of_run_and_plan_have_their_own_exit_code() {
+    // `plan` uses 2 for "changes pending": a bad configuration must not look like that.
+    for command in ["run", "plan"] {
+        let out = run(&[command], &[("HAPROXY_DRAIN_TIMEOUT_SEC", "-3")]);
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(78), "{command}: {stderr}");
+        assert!(stderr.contains("haproxy.drain_timeout_sec"), "{stderr}");
+    }
+    // `check-config` keeps its documented 2.
+    let out = run(&["check-config"], &[("HAPROXY_DRAIN_TIMEOUT_SEC", "-3")]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn help_shows_each_flags_environment_variable_and_default() {
+    let out = run(&["--help"], &[]);
+    let (stdout, _) = text(&out);
+    assert_eq!(out.status.code(), Some(0));
+    let flat = stdout.split_whitespace().collect::<Vec<_>>().join(" ");
+    for expected in [
+        "[env: NOMAD_ADDR] [default: http://127.0.0.1:4646]",
+        "[env: HAPROXY_DRAIN_TIMEOUT_SEC] [default: 30s]",
+        "[env: HAPROXY_ALLOW_REGEX_DOMAINS] [default: true]",
+    ] {
+        assert!(
+            flat.contains(expected),
+            "{expected} missing from:\n{stdout}"
+        );
+    }
+}
+
+#[test]
+fn logs_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
+    let out = run(&["check-config"], &[("LOG_LEVEL", "info")]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(stderr.contains("configuration is valid"), "{stderr}");
+    assert!(!stderr.contains('\u{1b}'), "ANSI escape in {stderr:?}");
+}
+
+#[test]
+fn run_logs_one_start_line_with_version_driver_nomad_namespaces_and_haproxy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("log");
+    let file = std::fs::File::create(&log).expect("log file");
+    let mut child = Command::new(BIN)
+        .arg("run")
+        .env_clear()
+        .env("NOMAD_ADDR", "http://ops:s3cr3t-pw@127.0.0.1:1")
+        .env("HAPROXY_DATAPLANE_URL", "http://127.0.0.1:1")
+        .env("HTTP_LISTEN", "127.0.0.1:0")
+        .env("LOG_LEVEL", "info")
+        .stdout(file.try_clone().expect("dup"))
+        .stderr(file)
+        .spawn()
+        .expect("start");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let line = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(l) = text.lines().find(|l| l.contains("starting")) {
+            break l.to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no start line in:\n{text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let version = format!("version={}", env!("CARGO_PKG_VERSION"));
+    for expected in [
+        version.as_str(),
+        "driver=dataplane",
+        "127.0.0.1:1",
+        "namespaces=",
+        "haproxy=http://127.0.0.1:1",
+    ] {
+        assert!(line.contains(expected), "{expected} not in {line}");
+    }
+    assert!(!line.contains("s3cr3t-pw"), "credential in {line}");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(
+        text.lines().filter(|l| l.contains(" starting")).count(),
+        1,
+        "{text}"
+    );
+}
