@@ -13,7 +13,9 @@
 //!
 //! A full relist is `/v1/services` plus one read per enabled service, swapped into the store in
 //! one step. A failed read keeps the last good data and marks the catalog stale, and the relist
-//! is retried with backoff.
+//! is retried with backoff. With `namespace=*`, Nomad silently leaves out the namespaces the token
+//! cannot read, so a namespace whose services all vanished is read alone before its removal is
+//! believed: a 403 there keeps its services and marks the catalog stale (a denial).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -514,8 +516,31 @@ impl Core {
                         errors.push(SUSPICIOUS_EMPTY.to_string());
                         denied = true;
                         self.keep_scope(&scope, &mut next);
-                    } else {
-                        index = Some(index.map_or(page.index, |i: u64| i.max(page.index)));
+                        continue;
+                    }
+                    index = Some(index.map_or(page.index, |i: u64| i.max(page.index)));
+                    if scope == "*" {
+                        // `*` silently leaves out the namespaces the token cannot read
+                        // (CONTRACTS §1.3): a namespace whose services all vanished in one
+                        // list is confirmed with a read of that namespace alone.
+                        let listed: BTreeSet<&str> =
+                            page.data.iter().map(|ns| ns.namespace.as_str()).collect();
+                        let vanished: BTreeSet<String> = self
+                            .store
+                            .keys()
+                            .map(|k| k.namespace.clone())
+                            .filter(|ns| !listed.contains(ns.as_str()))
+                            .collect();
+                        for namespace in vanished {
+                            match self.confirm_vanished(&namespace).await {
+                                Ok(keys) => to_read.extend(keys),
+                                Err(e) => {
+                                    denied |= e.is_permission_denied();
+                                    errors.push(e.to_string());
+                                    self.keep_scope(&namespace, &mut next);
+                                }
+                            }
+                        }
                     }
                 }
                 Err(e) => {
@@ -596,6 +621,51 @@ impl Core {
             self.relist_due = Some(now + delay);
         }
         self.publish();
+    }
+
+    /// A namespace whose services all vanished from the `*` list: is it really empty, or did
+    /// the token lose `read-job` on it? Reads the namespace alone (403 when unreadable, `[]`
+    /// when empty) and returns the enabled services it holds now. Hinted reads need no such
+    /// check: they always name their namespace, so a lost permission is a 403 there.
+    async fn confirm_vanished(&self, namespace: &str) -> Result<Vec<ServiceKey>, NomadError> {
+        match self.client.list_services(namespace, None).await {
+            Ok(page) => {
+                let keys: Vec<ServiceKey> = page
+                    .data
+                    .iter()
+                    .filter(|ns| ns.namespace == namespace)
+                    .flat_map(|ns| ns.services.as_deref().unwrap_or_default())
+                    .filter(|stub| is_enabled(stub.tags(), &self.settings.tag_prefix))
+                    .map(|stub| ServiceKey::new(namespace, &stub.service_name))
+                    .collect();
+                if keys.is_empty() {
+                    info!(
+                        %namespace,
+                        "every service of the namespace is gone, and reading it alone confirms it: removing them"
+                    );
+                } else {
+                    debug!(%namespace, services = keys.len(), "namespace missing from the `*` list but readable alone");
+                }
+                Ok(keys)
+            }
+            Err(e) => {
+                if e.is_permission_denied() {
+                    warn!(
+                        %namespace,
+                        error = %e,
+                        capability = "read-job",
+                        "namespace vanished from the `*` list and Nomad refuses to read it: the token lost `read-job` on it; keeping its services and holding every removal"
+                    );
+                } else {
+                    warn!(
+                        %namespace,
+                        error = %e,
+                        "namespace vanished from the `*` list and could not be read alone; keeping its services"
+                    );
+                }
+                Err(e)
+            }
+        }
     }
 
     fn keep_scope(&self, scope: &str, next: &mut BTreeMap<ServiceKey, Service>) {
