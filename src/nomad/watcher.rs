@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use futures::StreamExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -131,6 +131,8 @@ impl WatcherSettings {
 /// A running watcher. Dropping it stops its tasks.
 pub struct Watcher {
     snapshot: watch::Receiver<Arc<Snapshot>>,
+    relists: watch::Receiver<u64>,
+    relist_request: Arc<Notify>,
     stats: Arc<NomadStats>,
     shutdown: watch::Sender<bool>,
     main: Option<JoinHandle<()>>,
@@ -144,6 +146,8 @@ impl Watcher {
         let stats = client.stats().clone();
         let store = Store::new(settings.tag_prefix.clone());
         let (snapshot_tx, snapshot) = watch::channel(Arc::new(store.snapshot()));
+        let (relists_tx, relists) = watch::channel(0u64);
+        let relist_request = Arc::new(Notify::new());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (input_tx, input_rx) = mpsc::unbounded_channel();
         let (epoch, _) = watch::channel(0u64);
@@ -200,6 +204,8 @@ impl Watcher {
             next_resync: now + settings.resync_interval,
             pending: BTreeSet::new(),
             generation: 0,
+            relists: relists_tx,
+            relist_request: relist_request.clone(),
             settings,
         };
         let main = tokio::spawn(
@@ -208,6 +214,8 @@ impl Watcher {
         );
         Watcher {
             snapshot,
+            relists,
+            relist_request,
             stats,
             shutdown,
             main: Some(main),
@@ -224,6 +232,19 @@ impl Watcher {
         self.stats.clone()
     }
 
+    /// How many full relists have completed without any error (every scope listed, every
+    /// enabled service read), and a notification when one more has. The mass-delete guard
+    /// waits for one after a mass removal first shows.
+    pub fn relists(&self) -> watch::Receiver<u64> {
+        self.relists.clone()
+    }
+
+    /// Something that asks the watcher for a full relist as soon as possible (requests made
+    /// before it starts one are served by that one).
+    pub fn relist_requester(&self) -> RelistRequester {
+        RelistRequester(self.relist_request.clone())
+    }
+
     /// Stops the helper tasks at once and the loop after the step it is in (a relist or read in
     /// progress completes first; the store is never left half-written).
     pub async fn shutdown(mut self) {
@@ -234,6 +255,16 @@ impl Watcher {
         if let Some(main) = self.main.take() {
             let _ = main.await;
         }
+    }
+}
+
+/// Asks a [`Watcher`] for a fresh full relist.
+#[derive(Clone, Debug)]
+pub struct RelistRequester(Arc<Notify>);
+
+impl RelistRequester {
+    pub fn request(&self) {
+        self.0.notify_one();
     }
 }
 
@@ -296,6 +327,10 @@ struct Core {
     pending: BTreeSet<ServiceKey>,
     /// Relist generation: job definitions are re-fetched once per relist.
     generation: u64,
+    /// Count of relists completed without error.
+    relists: watch::Sender<u64>,
+    /// Relists asked for from outside (the controller, for a held mass removal).
+    relist_request: Arc<Notify>,
 }
 
 const SUSPICIOUS_EMPTY: &str = "Nomad listed no services at index 0 after having listed some: the token can probably read no namespace any more (it needs `read-job`); keeping the last good data";
@@ -306,6 +341,7 @@ impl Core {
         mut rx: mpsc::UnboundedReceiver<Input>,
         mut shutdown: watch::Receiver<bool>,
     ) {
+        let relist_request = self.relist_request.clone();
         loop {
             let now = Instant::now();
             if self.relist_due.is_some_and(|due| due <= now) {
@@ -363,6 +399,10 @@ impl Core {
                     while let Ok(input) = rx.try_recv() {
                         self.handle(input);
                     }
+                }
+                () = relist_request.notified() => {
+                    debug!("full relist requested");
+                    self.relist_due = Some(Instant::now());
                 }
                 () = sleep_until(deadline) => {}
             }
@@ -577,6 +617,7 @@ impl Core {
             .forget_jobs_older_than(self.generation.saturating_sub(1));
 
         let now = Instant::now();
+        let clean = errors.is_empty() && index.is_some();
         if let Some(index) = index {
             if self.full_read_index > 0 && index < self.full_read_index {
                 warn!(
@@ -621,6 +662,10 @@ impl Core {
             self.relist_due = Some(now + delay);
         }
         self.publish();
+        if clean {
+            // After the publish: whoever waits for a relist then reads its catalog.
+            self.relists.send_modify(|n| *n += 1);
+        }
     }
 
     /// A namespace whose services all vanished from the `*` list: is it really empty, or did

@@ -4,15 +4,15 @@
 //! is reported as a [`PassRecord`] for status and metrics.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::watch;
-use tokio::time::{MissedTickBehavior, sleep_until};
+use tokio::time::{Instant, MissedTickBehavior, sleep_until};
 
 use super::drains::DrainClock;
 use super::guards::{MassDeleteGuard, Verdict};
-use super::pass::{PassError, PassOutcome, run_guarded_pass};
+use super::pass::{MassCheck, PassError, PassOutcome, run_guarded_pass};
 use crate::catalog::Snapshot;
 use crate::desired::{Diagnostic, Policy};
 use crate::haproxy::Driver;
@@ -32,6 +32,9 @@ pub struct Settings {
     pub retry_min: Duration,
     pub retry_max: Duration,
     pub max_delete_ratio: f64,
+    /// Real time a mass removal must stand before it is applied.
+    pub mass_delete_hold: Duration,
+    /// Minimum number of passes that must reach the same mass removal.
     pub mass_delete_confirmations: u32,
     /// How long the current pass may take to finish once shutdown starts.
     pub shutdown_grace: Duration,
@@ -47,6 +50,7 @@ impl Default for Settings {
             retry_min: Duration::from_millis(250),
             retry_max: Duration::from_secs(30),
             max_delete_ratio: 0.5,
+            mass_delete_hold: Duration::from_secs(60),
             mass_delete_confirmations: 3,
             shutdown_grace: Duration::from_secs(10),
         }
@@ -82,25 +86,52 @@ pub struct PassRecord {
     pub desired_servers: usize,
 }
 
+/// Full Nomad relists, as the mass-delete guard needs them: how many have completed without
+/// error (a watch the watcher bumps), and a way to ask the watcher for a fresh one.
+pub struct Relists {
+    completed: watch::Receiver<u64>,
+    request: Box<dyn Fn() + Send + Sync>,
+}
+
+impl Relists {
+    pub fn new(
+        completed: watch::Receiver<u64>,
+        request: impl Fn() + Send + Sync + 'static,
+    ) -> Self {
+        Relists {
+            completed,
+            request: Box::new(request),
+        }
+    }
+}
+
 /// The controller. `on_pass` is called after every pass; `shutdown` turning true stops it.
 pub struct Controller<D: Driver> {
     driver: D,
     settings: Settings,
     catalog: watch::Receiver<Arc<Snapshot>>,
+    relists: Relists,
     drains: DrainClock,
     mass: MassDeleteGuard,
 }
 
 impl<D: Driver> Controller<D> {
-    pub fn new(driver: D, catalog: watch::Receiver<Arc<Snapshot>>, settings: Settings) -> Self {
+    pub fn new(
+        driver: D,
+        catalog: watch::Receiver<Arc<Snapshot>>,
+        relists: Relists,
+        settings: Settings,
+    ) -> Self {
         let mass = MassDeleteGuard::new(
             settings.max_delete_ratio,
+            settings.mass_delete_hold,
             settings.mass_delete_confirmations,
         );
         Controller {
             driver,
             settings,
             catalog,
+            relists,
             drains: DrainClock::default(),
             mass,
         }
@@ -131,6 +162,10 @@ impl<D: Driver> Controller<D> {
         let mut last_change: Option<Instant> = None;
         let mut retry_at: Option<Instant> = None;
         let mut catalog_open = true;
+        let mut relists_open = true;
+        // The completed-relist count at which a relist was last asked for (at most one request
+        // per count: the watcher retries a failed relist by itself).
+        let mut relist_asked_at: Option<u64> = None;
         let mut applied_version: Option<Arc<Snapshot>> = None;
         let mut seen: Arc<Snapshot> = self.catalog.borrow().clone();
         loop {
@@ -168,7 +203,16 @@ impl<D: Driver> Controller<D> {
                     }
                     continue;
                 }
-                _ = sleep_until(wake.unwrap_or_else(Instant::now).into()), if wake.is_some() => {}
+                r = self.relists.completed.changed(), if relists_open => {
+                    if r.is_err() {
+                        relists_open = false;
+                    } else if self.mass.is_holding() {
+                        // A held mass removal waits for a fresh relist: re-check now.
+                        retry_at = Some(Instant::now());
+                    }
+                    continue;
+                }
+                _ = sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {}
                 _ = resync.tick() => {}
             }
             let change = first_change.take();
@@ -186,13 +230,18 @@ impl<D: Driver> Controller<D> {
                 synced = snapshot.synced,
                 "pass starting"
             );
+            let relists = *self.relists.completed.borrow_and_update();
             let outcome = {
                 let pass = run_guarded_pass(
                     &self.driver,
                     &snapshot,
                     &s.policy,
                     &mut self.drains,
-                    Some(&mut self.mass),
+                    Some(MassCheck {
+                        guard: &mut self.mass,
+                        relists,
+                        now: Instant::now().into_std(),
+                    }),
                     true,
                 );
                 tokio::pin!(pass);
@@ -222,15 +271,37 @@ impl<D: Driver> Controller<D> {
                 _ => {
                     backoff = backoff_builder.build();
                     applied_version = Some(snapshot.clone());
-                    if record.held_untrusted > 0
-                        || record.held_mass_delete.is_some()
-                        || !record.pending_drains.is_empty()
+                    let now = Instant::now();
+                    let soon = now + s.retry_min.max(Duration::from_millis(500)).min(s.resync);
+                    if record.held_untrusted > 0 || !record.pending_drains.is_empty() {
+                        // Come back soon: drains finish, and the catalog may be trusted again.
+                        retry_at = Some(soon);
+                    }
+                    if let Some(Verdict::Held {
+                        until, relisted, ..
+                    }) = &record.held_mass_delete
                     {
-                        // Come back soon: drains finish and guards confirm across passes.
-                        retry_at = Some(
-                            Instant::now()
-                                + s.retry_min.max(Duration::from_millis(500)).min(s.resync),
-                        );
+                        if !relisted && relist_asked_at != Some(relists) {
+                            tracing::info!(
+                                "mass removal held: asking Nomad for a fresh full relist"
+                            );
+                            (self.relists.request)();
+                            relist_asked_at = Some(relists);
+                        }
+                        // Wake when the hold's time is up; past it, re-check soon (more passes
+                        // needed) or when the relist it waits for completes.
+                        let until = Instant::from_std(*until);
+                        let at = if until > now {
+                            Some(until)
+                        } else if *relisted {
+                            Some(soon)
+                        } else {
+                            None
+                        };
+                        retry_at = match (retry_at, at) {
+                            (Some(a), Some(b)) => Some(a.min(b)),
+                            (a, b) => a.or(b),
+                        };
                     }
                 }
             }
@@ -335,14 +406,21 @@ fn record(
                 owned,
                 seen,
                 needed,
+                held_for,
+                hold,
+                relisted,
+                ..
             }) = &r.held_mass_delete
             {
                 tracing::warn!(
                     servers,
                     owned,
-                    seen,
-                    needed,
-                    "mass removal held back until confirmed"
+                    passes = seen,
+                    min_passes = needed,
+                    held_for = ?held_for,
+                    hold = ?hold,
+                    relisted,
+                    "mass removal held back until it has stood for the hold across a fresh Nomad relist"
                 );
             }
         }
