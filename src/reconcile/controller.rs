@@ -427,3 +427,175 @@ fn record(
     }
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+    use crate::haproxy::{ApplyReport, DriverError};
+    use crate::live::{Live, LiveBackend, LiveServer};
+    use crate::model::{AdminState, Mode, OpState};
+    use crate::plan::Plan;
+
+    /// HAProxy with one owned backend of four serving servers that Nomad no longer lists. It
+    /// records what it is asked to apply and changes nothing, so every pass plans the same.
+    struct Fake {
+        live: Live,
+        applied: Mutex<Vec<Vec<&'static str>>>,
+    }
+
+    impl Fake {
+        fn new() -> Fake {
+            let servers = (1..=4)
+                .map(|i| {
+                    let name = format!("hnc_10.0.0.{i}_80");
+                    let server = LiveServer {
+                        name: name.clone(),
+                        endpoint: None,
+                        admin: AdminState::Ready,
+                        op: OpState::Up,
+                        check_enabled: true,
+                        weight: 1,
+                        sessions: 0,
+                        drain_started: None,
+                    };
+                    (name, server)
+                })
+                .collect();
+            let mut live = Live::default();
+            live.backends.insert(
+                "web".into(),
+                LiveBackend {
+                    name: "web".into(),
+                    owned: true,
+                    mode: Mode::Http,
+                    balance: None,
+                    settings: None,
+                    servers,
+                },
+            );
+            Fake {
+                live,
+                applied: Mutex::new(Vec::new()),
+            }
+        }
+
+        fn removals_applied(&self) -> usize {
+            self.applied
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .iter()
+                .filter(|ops| ops.contains(&"drain_server"))
+                .count()
+        }
+    }
+
+    impl Driver for Fake {
+        fn name(&self) -> &'static str {
+            "fake"
+        }
+
+        async fn observe(&self) -> Result<Live, DriverError> {
+            Ok(self.live.clone())
+        }
+
+        async fn apply(
+            &self,
+            plan: &Plan,
+            _desired: &crate::desired::Desired,
+            _live: &Live,
+        ) -> Result<ApplyReport, DriverError> {
+            self.applied
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(plan.ops.iter().map(|o| o.action.name()).collect());
+            Ok(ApplyReport::default())
+        }
+    }
+
+    /// Under paused time: the held mass removal asks for a relist, is re-checked when the
+    /// relist completes, and applies when the hold is up with no other trigger (no resync, no
+    /// catalog change), not at the debounce pace.
+    #[tokio::test(start_paused = true)]
+    async fn a_held_mass_removal_waits_for_the_hold_and_a_relist_and_wakes_itself() {
+        let driver = Arc::new(Fake::new());
+        let empty = Snapshot {
+            synced: true,
+            ..Snapshot::default()
+        };
+        let (_catalog_tx, catalog) = watch::channel(Arc::new(empty));
+        let (relists_tx, relists_rx) = watch::channel(0u64);
+        let asked = Arc::new(AtomicU64::new(0));
+        let relists = {
+            let asked = asked.clone();
+            Relists::new(relists_rx, move || {
+                asked.fetch_add(1, Ordering::SeqCst);
+            })
+        };
+        let settings = Settings {
+            // No resync pass during the test: only the controller's own wake-ups.
+            resync: Duration::from_secs(3600),
+            mass_delete_hold: Duration::from_secs(60),
+            mass_delete_confirmations: 2,
+            ..Settings::default()
+        };
+        let controller = Controller::new(driver.clone(), catalog, relists, settings);
+        let (shutdown_tx, shutdown) = watch::channel(false);
+        let (records_tx, mut records) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(controller.run(shutdown, move |r: &PassRecord| {
+            let _ = records_tx.send((Instant::now(), r.held_mass_delete.clone()));
+        }));
+        let t0 = Instant::now();
+
+        // The first pass (the interval's first tick) holds and asks for a relist.
+        let (_, held) = records.recv().await.expect("first pass");
+        assert!(
+            matches!(
+                held,
+                Some(Verdict::Held {
+                    servers: 4,
+                    owned: 4,
+                    relisted: false,
+                    ..
+                })
+            ),
+            "{held:?}"
+        );
+        assert_eq!(asked.load(Ordering::SeqCst), 1, "a relist was asked for");
+        assert_eq!(driver.removals_applied(), 0);
+
+        // Ten seconds later the relist completes: an immediate re-check, still held.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        relists_tx.send_replace(1);
+        let (at, held) = records.recv().await.expect("re-check after the relist");
+        assert!(at - t0 < Duration::from_secs(11), "{:?}", at - t0);
+        assert!(
+            matches!(
+                held,
+                Some(Verdict::Held {
+                    relisted: true,
+                    seen: 2,
+                    ..
+                })
+            ),
+            "{held:?}"
+        );
+        assert_eq!(asked.load(Ordering::SeqCst), 1, "no second request");
+        assert_eq!(driver.removals_applied(), 0);
+
+        // Nothing else happens until the hold is up; then the loop wakes by itself.
+        let (at, held) = records.recv().await.expect("pass at the end of the hold");
+        assert_eq!(held, None, "proceeded");
+        assert!(
+            at - t0 >= Duration::from_secs(60) && at - t0 < Duration::from_secs(62),
+            "woke at {:?}",
+            at - t0
+        );
+        assert_eq!(driver.removals_applied(), 1, "the removals were applied");
+
+        shutdown_tx.send_replace(true);
+        task.await.expect("controller stops");
+    }
+}
