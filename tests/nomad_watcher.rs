@@ -676,6 +676,54 @@ async fn a_namespace_that_really_emptied_under_star_is_removed() {
     );
 }
 
+/// The relist count the mass-delete guard waits on: bumped after each error-free full relist
+/// (once its catalog is published), not after a failed one; and a relist can be asked for.
+#[tokio::test]
+async fn clean_relists_are_counted_and_can_be_requested() {
+    let double = NomadDouble::start().await;
+    double.register([web("a", 20001)]);
+    let watcher = start(
+        &double,
+        None,
+        settings(Namespaces::All, Duration::from_secs(30)),
+    );
+    let mut relists = watcher.relists();
+    timeout(SETTLE, relists.wait_for(|n| *n >= 1))
+        .await
+        .expect("a first relist within the bound")
+        .expect("watcher running");
+    assert!(
+        watcher.snapshot().borrow().synced,
+        "the catalog is published before the count moves"
+    );
+    let counted = *relists.borrow_and_update();
+    let started = watcher.stats().snapshot().full_relists;
+
+    // Asked for: one more full relist, counted.
+    double.register([web("b", 20002)]);
+    watcher.relist_requester().request();
+    timeout(SETTLE, relists.wait_for(|n| *n > counted))
+        .await
+        .expect("the requested relist")
+        .expect("watcher running");
+    assert!(watcher.stats().snapshot().full_relists > started);
+    assert_eq!(ids(&watcher.snapshot().borrow(), "default", "web").len(), 2);
+
+    // A relist that fails is not counted.
+    let counted = *relists.borrow_and_update();
+    let started = watcher.stats().snapshot().full_relists;
+    double.set_outage(true);
+    watcher.relist_requester().request();
+    let deadline = Instant::now() + SETTLE;
+    while watcher.stats().snapshot().full_relists == started {
+        assert!(Instant::now() < deadline, "the requested relist never ran");
+        sleep(Duration::from_millis(10)).await;
+    }
+    sleep(Duration::from_millis(200)).await;
+    assert_eq!(*relists.borrow(), counted, "a failed relist does not count");
+    assert!(watcher.snapshot().borrow().stale.is_some());
+}
+
 #[tokio::test]
 async fn same_name_in_two_namespaces_null_tags_and_ipv6() {
     let double = NomadDouble::start().await;

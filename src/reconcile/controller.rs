@@ -1,7 +1,9 @@
 //! The converge loop (kube-runtime's controller, on one page): triggers are catalog changes
-//! (debounced), a resync timer, and retries after errors (exponential backoff with jitter). One
-//! pass at a time, one writer; the pass never learns which trigger started it. Each finished pass
-//! is reported as a [`PassRecord`] for status and metrics.
+//! (debounced), a resync timer, retries after errors (exponential backoff with jitter), and, while
+//! a mass removal is held, the end of its hold and each completed Nomad relist (the loop asks the
+//! watcher for one when the hold starts). One pass at a time, one writer; the pass never learns
+//! which trigger started it. Each finished pass is reported as a [`PassRecord`] for status and
+//! metrics.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
