@@ -15,7 +15,7 @@ mod cases;
 mod corpus;
 #[path = "hostile/harness.rs"]
 mod harness;
-#[path = "hostile/namespace_loss.rs"]
-mod namespace_loss;
 #[path = "hostile/props.rs"]
 mod props;
+#[path = "hostile/watch_safety.rs"]
+mod watch_safety;
