@@ -18,7 +18,7 @@ use crate::live::Live;
 use crate::metrics::{Metrics, PassResult, op_kind_label};
 use crate::nomad::{NomadClient, NomadStats, Watcher, WatcherSettings};
 use crate::plan::{Plan, render};
-use crate::reconcile::controller::{Controller, PassRecord, Settings};
+use crate::reconcile::controller::{Controller, PassRecord, Relists, Settings};
 use crate::reconcile::drains::DrainClock;
 use crate::reconcile::pass::run_pass;
 
@@ -98,6 +98,7 @@ fn settings(config: &Config) -> Settings {
         debounce_max: config.reconcile.debounce_max,
         resync: config.reconcile.resync_interval,
         max_delete_ratio: config.reconcile.max_delete_ratio,
+        mass_delete_hold: config.reconcile.mass_delete_hold,
         mass_delete_confirmations: config.reconcile.mass_delete_confirmations,
         ..Settings::default()
     }
@@ -209,7 +210,9 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
     }));
 
     let catalog = watcher.snapshot();
-    let controller = Controller::new(driver.clone(), catalog.clone(), settings(&config));
+    let requester = watcher.relist_requester();
+    let relists = Relists::new(watcher.relists(), move || requester.request());
+    let controller = Controller::new(driver.clone(), catalog.clone(), relists, settings(&config));
     let (m, st, stats, cat) = (
         metrics.clone(),
         status.clone(),

@@ -153,7 +153,10 @@ pub struct ConfigFlags {
     /// Share of serving servers above which removals need confirmation (0-1].
     #[arg(long, global = true, value_name = "RATIO")]
     pub max_delete_ratio: Option<String>,
-    /// Consecutive passes confirming a mass removal.
+    /// Real time a mass removal must stand (with a fresh Nomad relist) before it applies, e.g. 60s.
+    #[arg(long, global = true, value_name = "DURATION")]
+    pub mass_delete_hold: Option<String>,
+    /// Minimum number of passes confirming a mass removal (on top of the hold).
     #[arg(long, global = true, value_name = "N")]
     pub mass_delete_confirmations: Option<String>,
     /// HAProxy driver: dataplane or runtime.
@@ -217,6 +220,7 @@ impl ConfigFlags {
             debounce,
             debounce_max,
             max_delete_ratio,
+            mass_delete_hold,
             mass_delete_confirmations,
             haproxy_driver,
             haproxy_master_socket,
@@ -263,6 +267,7 @@ impl ConfigFlags {
             (Key::ReconcileDebounce, debounce.as_deref()),
             (Key::ReconcileDebounceMax, debounce_max.as_deref()),
             (Key::ReconcileMaxDeleteRatio, max_delete_ratio.as_deref()),
+            (Key::ReconcileMassDeleteHold, mass_delete_hold.as_deref()),
             (
                 Key::ReconcileMassDeleteConfirmations,
                 mass_delete_confirmations.as_deref(),

@@ -265,7 +265,10 @@ fn everything_gone_is_held_until_confirmed_then_applied() {
     let c = Connector::start(&env(
         &nomad,
         &dp,
-        &[("RECONCILE_MASS_DELETE_CONFIRMATIONS", "3")],
+        &[
+            ("RECONCILE_MASS_DELETE_CONFIRMATIONS", "3"),
+            ("RECONCILE_MASS_DELETE_HOLD", "3s"),
+        ],
     ));
     let regs: Vec<Reg> = (1..=4)
         .map(|i| web(&format!("a{i}"), &format!("10.0.0.{i}"), TAGS))
@@ -279,16 +282,35 @@ fn everything_gone_is_held_until_confirmed_then_applied() {
     c.wait_for("a held pass", WAIT, |c| {
         c.metrics().sum("hnc_mass_delete_held_total", &[]) >= 1.0
     });
+    let first_held = std::time::Instant::now();
     assert_eq!(serving(&dp, "web").len(), 4, "held: still serving");
     c.wait_for("not ready while held", WAIT, |c| {
         c.get("/readyz")
             .is_some_and(|(s, b)| s == 503 && b.contains("mass_delete"))
     });
-    c.wait_for("applied after the confirmations", WAIT, |_| {
+    // Confirmations span real time, not the debounce pace: three passes 500 ms apart are
+    // not enough.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        serving(&dp, "web").len(),
+        4,
+        "still held halfway through the hold"
+    );
+    c.wait_for("applied after the hold", WAIT, |_| {
         serving(&dp, "web").is_empty()
     });
+    let took = first_held.elapsed();
+    assert!(
+        took >= Duration::from_millis(2500),
+        "applied {took:?} after the first held pass; the hold is 3s"
+    );
     let held = c.metrics().sum("hnc_mass_delete_held_total", &[]);
-    assert_eq!(held, 2.0, "held for two passes, applied on the third");
+    assert!(held >= 2.0, "held for at least two passes, got {held}");
+    assert!(
+        c.log_text()
+            .contains("asking Nomad for a fresh full relist"),
+        "the hold asked for a relist"
+    );
 }
 
 #[test]

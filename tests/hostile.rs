@@ -17,3 +17,5 @@ mod corpus;
 mod harness;
 #[path = "hostile/props.rs"]
 mod props;
+#[path = "hostile/watch_safety.rs"]
+mod watch_safety;

@@ -282,3 +282,120 @@ async fn stream_acl_denials() {
         "1.9.6+: every namespace"
     );
 }
+
+/// A token losing `read-job` on one namespace (CONTRACTS §1.3, §1.9, §1.5): `*` lists silently
+/// leave the namespace out with a normal index, a read of that namespace alone is 403, and an
+/// open `*` stream (which needs every namespace) is closed with the resubscribe text while a
+/// stream of a still-readable namespace carries on.
+#[tokio::test]
+async fn losing_read_on_one_namespace_filters_star_lists_and_denies_named_reads() {
+    let double = NomadDouble::start().await;
+    double.enable_acl();
+    double.grant("t", &["default", "prod"]);
+    double.register([Reg::new("default", "web", "a", "10.0.0.1", 1)]);
+    double.register([Reg::new("prod", "api", "b", "10.0.0.2", 2)]);
+    let client = reqwest::Client::new();
+    let get_as = |path: String| {
+        let request = client
+            .get(format!("{}{path}", double.url()))
+            .header("X-Nomad-Token", "t");
+        async move {
+            let response = request.send().await.expect("request");
+            let status = response.status().as_u16();
+            let index = response
+                .headers()
+                .get("X-Nomad-Index")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            (status, index, response.text().await.expect("body"))
+        }
+    };
+    let (status, _, body) = get_as("/v1/services?namespace=*".into()).await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("\"prod\"") && body.contains("\"default\""),
+        "{body}"
+    );
+
+    let mut star = client
+        .get(format!(
+            "{}/v1/event/stream?topic=Service&namespace=*",
+            double.url()
+        ))
+        .header("X-Nomad-Token", "t")
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(star.status().as_u16(), 200);
+    let mut default_only = client
+        .get(format!(
+            "{}/v1/event/stream?topic=Service&namespace=default",
+            double.url()
+        ))
+        .header("X-Nomad-Token", "t")
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(default_only.status().as_u16(), 200);
+    // Both got their first heartbeat.
+    assert!(star.chunk().await.expect("chunk").is_some());
+    assert!(default_only.chunk().await.expect("chunk").is_some());
+
+    double.deny_namespace("prod", true);
+    let table = double.table_index();
+    let (status, index, body) = get_as("/v1/services?namespace=*".into()).await;
+    assert_eq!(
+        (status, index),
+        (200, Some(table)),
+        "filtered, not an error, and a normal index"
+    );
+    assert!(!body.contains("\"prod\""), "prod left out: {body}");
+    assert!(body.contains("\"default\""), "{body}");
+    assert_eq!(
+        get_as("/v1/services?namespace=prod".into()).await,
+        (403, None, "Permission denied".into()),
+        "the namespace alone: 403"
+    );
+    assert_eq!(
+        get_as("/v1/service/api?namespace=prod".into()).await,
+        (403, None, "Permission denied".into())
+    );
+
+    // The policy change closes the `*` stream (no longer allowed) with Nomad's text.
+    let mut rest = Vec::new();
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(5), star.chunk())
+        .await
+        .expect("the `*` stream ends")
+        .expect("chunk")
+    {
+        rest.extend_from_slice(&chunk);
+    }
+    assert!(
+        String::from_utf8_lossy(&rest).ends_with(RESUBSCRIBE),
+        "{:?}",
+        String::from_utf8_lossy(&rest)
+    );
+    // The default stream is still allowed and still delivers.
+    double.register([Reg::new("default", "web", "c", "10.0.0.3", 3)]);
+    let chunk = tokio::time::timeout(Duration::from_secs(5), default_only.chunk())
+        .await
+        .expect("the default stream lives on")
+        .expect("chunk")
+        .expect("data");
+    assert!(
+        String::from_utf8_lossy(&chunk).contains("\"Index\""),
+        "{:?}",
+        String::from_utf8_lossy(&chunk)
+    );
+    // Resubscribing to `*` is now refused (1.9.6+: every namespace).
+    let again = client
+        .get(format!(
+            "{}/v1/event/stream?topic=Service&namespace=*",
+            double.url()
+        ))
+        .header("X-Nomad-Token", "t")
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(again.status().as_u16(), 403);
+}

@@ -566,6 +566,164 @@ async fn a_token_that_can_read_nothing_any_more_is_suspicious_not_all_gone() {
     );
 }
 
+/// Issue 11, item 4: with `namespaces=*`, Nomad silently leaves out a namespace the token can
+/// no longer read. The watcher confirms with a read of that namespace alone; the 403 keeps its
+/// services and marks the catalog stale, while other namespaces still follow Nomad.
+#[tokio::test]
+async fn losing_read_on_one_namespace_under_star_removes_nothing() {
+    let double = NomadDouble::start().await;
+    double.enable_acl();
+    double.grant("t", &["default", "prod"]);
+    double.register([web("a", 20001)]);
+    double.register([
+        Reg::new("prod", "api", "p1", "10.0.2.1", 20001),
+        Reg::new("prod", "api", "p2", "10.0.2.2", 20001),
+    ]);
+    let watcher = start(
+        &double,
+        Some("t"),
+        settings(Namespaces::All, Duration::from_millis(500)),
+    );
+    let mut rx = watcher.snapshot();
+    let s = wait_for(&mut rx, SETTLE, "first sync", |s| {
+        s.synced && s.services.len() == 2 && s.stale.is_none()
+    })
+    .await;
+    let prod_before = s.services[&key("prod", "api")].clone();
+
+    // The token loses read-job on prod; then default changes, so a relist runs (the `*`
+    // stream is refused now, so the blocking list's index move is what triggers it).
+    double.deny_namespace("prod", true);
+    double.register([web("b", 20002)]);
+    let s = wait_for(&mut rx, SETTLE, "default's new registration applied", |s| {
+        ids(s, "default", "web").len() == 2
+    })
+    .await;
+    assert_eq!(
+        s.services.get(&key("prod", "api")),
+        Some(&prod_before),
+        "prod kept as it was"
+    );
+    let s = wait_for(&mut rx, SETTLE, "stale", |s| s.stale.is_some()).await;
+    let error = s.stale.clone().unwrap_or_default();
+    assert!(error.contains("namespace `prod`"), "{error}");
+    assert!(error.contains("`read-job`"), "{error}");
+    assert!(s.denied, "a denial, for readiness");
+    assert_eq!(
+        s.services.get(&key("prod", "api")),
+        Some(&prod_before),
+        "prod kept while stale"
+    );
+
+    // More relists (resync) keep it that way: every relist confirms again.
+    double.register([web("c", 20003)]);
+    let s = wait_for(&mut rx, SETTLE, "default still followed", |s| {
+        ids(s, "default", "web").len() == 3
+    })
+    .await;
+    assert!(s.stale.is_some());
+    assert_eq!(s.services.get(&key("prod", "api")), Some(&prod_before));
+
+    // Access comes back: the mark clears and the catalog equals Nomad again.
+    double.deny_namespace("prod", false);
+    double.register([web("d", 20004)]);
+    let expected = nomad_view(&double);
+    wait_for(&mut rx, SETTLE, "recovered", |s| {
+        s.stale.is_none() && catalog_view(s) == expected
+    })
+    .await;
+}
+
+/// The other half of item 4: a namespace that is really empty (every registration gone, the
+/// token still valid) is removed, even when no event announced it.
+#[tokio::test]
+async fn a_namespace_that_really_emptied_under_star_is_removed() {
+    let double = NomadDouble::start().await;
+    double.enable_acl();
+    double.grant("t", &["default", "prod"]);
+    double.register([web("a", 20001)]);
+    double.register([
+        Reg::new("prod", "api", "p1", "10.0.2.1", 20001),
+        Reg::new("prod", "api", "p2", "10.0.2.2", 20001),
+    ]);
+    let watcher = start(
+        &double,
+        Some("t"),
+        settings(Namespaces::All, Duration::from_millis(500)),
+    );
+    let mut rx = watcher.snapshot();
+    wait_for(&mut rx, SETTLE, "first sync", |s| {
+        s.synced && s.services.len() == 2 && s.stale.is_none()
+    })
+    .await;
+    let lists_before = double.requests("list");
+    // Garbage collection: no event, only the index moves (CONTRACTS §1.5).
+    let p1 = Reg::new("prod", "api", "p1", "", 0).id;
+    let p2 = Reg::new("prod", "api", "p2", "", 0).id;
+    double.delete_silently(&[&p1, &p2]);
+    let s = wait_for(&mut rx, SETTLE, "prod removed", |s| {
+        !s.services.contains_key(&key("prod", "api"))
+    })
+    .await;
+    assert!(
+        s.stale.is_none(),
+        "a confirmed removal, not an error: {s:?}"
+    );
+    assert_eq!(catalog_view(&s), nomad_view(&double));
+    assert!(
+        double.requests("list") > lists_before,
+        "confirmed by a list request"
+    );
+}
+
+/// The relist count the mass-delete guard waits on: bumped after each error-free full relist
+/// (once its catalog is published), not after a failed one; and a relist can be asked for.
+#[tokio::test]
+async fn clean_relists_are_counted_and_can_be_requested() {
+    let double = NomadDouble::start().await;
+    double.register([web("a", 20001)]);
+    let watcher = start(
+        &double,
+        None,
+        settings(Namespaces::All, Duration::from_secs(30)),
+    );
+    let mut relists = watcher.relists();
+    timeout(SETTLE, relists.wait_for(|n| *n >= 1))
+        .await
+        .expect("a first relist within the bound")
+        .expect("watcher running");
+    assert!(
+        watcher.snapshot().borrow().synced,
+        "the catalog is published before the count moves"
+    );
+    let counted = *relists.borrow_and_update();
+    let started = watcher.stats().snapshot().full_relists;
+
+    // Asked for: one more full relist, counted.
+    double.register([web("b", 20002)]);
+    watcher.relist_requester().request();
+    timeout(SETTLE, relists.wait_for(|n| *n > counted))
+        .await
+        .expect("the requested relist")
+        .expect("watcher running");
+    assert!(watcher.stats().snapshot().full_relists > started);
+    assert_eq!(ids(&watcher.snapshot().borrow(), "default", "web").len(), 2);
+
+    // A relist that fails is not counted.
+    let counted = *relists.borrow_and_update();
+    let started = watcher.stats().snapshot().full_relists;
+    double.set_outage(true);
+    watcher.relist_requester().request();
+    let deadline = Instant::now() + SETTLE;
+    while watcher.stats().snapshot().full_relists == started {
+        assert!(Instant::now() < deadline, "the requested relist never ran");
+        sleep(Duration::from_millis(10)).await;
+    }
+    sleep(Duration::from_millis(200)).await;
+    assert_eq!(*relists.borrow(), counted, "a failed relist does not count");
+    assert!(watcher.snapshot().borrow().stale.is_some());
+}
+
 #[tokio::test]
 async fn same_name_in_two_namespaces_null_tags_and_ipv6() {
     let double = NomadDouble::start().await;

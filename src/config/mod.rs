@@ -122,6 +122,9 @@ pub struct ReconcileConfig {
     pub debounce: Duration,
     pub debounce_max: Duration,
     pub max_delete_ratio: f64,
+    /// Real time a mass removal must stand (with a fresh Nomad relist) before it applies.
+    pub mass_delete_hold: Duration,
+    /// Minimum number of passes reaching the same mass removal, on top of the hold.
     pub mass_delete_confirmations: u32,
 }
 
@@ -390,6 +393,9 @@ impl Config {
                 .duration(Key::ReconcileDebounceMax)
                 .unwrap_or(Duration::from_millis(500)),
             max_delete_ratio: v.ratio(Key::ReconcileMaxDeleteRatio).unwrap_or(0.5),
+            mass_delete_hold: v
+                .duration(Key::ReconcileMassDeleteHold)
+                .unwrap_or(Duration::from_secs(60)),
             mass_delete_confirmations: v.count(Key::ReconcileMassDeleteConfirmations).unwrap_or(3),
         };
         if reconcile.debounce_max < reconcile.debounce {
@@ -538,6 +544,7 @@ impl Config {
                 "debounce": humantime::format_duration(self.reconcile.debounce).to_string(),
                 "debounce_max": humantime::format_duration(self.reconcile.debounce_max).to_string(),
                 "max_delete_ratio": self.reconcile.max_delete_ratio,
+                "mass_delete_hold": humantime::format_duration(self.reconcile.mass_delete_hold).to_string(),
                 "mass_delete_confirmations": self.reconcile.mass_delete_confirmations,
             },
             "log": {

@@ -621,6 +621,7 @@ fn reconcile_keys() {
             debounce: Duration::from_millis(50),
             debounce_max: Duration::from_millis(500),
             max_delete_ratio: 0.5,
+            mass_delete_hold: Duration::from_secs(60),
             mass_delete_confirmations: 3,
         }
     );
@@ -640,6 +641,12 @@ fn reconcile_keys() {
     .expect("valid");
     assert_eq!(c.reconcile.max_delete_ratio, 1.0);
     assert_eq!(c.reconcile.mass_delete_confirmations, 1);
+    let c = from_env(&[("RECONCILE_MASS_DELETE_HOLD", "1s")]).expect("valid");
+    assert_eq!(c.reconcile.mass_delete_hold, Duration::from_secs(1));
+    let c = from_file(r#"{"reconcile":{"mass_delete_hold":"5m"}}"#).expect("valid");
+    assert_eq!(c.reconcile.mass_delete_hold, Duration::from_secs(300));
+    let e = err(from_env(&[("RECONCILE_MASS_DELETE_HOLD", "0s")]));
+    assert!(e.starts_with("invalid reconcile.mass_delete_hold"), "{e}");
     let e = err(from_env(&[("RECONCILE_MAX_DELETE_RATIO", "0")]));
     assert_eq!(
         e,

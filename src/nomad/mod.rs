@@ -25,4 +25,4 @@ pub use client::{
     Blocking, DEFAULT_REQUEST_SLACK, Indexed, MAX_BLOCKING_WAIT, NomadClient, NomadError,
 };
 pub use stats::{Endpoint, NomadStats, StatsSnapshot};
-pub use watcher::{Tuning, Watcher, WatcherSettings};
+pub use watcher::{RelistRequester, Tuning, Watcher, WatcherSettings};

@@ -13,7 +13,9 @@
 //!
 //! A full relist is `/v1/services` plus one read per enabled service, swapped into the store in
 //! one step. A failed read keeps the last good data and marks the catalog stale, and the relist
-//! is retried with backoff.
+//! is retried with backoff. With `namespace=*`, Nomad silently leaves out the namespaces the token
+//! cannot read, so a namespace whose services all vanished is read alone before its removal is
+//! believed: a 403 there keeps its services and marks the catalog stale (a denial).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,7 +24,7 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use futures::StreamExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -129,6 +131,8 @@ impl WatcherSettings {
 /// A running watcher. Dropping it stops its tasks.
 pub struct Watcher {
     snapshot: watch::Receiver<Arc<Snapshot>>,
+    relists: watch::Receiver<u64>,
+    relist_request: Arc<Notify>,
     stats: Arc<NomadStats>,
     shutdown: watch::Sender<bool>,
     main: Option<JoinHandle<()>>,
@@ -142,6 +146,8 @@ impl Watcher {
         let stats = client.stats().clone();
         let store = Store::new(settings.tag_prefix.clone());
         let (snapshot_tx, snapshot) = watch::channel(Arc::new(store.snapshot()));
+        let (relists_tx, relists) = watch::channel(0u64);
+        let relist_request = Arc::new(Notify::new());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (input_tx, input_rx) = mpsc::unbounded_channel();
         let (epoch, _) = watch::channel(0u64);
@@ -198,6 +204,8 @@ impl Watcher {
             next_resync: now + settings.resync_interval,
             pending: BTreeSet::new(),
             generation: 0,
+            relists: relists_tx,
+            relist_request: relist_request.clone(),
             settings,
         };
         let main = tokio::spawn(
@@ -206,6 +214,8 @@ impl Watcher {
         );
         Watcher {
             snapshot,
+            relists,
+            relist_request,
             stats,
             shutdown,
             main: Some(main),
@@ -222,6 +232,19 @@ impl Watcher {
         self.stats.clone()
     }
 
+    /// How many full relists have completed without any error (every scope listed, every
+    /// enabled service read), and a notification when one more has. The mass-delete guard
+    /// waits for one after a mass removal first shows.
+    pub fn relists(&self) -> watch::Receiver<u64> {
+        self.relists.clone()
+    }
+
+    /// Something that asks the watcher for a full relist as soon as possible (requests made
+    /// before it starts one are served by that one).
+    pub fn relist_requester(&self) -> RelistRequester {
+        RelistRequester(self.relist_request.clone())
+    }
+
     /// Stops the helper tasks at once and the loop after the step it is in (a relist or read in
     /// progress completes first; the store is never left half-written).
     pub async fn shutdown(mut self) {
@@ -232,6 +255,16 @@ impl Watcher {
         if let Some(main) = self.main.take() {
             let _ = main.await;
         }
+    }
+}
+
+/// Asks a [`Watcher`] for a fresh full relist.
+#[derive(Clone, Debug)]
+pub struct RelistRequester(Arc<Notify>);
+
+impl RelistRequester {
+    pub fn request(&self) {
+        self.0.notify_one();
     }
 }
 
@@ -294,6 +327,10 @@ struct Core {
     pending: BTreeSet<ServiceKey>,
     /// Relist generation: job definitions are re-fetched once per relist.
     generation: u64,
+    /// Count of relists completed without error.
+    relists: watch::Sender<u64>,
+    /// Relists asked for from outside (the controller, for a held mass removal).
+    relist_request: Arc<Notify>,
 }
 
 const SUSPICIOUS_EMPTY: &str = "Nomad listed no services at index 0 after having listed some: the token can probably read no namespace any more (it needs `read-job`); keeping the last good data";
@@ -304,6 +341,7 @@ impl Core {
         mut rx: mpsc::UnboundedReceiver<Input>,
         mut shutdown: watch::Receiver<bool>,
     ) {
+        let relist_request = self.relist_request.clone();
         loop {
             let now = Instant::now();
             if self.relist_due.is_some_and(|due| due <= now) {
@@ -361,6 +399,10 @@ impl Core {
                     while let Ok(input) = rx.try_recv() {
                         self.handle(input);
                     }
+                }
+                () = relist_request.notified() => {
+                    debug!("full relist requested");
+                    self.relist_due = Some(Instant::now());
                 }
                 () = sleep_until(deadline) => {}
             }
@@ -514,8 +556,31 @@ impl Core {
                         errors.push(SUSPICIOUS_EMPTY.to_string());
                         denied = true;
                         self.keep_scope(&scope, &mut next);
-                    } else {
-                        index = Some(index.map_or(page.index, |i: u64| i.max(page.index)));
+                        continue;
+                    }
+                    index = Some(index.map_or(page.index, |i: u64| i.max(page.index)));
+                    if scope == "*" {
+                        // `*` silently leaves out the namespaces the token cannot read
+                        // (CONTRACTS §1.3): a namespace whose services all vanished in one
+                        // list is confirmed with a read of that namespace alone.
+                        let listed: BTreeSet<&str> =
+                            page.data.iter().map(|ns| ns.namespace.as_str()).collect();
+                        let vanished: BTreeSet<String> = self
+                            .store
+                            .keys()
+                            .map(|k| k.namespace.clone())
+                            .filter(|ns| !listed.contains(ns.as_str()))
+                            .collect();
+                        for namespace in vanished {
+                            match self.confirm_vanished(&namespace).await {
+                                Ok(keys) => to_read.extend(keys),
+                                Err(e) => {
+                                    denied |= e.is_permission_denied();
+                                    errors.push(e.to_string());
+                                    self.keep_scope(&namespace, &mut next);
+                                }
+                            }
+                        }
                     }
                 }
                 Err(e) => {
@@ -552,6 +617,7 @@ impl Core {
             .forget_jobs_older_than(self.generation.saturating_sub(1));
 
         let now = Instant::now();
+        let clean = errors.is_empty() && index.is_some();
         if let Some(index) = index {
             if self.full_read_index > 0 && index < self.full_read_index {
                 warn!(
@@ -596,6 +662,55 @@ impl Core {
             self.relist_due = Some(now + delay);
         }
         self.publish();
+        if clean {
+            // After the publish: whoever waits for a relist then reads its catalog.
+            self.relists.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// A namespace whose services all vanished from the `*` list: is it really empty, or did
+    /// the token lose `read-job` on it? Reads the namespace alone (403 when unreadable, `[]`
+    /// when empty) and returns the enabled services it holds now. Hinted reads need no such
+    /// check: they always name their namespace, so a lost permission is a 403 there.
+    async fn confirm_vanished(&self, namespace: &str) -> Result<Vec<ServiceKey>, NomadError> {
+        match self.client.list_services(namespace, None).await {
+            Ok(page) => {
+                let keys: Vec<ServiceKey> = page
+                    .data
+                    .iter()
+                    .filter(|ns| ns.namespace == namespace)
+                    .flat_map(|ns| ns.services.as_deref().unwrap_or_default())
+                    .filter(|stub| is_enabled(stub.tags(), &self.settings.tag_prefix))
+                    .map(|stub| ServiceKey::new(namespace, &stub.service_name))
+                    .collect();
+                if keys.is_empty() {
+                    info!(
+                        %namespace,
+                        "every service of the namespace is gone, and reading it alone confirms it: removing them"
+                    );
+                } else {
+                    debug!(%namespace, services = keys.len(), "namespace missing from the `*` list but readable alone");
+                }
+                Ok(keys)
+            }
+            Err(e) => {
+                if e.is_permission_denied() {
+                    warn!(
+                        %namespace,
+                        error = %e,
+                        capability = "read-job",
+                        "namespace vanished from the `*` list and Nomad refuses to read it: the token lost `read-job` on it; keeping its services and holding every removal"
+                    );
+                } else {
+                    warn!(
+                        %namespace,
+                        error = %e,
+                        "namespace vanished from the `*` list and could not be read alone; keeping its services"
+                    );
+                }
+                Err(e)
+            }
+        }
     }
 
     fn keep_scope(&self, scope: &str, next: &mut BTreeMap<ServiceKey, Service>) {

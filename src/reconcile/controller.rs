@@ -1,18 +1,20 @@
 //! The converge loop (kube-runtime's controller, on one page): triggers are catalog changes
-//! (debounced), a resync timer, and retries after errors (exponential backoff with jitter). One
-//! pass at a time, one writer; the pass never learns which trigger started it. Each finished pass
-//! is reported as a [`PassRecord`] for status and metrics.
+//! (debounced), a resync timer, retries after errors (exponential backoff with jitter), and, while
+//! a mass removal is held, the end of its hold and each completed Nomad relist (the loop asks the
+//! watcher for one when the hold starts). One pass at a time, one writer; the pass never learns
+//! which trigger started it. Each finished pass is reported as a [`PassRecord`] for status and
+//! metrics.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::watch;
-use tokio::time::{MissedTickBehavior, sleep_until};
+use tokio::time::{Instant, MissedTickBehavior, sleep_until};
 
 use super::drains::DrainClock;
 use super::guards::{MassDeleteGuard, Verdict};
-use super::pass::{PassError, PassOutcome, run_guarded_pass};
+use super::pass::{MassCheck, PassError, PassOutcome, run_guarded_pass};
 use crate::catalog::Snapshot;
 use crate::desired::{Diagnostic, Policy};
 use crate::haproxy::Driver;
@@ -32,6 +34,9 @@ pub struct Settings {
     pub retry_min: Duration,
     pub retry_max: Duration,
     pub max_delete_ratio: f64,
+    /// Real time a mass removal must stand before it is applied.
+    pub mass_delete_hold: Duration,
+    /// Minimum number of passes that must reach the same mass removal.
     pub mass_delete_confirmations: u32,
     /// How long the current pass may take to finish once shutdown starts.
     pub shutdown_grace: Duration,
@@ -47,6 +52,7 @@ impl Default for Settings {
             retry_min: Duration::from_millis(250),
             retry_max: Duration::from_secs(30),
             max_delete_ratio: 0.5,
+            mass_delete_hold: Duration::from_secs(60),
             mass_delete_confirmations: 3,
             shutdown_grace: Duration::from_secs(10),
         }
@@ -82,25 +88,52 @@ pub struct PassRecord {
     pub desired_servers: usize,
 }
 
+/// Full Nomad relists, as the mass-delete guard needs them: how many have completed without
+/// error (a watch the watcher bumps), and a way to ask the watcher for a fresh one.
+pub struct Relists {
+    completed: watch::Receiver<u64>,
+    request: Box<dyn Fn() + Send + Sync>,
+}
+
+impl Relists {
+    pub fn new(
+        completed: watch::Receiver<u64>,
+        request: impl Fn() + Send + Sync + 'static,
+    ) -> Self {
+        Relists {
+            completed,
+            request: Box::new(request),
+        }
+    }
+}
+
 /// The controller. `on_pass` is called after every pass; `shutdown` turning true stops it.
 pub struct Controller<D: Driver> {
     driver: D,
     settings: Settings,
     catalog: watch::Receiver<Arc<Snapshot>>,
+    relists: Relists,
     drains: DrainClock,
     mass: MassDeleteGuard,
 }
 
 impl<D: Driver> Controller<D> {
-    pub fn new(driver: D, catalog: watch::Receiver<Arc<Snapshot>>, settings: Settings) -> Self {
+    pub fn new(
+        driver: D,
+        catalog: watch::Receiver<Arc<Snapshot>>,
+        relists: Relists,
+        settings: Settings,
+    ) -> Self {
         let mass = MassDeleteGuard::new(
             settings.max_delete_ratio,
+            settings.mass_delete_hold,
             settings.mass_delete_confirmations,
         );
         Controller {
             driver,
             settings,
             catalog,
+            relists,
             drains: DrainClock::default(),
             mass,
         }
@@ -131,6 +164,10 @@ impl<D: Driver> Controller<D> {
         let mut last_change: Option<Instant> = None;
         let mut retry_at: Option<Instant> = None;
         let mut catalog_open = true;
+        let mut relists_open = true;
+        // The completed-relist count at which a relist was last asked for (at most one request
+        // per count: the watcher retries a failed relist by itself).
+        let mut relist_asked_at: Option<u64> = None;
         let mut applied_version: Option<Arc<Snapshot>> = None;
         let mut seen: Arc<Snapshot> = self.catalog.borrow().clone();
         loop {
@@ -168,7 +205,16 @@ impl<D: Driver> Controller<D> {
                     }
                     continue;
                 }
-                _ = sleep_until(wake.unwrap_or_else(Instant::now).into()), if wake.is_some() => {}
+                r = self.relists.completed.changed(), if relists_open => {
+                    if r.is_err() {
+                        relists_open = false;
+                    } else if self.mass.is_holding() {
+                        // A held mass removal waits for a fresh relist: re-check now.
+                        retry_at = Some(Instant::now());
+                    }
+                    continue;
+                }
+                _ = sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {}
                 _ = resync.tick() => {}
             }
             let change = first_change.take();
@@ -186,13 +232,18 @@ impl<D: Driver> Controller<D> {
                 synced = snapshot.synced,
                 "pass starting"
             );
+            let relists = *self.relists.completed.borrow_and_update();
             let outcome = {
                 let pass = run_guarded_pass(
                     &self.driver,
                     &snapshot,
                     &s.policy,
                     &mut self.drains,
-                    Some(&mut self.mass),
+                    Some(MassCheck {
+                        guard: &mut self.mass,
+                        relists,
+                        now: Instant::now().into_std(),
+                    }),
                     true,
                 );
                 tokio::pin!(pass);
@@ -222,15 +273,37 @@ impl<D: Driver> Controller<D> {
                 _ => {
                     backoff = backoff_builder.build();
                     applied_version = Some(snapshot.clone());
-                    if record.held_untrusted > 0
-                        || record.held_mass_delete.is_some()
-                        || !record.pending_drains.is_empty()
+                    let now = Instant::now();
+                    let soon = now + s.retry_min.max(Duration::from_millis(500)).min(s.resync);
+                    if record.held_untrusted > 0 || !record.pending_drains.is_empty() {
+                        // Come back soon: drains finish, and the catalog may be trusted again.
+                        retry_at = Some(soon);
+                    }
+                    if let Some(Verdict::Held {
+                        until, relisted, ..
+                    }) = &record.held_mass_delete
                     {
-                        // Come back soon: drains finish and guards confirm across passes.
-                        retry_at = Some(
-                            Instant::now()
-                                + s.retry_min.max(Duration::from_millis(500)).min(s.resync),
-                        );
+                        if !relisted && relist_asked_at != Some(relists) {
+                            tracing::info!(
+                                "mass removal held: asking Nomad for a fresh full relist"
+                            );
+                            (self.relists.request)();
+                            relist_asked_at = Some(relists);
+                        }
+                        // Wake when the hold's time is up; past it, re-check soon (more passes
+                        // needed) or when the relist it waits for completes.
+                        let until = Instant::from_std(*until);
+                        let at = if until > now {
+                            Some(until)
+                        } else if *relisted {
+                            Some(soon)
+                        } else {
+                            None
+                        };
+                        retry_at = match (retry_at, at) {
+                            (Some(a), Some(b)) => Some(a.min(b)),
+                            (a, b) => a.or(b),
+                        };
                     }
                 }
             }
@@ -335,17 +408,196 @@ fn record(
                 owned,
                 seen,
                 needed,
+                held_for,
+                hold,
+                relisted,
+                ..
             }) = &r.held_mass_delete
             {
                 tracing::warn!(
                     servers,
                     owned,
-                    seen,
-                    needed,
-                    "mass removal held back until confirmed"
+                    passes = seen,
+                    min_passes = needed,
+                    held_for = ?held_for,
+                    hold = ?hold,
+                    relisted,
+                    "mass removal held back until it has stood for the hold across a fresh Nomad relist"
                 );
             }
         }
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+    use crate::haproxy::{ApplyReport, DriverError};
+    use crate::live::{Live, LiveBackend, LiveServer};
+    use crate::model::{AdminState, Mode, OpState};
+    use crate::plan::Plan;
+
+    /// HAProxy with one owned backend of four serving servers that Nomad no longer lists. It
+    /// records what it is asked to apply and changes nothing, so every pass plans the same.
+    struct Fake {
+        live: Live,
+        applied: Mutex<Vec<Vec<&'static str>>>,
+    }
+
+    impl Fake {
+        fn new() -> Fake {
+            let servers = (1..=4)
+                .map(|i| {
+                    let name = format!("hnc_10.0.0.{i}_80");
+                    let server = LiveServer {
+                        name: name.clone(),
+                        endpoint: None,
+                        admin: AdminState::Ready,
+                        op: OpState::Up,
+                        check_enabled: true,
+                        weight: 1,
+                        sessions: 0,
+                        drain_started: None,
+                    };
+                    (name, server)
+                })
+                .collect();
+            let mut live = Live::default();
+            live.backends.insert(
+                "web".into(),
+                LiveBackend {
+                    name: "web".into(),
+                    owned: true,
+                    mode: Mode::Http,
+                    balance: None,
+                    settings: None,
+                    servers,
+                },
+            );
+            Fake {
+                live,
+                applied: Mutex::new(Vec::new()),
+            }
+        }
+
+        fn removals_applied(&self) -> usize {
+            self.applied
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .iter()
+                .filter(|ops| ops.contains(&"drain_server"))
+                .count()
+        }
+    }
+
+    impl Driver for Fake {
+        fn name(&self) -> &'static str {
+            "fake"
+        }
+
+        async fn observe(&self) -> Result<Live, DriverError> {
+            Ok(self.live.clone())
+        }
+
+        async fn apply(
+            &self,
+            plan: &Plan,
+            _desired: &crate::desired::Desired,
+            _live: &Live,
+        ) -> Result<ApplyReport, DriverError> {
+            self.applied
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(plan.ops.iter().map(|o| o.action.name()).collect());
+            Ok(ApplyReport::default())
+        }
+    }
+
+    /// Under paused time: the held mass removal asks for a relist, is re-checked when the
+    /// relist completes, and applies when the hold is up with no other trigger (no resync, no
+    /// catalog change), not at the debounce pace.
+    #[tokio::test(start_paused = true)]
+    async fn a_held_mass_removal_waits_for_the_hold_and_a_relist_and_wakes_itself() {
+        let driver = Arc::new(Fake::new());
+        let empty = Snapshot {
+            synced: true,
+            ..Snapshot::default()
+        };
+        let (_catalog_tx, catalog) = watch::channel(Arc::new(empty));
+        let (relists_tx, relists_rx) = watch::channel(0u64);
+        let asked = Arc::new(AtomicU64::new(0));
+        let relists = {
+            let asked = asked.clone();
+            Relists::new(relists_rx, move || {
+                asked.fetch_add(1, Ordering::SeqCst);
+            })
+        };
+        let settings = Settings {
+            // No resync pass during the test: only the controller's own wake-ups.
+            resync: Duration::from_secs(3600),
+            mass_delete_hold: Duration::from_secs(60),
+            mass_delete_confirmations: 2,
+            ..Settings::default()
+        };
+        let controller = Controller::new(driver.clone(), catalog, relists, settings);
+        let (shutdown_tx, shutdown) = watch::channel(false);
+        let (records_tx, mut records) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(controller.run(shutdown, move |r: &PassRecord| {
+            let _ = records_tx.send((Instant::now(), r.held_mass_delete.clone()));
+        }));
+        let t0 = Instant::now();
+
+        // The first pass (the interval's first tick) holds and asks for a relist.
+        let (_, held) = records.recv().await.expect("first pass");
+        assert!(
+            matches!(
+                held,
+                Some(Verdict::Held {
+                    servers: 4,
+                    owned: 4,
+                    relisted: false,
+                    ..
+                })
+            ),
+            "{held:?}"
+        );
+        assert_eq!(asked.load(Ordering::SeqCst), 1, "a relist was asked for");
+        assert_eq!(driver.removals_applied(), 0);
+
+        // Ten seconds later the relist completes: an immediate re-check, still held.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        relists_tx.send_replace(1);
+        let (at, held) = records.recv().await.expect("re-check after the relist");
+        assert!(at - t0 < Duration::from_secs(11), "{:?}", at - t0);
+        assert!(
+            matches!(
+                held,
+                Some(Verdict::Held {
+                    relisted: true,
+                    seen: 2,
+                    ..
+                })
+            ),
+            "{held:?}"
+        );
+        assert_eq!(asked.load(Ordering::SeqCst), 1, "no second request");
+        assert_eq!(driver.removals_applied(), 0);
+
+        // Nothing else happens until the hold is up; then the loop wakes by itself.
+        let (at, held) = records.recv().await.expect("pass at the end of the hold");
+        assert_eq!(held, None, "proceeded");
+        assert!(
+            at - t0 >= Duration::from_secs(60) && at - t0 < Duration::from_secs(62),
+            "woke at {:?}",
+            at - t0
+        );
+        assert_eq!(driver.removals_applied(), 1, "the removals were applied");
+
+        shutdown_tx.send_replace(true);
+        task.await.expect("controller stops");
+    }
 }

@@ -3,9 +3,11 @@
 //! - Until the catalog has completed its first full sync, and while it is stale after a Nomad
 //!   error, nothing owned is deleted: absence proves nothing then.
 //! - A plan that would take out more than `max_delete_ratio` of the connector's servers is held
-//!   until the same answer has come `confirmations` passes in a row.
+//!   until the same answer has stood for `mass_delete_hold` of real time, across at least
+//!   `mass_delete_confirmations` passes and at least one fresh full Nomad relist.
 
 use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
 
 use crate::live::Live;
 use crate::model::{AdminState, is_owned_server};
@@ -30,12 +32,30 @@ pub fn hold_removals(plan: &mut Plan) -> usize {
 }
 
 /// The mass-delete guard's memory across passes.
+///
+/// A mass removal (more than `max_ratio` of the connector's serving servers) proceeds only when
+/// the same set of servers has been planned out of service continuously, in every pass, for at
+/// least `hold` of real time, in at least `min_passes` passes, and at least one full Nomad
+/// relist has completed since the set was first seen. Time and the relist count are inputs, so
+/// the guard stays pure.
 #[derive(Clone, Debug)]
 pub struct MassDeleteGuard {
     pub max_ratio: f64,
-    pub confirmations: u32,
-    last: Option<BTreeSet<(String, String)>>,
-    seen: u32,
+    /// `reconcile.mass_delete_hold`.
+    pub hold: Duration,
+    /// `reconcile.mass_delete_confirmations`: a minimum count of passes on top of the hold.
+    pub min_passes: u32,
+    pending: Option<Pending>,
+}
+
+/// A mass removal being held.
+#[derive(Clone, Debug)]
+struct Pending {
+    leaving: BTreeSet<(String, String)>,
+    since: Instant,
+    /// Completed relists when the set was first seen.
+    relists_at_start: u64,
+    passes: u32,
 }
 
 /// What the guard decided.
@@ -43,30 +63,50 @@ pub struct MassDeleteGuard {
 pub enum Verdict {
     /// Below the threshold, or confirmed: apply as planned.
     Proceed,
-    /// Held back this pass; `seen` of `needed` consecutive passes so far.
+    /// Removals held back this pass.
     Held {
+        /// Serving servers the plan would take out of service.
         servers: usize,
+        /// The connector's serving servers.
         owned: usize,
+        /// Consecutive passes that reached this same set, this one included.
         seen: u32,
+        /// The minimum number of such passes (`reconcile.mass_delete_confirmations`).
         needed: u32,
+        /// How long this set has been seen.
+        held_for: Duration,
+        /// `reconcile.mass_delete_hold`.
+        hold: Duration,
+        /// Whether a full Nomad relist has completed since the set was first seen.
+        relisted: bool,
+        /// When the hold's time is up (the controller wakes then).
+        until: Instant,
     },
 }
 
 impl MassDeleteGuard {
-    pub fn new(max_ratio: f64, confirmations: u32) -> Self {
+    pub fn new(max_ratio: f64, hold: Duration, min_passes: u32) -> Self {
         MassDeleteGuard {
             max_ratio,
-            confirmations,
-            last: None,
-            seen: 0,
+            hold,
+            min_passes,
+            pending: None,
         }
+    }
+
+    /// Whether a mass removal is being held (the controller then re-checks when a relist
+    /// completes).
+    pub fn is_holding(&self) -> bool {
+        self.pending.is_some()
     }
 
     /// Looks at the servers `plan` would take out of service (drains of serving servers and
     /// removals of servers that were not draining yet) against the connector's serving servers
     /// in `live`. When too many, removals are dropped from `plan` unless the same set has been
-    /// seen `confirmations` passes in a row (this one included).
-    pub fn check(&mut self, plan: &mut Plan, live: &Live) -> Verdict {
+    /// seen continuously for `hold` (up to `now`), in `min_passes` passes (this one included),
+    /// and the count of completed full Nomad relists (`relists`) has moved since it was first
+    /// seen. A different set starts the hold again.
+    pub fn check(&mut self, plan: &mut Plan, live: &Live, now: Instant, relists: u64) -> Verdict {
         let owned = live
             .backends
             .values()
@@ -90,28 +130,39 @@ impl MassDeleteGuard {
         #[allow(clippy::cast_precision_loss)]
         let too_many = owned > 0 && leaving.len() as f64 > self.max_ratio * owned as f64;
         if !too_many {
-            self.last = None;
-            self.seen = 0;
+            self.pending = None;
             return Verdict::Proceed;
         }
-        if self.last.as_ref() == Some(&leaving) {
-            self.seen += 1;
-        } else {
-            self.last = Some(leaving.clone());
-            self.seen = 1;
-        }
-        if self.seen >= self.confirmations {
-            self.last = None;
-            self.seen = 0;
+        let pending = match self.pending.take() {
+            Some(mut p) if p.leaving == leaving => {
+                p.passes = p.passes.saturating_add(1);
+                p
+            }
+            _ => Pending {
+                leaving,
+                since: now,
+                relists_at_start: relists,
+                passes: 1,
+            },
+        };
+        let held_for = now.saturating_duration_since(pending.since);
+        let relisted = relists > pending.relists_at_start;
+        if held_for >= self.hold && relisted && pending.passes >= self.min_passes {
             return Verdict::Proceed;
         }
-        hold_removals(plan);
-        Verdict::Held {
-            servers: leaving.len(),
+        let verdict = Verdict::Held {
+            servers: pending.leaving.len(),
             owned,
-            seen: self.seen,
-            needed: self.confirmations,
-        }
+            seen: pending.passes,
+            needed: self.min_passes,
+            held_for,
+            hold: self.hold,
+            relisted,
+            until: pending.since + self.hold,
+        };
+        self.pending = Some(pending);
+        hold_removals(plan);
+        verdict
     }
 }
 
@@ -173,47 +224,186 @@ mod tests {
         }
     }
 
-    #[test]
-    fn small_removals_proceed() {
-        let mut g = MassDeleteGuard::new(0.5, 3);
-        let mut p = drains(5);
-        assert_eq!(g.check(&mut p, &live(10)), Verdict::Proceed);
-        assert_eq!(p.ops.len(), 5);
+    const HOLD: Duration = Duration::from_secs(60);
+
+    fn at(t0: Instant, secs: u64) -> Instant {
+        t0 + Duration::from_secs(secs)
     }
 
     #[test]
-    fn mass_removal_is_held_until_confirmed() {
-        let mut g = MassDeleteGuard::new(0.5, 3);
-        for seen in 1..=2 {
+    fn small_removals_proceed() {
+        let mut g = MassDeleteGuard::new(0.5, HOLD, 3);
+        let mut p = drains(5);
+        assert_eq!(
+            g.check(&mut p, &live(10), Instant::now(), 0),
+            Verdict::Proceed
+        );
+        assert_eq!(p.ops.len(), 5);
+        assert!(!g.is_holding());
+    }
+
+    #[test]
+    fn held_while_the_hold_has_not_elapsed_even_after_relists_and_passes() {
+        let t0 = Instant::now();
+        let mut g = MassDeleteGuard::new(0.5, HOLD, 3);
+        // Passes at debounce pace and several relists: still under the hold.
+        for (i, secs) in [0, 1, 2, 3, 59].into_iter().enumerate() {
             let mut p = drains(10);
-            assert_eq!(
-                g.check(&mut p, &live(10)),
-                Verdict::Held {
-                    servers: 10,
-                    owned: 10,
-                    seen,
-                    needed: 3
-                }
+            let v = g.check(&mut p, &live(10), at(t0, secs), 5 + i as u64);
+            assert!(
+                matches!(
+                    v,
+                    Verdict::Held {
+                        servers: 10,
+                        owned: 10,
+                        hold: HOLD,
+                        ..
+                    }
+                ),
+                "{v:?}"
             );
-            assert!(p.ops.is_empty());
+            assert!(p.ops.is_empty(), "removals dropped");
+            if let Verdict::Held {
+                held_for,
+                until,
+                seen,
+                ..
+            } = v
+            {
+                assert_eq!(held_for, Duration::from_secs(secs));
+                assert_eq!(until, at(t0, 60));
+                assert_eq!(seen, i as u32 + 1);
+            }
         }
+        assert!(g.is_holding());
+    }
+
+    #[test]
+    fn held_after_the_hold_until_a_relist_completes_then_proceeds() {
+        let t0 = Instant::now();
+        let mut g = MassDeleteGuard::new(0.5, HOLD, 3);
+        for secs in [0, 30] {
+            assert!(matches!(
+                g.check(&mut drains(10), &live(10), at(t0, secs), 7),
+                Verdict::Held {
+                    relisted: false,
+                    ..
+                }
+            ));
+        }
+        // Time is up, passes are enough, but no relist since the set was first seen.
         let mut p = drains(10);
-        assert_eq!(g.check(&mut p, &live(10)), Verdict::Proceed);
+        assert!(matches!(
+            g.check(&mut p, &live(10), at(t0, 61), 7),
+            Verdict::Held {
+                relisted: false,
+                seen: 3,
+                ..
+            }
+        ));
+        assert!(p.ops.is_empty());
+        assert!(matches!(
+            g.check(&mut drains(10), &live(10), at(t0, 300), 7),
+            Verdict::Held {
+                relisted: false,
+                ..
+            }
+        ));
+        // A relist completed: the removal proceeds, with its removals intact.
+        let mut p = drains(10);
+        assert_eq!(g.check(&mut p, &live(10), at(t0, 301), 8), Verdict::Proceed);
         assert_eq!(p.ops.len(), 10);
     }
 
     #[test]
-    fn a_different_answer_restarts_the_count() {
-        let mut g = MassDeleteGuard::new(0.5, 2);
+    fn a_relist_early_in_the_hold_counts_once_the_time_is_up() {
+        let t0 = Instant::now();
+        let mut g = MassDeleteGuard::new(0.5, HOLD, 3);
         assert!(matches!(
-            g.check(&mut drains(10), &live(10)),
-            Verdict::Held { seen: 1, .. }
+            g.check(&mut drains(10), &live(10), t0, 0),
+            Verdict::Held {
+                relisted: false,
+                ..
+            }
         ));
         assert!(matches!(
-            g.check(&mut drains(9), &live(10)),
-            Verdict::Held { seen: 1, .. }
+            g.check(&mut drains(10), &live(10), at(t0, 2), 1),
+            Verdict::Held { relisted: true, .. }
         ));
-        assert_eq!(g.check(&mut drains(9), &live(10)), Verdict::Proceed);
+        assert_eq!(
+            g.check(&mut drains(10), &live(10), at(t0, 60), 1),
+            Verdict::Proceed
+        );
+    }
+
+    #[test]
+    fn confirmations_remain_a_minimum_count_of_passes() {
+        let t0 = Instant::now();
+        let mut g = MassDeleteGuard::new(0.5, HOLD, 3);
+        assert!(matches!(
+            g.check(&mut drains(10), &live(10), t0, 0),
+            Verdict::Held { .. }
+        ));
+        // Hold elapsed and a relist done, but only the second pass.
+        assert!(matches!(
+            g.check(&mut drains(10), &live(10), at(t0, 61), 1),
+            Verdict::Held {
+                seen: 2,
+                needed: 3,
+                relisted: true,
+                ..
+            }
+        ));
+        assert_eq!(
+            g.check(&mut drains(10), &live(10), at(t0, 62), 1),
+            Verdict::Proceed
+        );
+    }
+
+    #[test]
+    fn a_different_set_restarts_the_hold() {
+        let t0 = Instant::now();
+        let mut g = MassDeleteGuard::new(0.5, HOLD, 1);
+        assert!(matches!(
+            g.check(&mut drains(10), &live(10), t0, 0),
+            Verdict::Held { .. }
+        ));
+        assert!(matches!(
+            g.check(&mut drains(10), &live(10), at(t0, 50), 1),
+            Verdict::Held { .. }
+        ));
+        // Another set at 55 s: the clock and the relist requirement start again.
+        let v = g.check(&mut drains(9), &live(10), at(t0, 55), 1);
+        assert!(
+            matches!(v, Verdict::Held { seen: 1, relisted: false, held_for, until, .. }
+                if held_for.is_zero() && until == at(t0, 115)),
+            "{v:?}"
+        );
+        assert!(matches!(
+            g.check(&mut drains(9), &live(10), at(t0, 114), 2),
+            Verdict::Held { relisted: true, .. }
+        ));
+        assert_eq!(
+            g.check(&mut drains(9), &live(10), at(t0, 115), 2),
+            Verdict::Proceed
+        );
+    }
+
+    #[test]
+    fn a_pass_below_the_threshold_ends_the_hold() {
+        let t0 = Instant::now();
+        let mut g = MassDeleteGuard::new(0.5, HOLD, 1);
+        g.check(&mut drains(10), &live(10), t0, 0);
+        // Nomad recovered for one pass: the hold is over, not paused.
+        assert_eq!(
+            g.check(&mut drains(1), &live(10), at(t0, 30), 1),
+            Verdict::Proceed
+        );
+        assert!(!g.is_holding());
+        assert!(matches!(
+            g.check(&mut drains(10), &live(10), at(t0, 61), 2),
+            Verdict::Held { held_for, relisted: false, .. } if held_for.is_zero()
+        ));
     }
 
     #[test]

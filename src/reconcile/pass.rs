@@ -75,6 +75,14 @@ pub async fn run_pass<D: Driver>(
     run_guarded_pass(driver, snapshot, policy, drains, None, apply).await
 }
 
+/// The mass-delete guard and what it needs to know besides the plan: how many full Nomad
+/// relists have completed so far, and the time of the pass (the caller's clock).
+pub struct MassCheck<'a> {
+    pub guard: &'a mut MassDeleteGuard,
+    pub relists: u64,
+    pub now: Instant,
+}
+
 /// Runs one pass with both guards: removals are held while the catalog is not synced or is
 /// stale, and mass removals go through `mass` when given.
 pub async fn run_guarded_pass<D: Driver>(
@@ -82,7 +90,7 @@ pub async fn run_guarded_pass<D: Driver>(
     snapshot: &Snapshot,
     policy: &Policy,
     drains: &mut DrainClock,
-    mut mass: Option<&mut MassDeleteGuard>,
+    mut mass: Option<MassCheck<'_>>,
     apply: bool,
 ) -> Result<PassOutcome, PassError> {
     let mut attempts = 0;
@@ -100,9 +108,9 @@ pub async fn run_guarded_pass<D: Driver>(
         } else {
             hold_removals(&mut plan)
         };
-        let held_mass_delete = match (mass.as_deref_mut(), &mass_verdict) {
-            (Some(guard), None) if apply => {
-                let v = guard.check(&mut plan, &live);
+        let held_mass_delete = match (mass.as_mut(), &mass_verdict) {
+            (Some(m), None) if apply => {
+                let v = m.guard.check(&mut plan, &live, m.now, m.relists);
                 mass_verdict = Some(v.clone());
                 (v != Verdict::Proceed).then_some(v)
             }

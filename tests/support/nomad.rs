@@ -128,6 +128,10 @@ enum StreamMsg {
     Batch(Arc<Batch>),
     /// End every stream, after writing this text (no newline) when given.
     Cut(Option<String>),
+    /// An ACL policy changed: every stream re-checks its token as at subscribe time and ends
+    /// with the resubscribe text when it is no longer allowed (Nomad's
+    /// `checkSubscriptionsAgainstACLChange`); streams still allowed carry on.
+    PolicyChanged,
 }
 
 /// Options fixed at start.
@@ -522,7 +526,8 @@ impl NomadDouble {
         self.shared.lock().acl.get_or_insert_with(HashMap::new);
     }
 
-    /// Gives `token` `read-job` in `namespaces` (`*`: management).
+    /// Gives `token` `read-job` in `namespaces` (`*`: management), replacing what it had. A
+    /// policy change: open streams re-check their token.
     pub fn grant(&self, token: &str, namespaces: &[&str]) {
         let mut st = self.shared.lock();
         let acl = st.acl.get_or_insert_with(HashMap::new);
@@ -530,6 +535,8 @@ impl NomadDouble {
             token.to_string(),
             namespaces.iter().map(|s| s.to_string()).collect(),
         );
+        drop(st);
+        let _ = self.shared.live.send(StreamMsg::PolicyChanged);
     }
 
     /// Deletes `token`: it becomes unknown (403 everywhere), and open streams end with
@@ -545,14 +552,22 @@ impl NomadDouble {
             .send(StreamMsg::Cut(Some(RESUBSCRIBE.to_string())));
     }
 
-    /// Every token loses `read-job` on `namespace` (`allow` undoes it).
+    /// Every token loses `read-job` on `namespace` (`deny` false undoes it): a policy change,
+    /// so open streams re-check their token. Only possible with ACLs enabled, as in Nomad
+    /// (without ACLs every read is allowed).
     pub fn deny_namespace(&self, namespace: &str, deny: bool) {
         let mut st = self.shared.lock();
+        assert!(
+            st.acl.is_some(),
+            "deny_namespace needs enable_acl(): without ACLs Nomad denies nothing"
+        );
         if deny {
             st.denied_namespaces.insert(namespace.to_string());
         } else {
             st.denied_namespaces.remove(namespace);
         }
+        drop(st);
+        let _ = self.shared.live.send(StreamMsg::PolicyChanged);
     }
 
     // ---- counters ----
@@ -1032,12 +1047,18 @@ async fn event_stream(
         [query.namespace.clone()].into()
     };
     let needs_management = topics.iter().any(|t| t.topic == "*");
-    let allowed = if needs_management {
-        st.is_management(token.as_deref())
-    } else {
-        namespaces.iter().all(|n| st.can_read(token.as_deref(), n))
+    let allowed = {
+        let namespaces = namespaces.clone();
+        let token = token.clone();
+        move |st: &Cluster| {
+            if needs_management {
+                st.is_management(token.as_deref())
+            } else {
+                namespaces.iter().all(|n| st.can_read(token.as_deref(), n))
+            }
+        }
     };
-    if !allowed {
+    if !allowed(&st) {
         let status = if shared.options.legacy_stream_denial && st.known_token(token.as_deref()) {
             StatusCode::INTERNAL_SERVER_ERROR
         } else {
@@ -1080,6 +1101,7 @@ async fn event_stream(
             .then(|| format!("{}\n", json!({"Index": batch.index, "Events": events})))
     };
     let heartbeat = shared.options.heartbeat;
+    let recheck = shared.clone();
     let (tx, rx) = mpsc::channel::<Result<String, Infallible>>(64);
     tokio::spawn(async move {
         if tx.send(Ok("{}\n".into())).await.is_err() {
@@ -1101,6 +1123,13 @@ async fn event_stream(
                         Some(line) => line,
                         None => continue,
                     },
+                    Ok(StreamMsg::PolicyChanged) => {
+                        if allowed(&recheck.lock()) {
+                            continue;
+                        }
+                        let _ = tx.send(Ok(RESUBSCRIBE.to_string())).await;
+                        return;
+                    }
                     Ok(StreamMsg::Cut(None)) | Err(broadcast::error::RecvError::Closed) => return,
                     Ok(StreamMsg::Cut(Some(text))) => {
                         let _ = tx.send(Ok(text)).await;
