@@ -17,3 +17,5 @@ mod corpus;
 mod harness;
 #[path = "hostile/props.rs"]
 mod props;
+#[path = "hostile/regex_keys.rs"]
+mod regex_keys;
