@@ -1192,3 +1192,100 @@ async fn restart_from_base_resets_file_version_and_runtime() {
         3
     );
 }
+
+/// Map entries go through HAProxy's CLI the way client-native sends them: unescaped, so the CLI's
+/// backslash removal and word splitting apply to what is stored, `show map` is read back with
+/// whitespace splitting, and the `{id}` path parameter has the spec's pattern.
+#[tokio::test]
+async fn map_entries_pass_through_the_cli_unescaping() {
+    let t = start(mk_base()).await;
+    let entries = "/services/haproxy/runtime/maps/hosts.map/entries";
+    let keys = |body: &Value| -> Vec<(String, String)> {
+        body.as_array()
+            .expect("entries")
+            .iter()
+            .map(|e| {
+                (
+                    e["key"].as_str().unwrap_or_default().to_string(),
+                    e["value"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    };
+    // A regex key sent as is loses its backslashes (what real DPAPI does).
+    let r = t
+        .post(entries, json!({"key": r"^api\.ex\.com$", "value": "svc"}))
+        .await;
+    assert_eq!(r.status, 201);
+    // Escaped for the CLI, it is stored exactly.
+    let r = t
+        .post(entries, json!({"key": r"^b\\.ex\\.com", "value": "svc"}))
+        .await;
+    assert_eq!(r.status, 201);
+    // An unescaped space splits the key: key `a`, value `b`.
+    let r = t.post(entries, json!({"key": "a b", "value": "svc"})).await;
+    assert_eq!(r.status, 201);
+    // An unescaped `;` ends the command early: `add map` misses its value.
+    let r = t.post(entries, json!({"key": "x;y", "value": "svc"})).await;
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    let stored = keys(&t.get(entries).await.body);
+    for want in [("^api.ex.com$", "svc"), (r"^b\.ex\.com", "svc"), ("a", "b")] {
+        assert!(
+            stored.contains(&(want.0.to_string(), want.1.to_string())),
+            "{want:?} in {stored:?}"
+        );
+    }
+    assert!(
+        !stored.iter().any(|(k, _)| k.starts_with('x')),
+        "{stored:?}"
+    );
+    let cmds = t.dp.runtime_commands();
+    assert!(
+        cmds.contains(&r"add map /etc/haproxy/maps/hosts.map ^b\\.ex\\.com svc".to_string()),
+        "{cmds:?}"
+    );
+
+    // `{id}` is the key as sent to `set map`/`del map`: escaped, it finds the stored key.
+    let by_key = format!("{entries}/%5Eb%5C%5C.ex%5C%5C.com");
+    let r = t.put(&by_key, json!({"value": "other"})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert!(keys(&t.get(entries).await.body).contains(&(r"^b\.ex\.com".into(), "other".into())));
+    // Unescaped, the CLI removes the backslashes and nothing matches.
+    let r = t.delete(&format!("{entries}/%5Eb%5C.ex%5C.com")).await;
+    assert_eq!(r.status, 404, "{:?}", r.body);
+    let r = t.delete(&by_key).await;
+    assert_eq!(r.status, 204, "{:?}", r.body);
+    assert!(
+        !keys(&t.get(entries).await.body)
+            .iter()
+            .any(|(k, _)| k.starts_with("^b"))
+    );
+    // `get map` with an escaped id never reports the entry (client-native compares the stored
+    // key with the id as sent).
+    t.post(entries, json!({"key": r"c\\.ex", "value": "svc"}))
+        .await;
+    assert_eq!(t.get(&format!("{entries}/c%5C%5C.ex")).await.status, 404);
+    assert_eq!(
+        t.get(&format!("{entries}/a")).await.body["value"],
+        json!("b")
+    );
+
+    // The spec's path pattern on `{id}` refuses `$`, `#`, `*`, `{`, `<`, … with 422.
+    for id in ["%5Eapi.ex.com%24", "a%23b", "a%2A", "x%3C%3C"] {
+        let r = t.delete(&format!("{entries}/{id}")).await;
+        assert_eq!(r.status, 422, "{id}: {:?}", r.body);
+        let r = t
+            .put(&format!("{entries}/{id}"), json!({"value": "v"}))
+            .await;
+        assert_eq!(r.status, 422, "{id}: {:?}", r.body);
+    }
+    // A value ending in `<<` makes 2.6 wait for a payload: nothing runs, yet the API succeeds.
+    let r = t
+        .put(&format!("{entries}/a"), json!({"value": "z<<"}))
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        t.get(&format!("{entries}/a")).await.body["value"],
+        json!("b")
+    );
+}

@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use haproxy_nomad_connector::catalog::{Instance, Service, ServiceKey, Snapshot};
-use haproxy_nomad_connector::desired::Policy;
+use haproxy_nomad_connector::desired::{Desired, Policy};
 use haproxy_nomad_connector::haproxy::dataplane::{DataplaneDriver, Options};
 use haproxy_nomad_connector::haproxy::{ApplyReport, Driver, DriverError};
 use haproxy_nomad_connector::live::Live;
-use haproxy_nomad_connector::model::route_rules;
-use haproxy_nomad_connector::plan::Plan;
+use haproxy_nomad_connector::model::{MatchKind, RouteKey, route_rules};
+use haproxy_nomad_connector::plan::{Action, Op, Plan};
 use haproxy_nomad_connector::reconcile::drains::DrainClock;
 use haproxy_nomad_connector::reconcile::pass::{PassOutcome, run_pass};
 use serde_json::{Value, json};
@@ -539,4 +539,162 @@ async fn an_idle_pass_reads_a_fixed_handful_of_endpoints() {
     assert!(o.plan.is_empty());
     // backends (full_section) + native stats + four maps.
     assert_eq!(dp.total_requests(), 6, "{:?}", dp.requests());
+}
+
+/// Entries of one map in the double's running HAProxy, as (key, value).
+fn map_entries(dp: &DataplaneDouble, file: &str) -> Vec<(String, String)> {
+    dp.runtime_snapshot()["maps"][file]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|e| {
+            (
+                e[0].as_str().unwrap_or_default().to_string(),
+                e[1].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Item 8: DPAPI passes a map key unescaped to HAProxy's CLI, which drops backslashes. The driver
+/// escapes it, so the stored key is the desired one and the route does not flap.
+#[tokio::test]
+async fn a_regex_route_is_stored_exactly_and_stays_stable_for_ten_passes() {
+    let dp = DataplaneDouble::start(base(), DoubleOptions::fast()).await;
+    let d = driver(&dp, None);
+    let mut drains = DrainClock::default();
+    let regex = r"^api\.ex\.com$";
+    let tags = [
+        "haproxy.enable=true",
+        "haproxy.domain.type=regex",
+        "haproxy.domain=^api\\.ex\\.com$",
+    ];
+    let snap = snapshot(vec![("api", vec![instance("a1", "10.0.3.1", 8080, &tags)])]);
+    converge(&d, &snap, &mut drains).await;
+    assert_eq!(
+        map_entries(&dp, "hnc_regex.map"),
+        [(regex.to_string(), "api".to_string())]
+    );
+    // Persisted with force_sync, exactly.
+    assert_eq!(
+        dp.map_file("hnc_regex.map").as_deref(),
+        Some("^api\\.ex\\.com$ api\n")
+    );
+    let commands = dp.runtime_commands();
+    let requests = dp.requests();
+    for n in 0..10 {
+        let o = pass(&d, &snap, &mut drains).await;
+        assert!(o.plan.is_empty(), "pass {n}: {:#?}", o.plan);
+    }
+    assert_eq!(
+        dp.runtime_commands(),
+        commands,
+        "no map operation after convergence"
+    );
+    let writes = |r: &std::collections::BTreeMap<String, u64>| -> u64 {
+        r.iter()
+            .filter(|(k, _)| k.contains("/entries") && !k.starts_with("GET"))
+            .map(|(_, n)| n)
+            .sum()
+    };
+    assert_eq!(
+        writes(&dp.requests()),
+        writes(&requests),
+        "{:?}",
+        dp.requests()
+    );
+    assert_eq!(
+        map_entries(&dp, "hnc_regex.map"),
+        [(regex.to_string(), "api".to_string())]
+    );
+}
+
+fn route_op(action: Action) -> Op {
+    Op::new(action, "test")
+}
+
+fn route(kind: MatchKind, key: &str) -> RouteKey {
+    RouteKey {
+        kind,
+        key: key.to_string(),
+    }
+}
+
+/// Item 7: keys no URL segment can carry (`.`, `..`: URL normalisation removes them, and the
+/// DELETE would reach the collection) or that HAProxy's CLI cannot carry fail their own operation
+/// only; the others of the same pass are applied and nothing else is touched.
+#[tokio::test]
+async fn a_key_no_request_can_carry_fails_only_its_own_operation() {
+    let base = base().map_file("hnc_exact.map", "keep.example.com legacy\n");
+    let dp = DataplaneDouble::start(base, DoubleOptions::fast()).await;
+    let d = driver(&dp, None);
+    let live = d.observe().await.expect("observe");
+    dp.reset_counters();
+    let plan = Plan {
+        ops: vec![
+            route_op(Action::RemoveRoute {
+                route: route(MatchKind::Exact, ".."),
+            }),
+            route_op(Action::AddRoute {
+                route: route(MatchKind::Exact, "first.example.com"),
+                backend: "legacy".into(),
+            }),
+            route_op(Action::RemoveRoute {
+                route: route(MatchKind::Exact, "."),
+            }),
+            route_op(Action::SetRoute {
+                route: route(MatchKind::Exact, "keep.example.com<<"),
+                backend: "legacy".into(),
+            }),
+            route_op(Action::AddRoute {
+                route: route(MatchKind::Exact, "semi;colon.example.com"),
+                backend: "legacy".into(),
+            }),
+            // The API's `{id}` pattern refuses `$`: such an entry cannot be addressed by key.
+            route_op(Action::RemoveRoute {
+                route: route(MatchKind::Regex, r"^old\.ex$"),
+            }),
+            route_op(Action::AddRoute {
+                route: route(MatchKind::Exact, "second.example.com"),
+                backend: "legacy".into(),
+            }),
+        ],
+        pending_drains: Vec::new(),
+    };
+    let err = d
+        .apply(&plan, &Desired::default(), &live)
+        .await
+        .expect_err("the refused operations are reported");
+    assert_eq!(err.kind(), "rejected");
+    let message = err.to_string();
+    for part in [
+        "route exact ..: not sent",
+        "dot segment",
+        "route exact .: not sent",
+        "keep.example.com<<",
+        "payload mode",
+        "semi;colon.example.com",
+        r"route regex ^old\.ex$: not sent",
+        "'$'",
+    ] {
+        assert!(message.contains(part), "{part:?} in {message}");
+    }
+    assert!(!message.contains("first.example.com"), "{message}");
+    assert_eq!(
+        map_entries(&dp, "hnc_exact.map"),
+        [
+            ("keep.example.com".to_string(), "legacy".to_string()),
+            ("first.example.com".to_string(), "legacy".to_string()),
+            ("second.example.com".to_string(), "legacy".to_string()),
+        ]
+    );
+    // Only the two adds reached the API: no DELETE, nothing on a collection or a map.
+    let requests = dp.requests();
+    assert_eq!(
+        requests.get("POST /v3/services/haproxy/runtime/maps/{parent_name}/entries"),
+        Some(&2),
+        "{requests:?}"
+    );
+    assert_eq!(requests.values().sum::<u64>(), 2, "{requests:?}");
 }

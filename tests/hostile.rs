@@ -5,7 +5,7 @@
 //! - `harness`: the end-to-end lab (binary + Nomad double + real HAProxy with the runtime
 //!   driver, or the Data Plane API double) in which each hostile registration is shown to cost
 //!   only itself;
-//! - `cases`: one end-to-end test per defect.
+//! - `cases`, `regex_keys`, `watch_safety`: one end-to-end test per defect, on both drivers.
 
 mod support;
 
@@ -17,5 +17,7 @@ mod corpus;
 mod harness;
 #[path = "hostile/props.rs"]
 mod props;
+#[path = "hostile/regex_keys.rs"]
+mod regex_keys;
 #[path = "hostile/watch_safety.rs"]
 mod watch_safety;

@@ -13,10 +13,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use haproxy_nomad_connector::catalog::{Instance as Registration, Service, ServiceKey, Snapshot};
-use haproxy_nomad_connector::desired::Policy;
+use haproxy_nomad_connector::desired::{Desired, Policy};
+use haproxy_nomad_connector::haproxy::Driver;
+use haproxy_nomad_connector::haproxy::runtime::socket::{self, Outcome};
 use haproxy_nomad_connector::haproxy::runtime::{RuntimeConfig, RuntimeDriver, state};
-use haproxy_nomad_connector::model::{MatchKind, route_rules};
-use haproxy_nomad_connector::plan::{Action, OpKind};
+use haproxy_nomad_connector::model::{MatchKind, RouteKey, route_rules};
+use haproxy_nomad_connector::plan::{Action, Op, OpKind, Plan};
 use haproxy_nomad_connector::reconcile::drains::DrainClock;
 use haproxy_nomad_connector::reconcile::pass::{PassOutcome, run_pass};
 use support::haproxy::{self, Haproxy};
@@ -655,5 +657,130 @@ fn deploy_example_config_is_valid_and_has_the_generated_rules() {
         "haproxy -c refused deploy/haproxy-runtime.cfg:\n{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A plan of route additions, as the planner would emit them.
+fn route_plan(routes: &[(MatchKind, &str, &str)]) -> Plan {
+    Plan {
+        ops: routes
+            .iter()
+            .map(|(kind, key, backend)| {
+                Op::new(
+                    Action::AddRoute {
+                        route: RouteKey {
+                            kind: *kind,
+                            key: key.to_string(),
+                        },
+                        backend: backend.to_string(),
+                    },
+                    "test",
+                )
+            })
+            .collect(),
+        pending_drains: Vec::new(),
+    }
+}
+
+/// Item 9: a key ending in `<<` would put HAProxy 2.6's CLI into payload mode (the command never
+/// runs, the reply is empty). The driver refuses it before sending; the other operations of the
+/// same pass are applied, and a regex key with backslashes is stored exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_key_is_refused_alone_and_a_regex_key_is_stored_exactly() {
+    let env = Env::start();
+    let live = env.driver.observe().await.expect("observe");
+    let regex = r"^api\.ex\.com$";
+    let plan = route_plan(&[
+        (MatchKind::Exact, "before.test", "hand_written"),
+        (MatchKind::Exact, "bad.test<<", "hand_written"),
+        (MatchKind::Regex, regex, "hand_written"),
+        (MatchKind::Exact, "semi;colon.test", "hand_written"),
+        (MatchKind::Exact, "after.test", "hand_written"),
+    ]);
+    let err = env
+        .driver
+        .apply(&plan, &Desired::default(), &live)
+        .await
+        .expect_err("the refused keys are reported");
+    let message = err.to_string();
+    assert_eq!(err.kind(), "rejected", "{message}");
+    assert!(
+        message.contains("bad.test<<") && message.contains("payload mode"),
+        "{message}"
+    );
+    assert!(message.contains("semi;colon.test"), "{message}");
+    assert!(
+        !message.contains("before.test") && !message.contains("after.test"),
+        "{message}"
+    );
+
+    let cfg = env.driver.config();
+    let exact = state::map_entries(
+        &env.lb
+            .admin(&format!("show map {}", cfg.map_path(MatchKind::Exact))),
+    )
+    .expect("show map");
+    let keys: Vec<&str> = exact.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["before.test", "after.test"], "{exact:?}");
+    let stored = state::map_entries(
+        &env.lb
+            .admin(&format!("show map {}", cfg.map_path(MatchKind::Regex))),
+    )
+    .expect("show map");
+    assert_eq!(stored, [(regex.to_string(), "hand_written".to_string())]);
+
+    // Read back by the driver: the observed key equals the desired one, so nothing is re-planned.
+    let live = env.driver.observe().await.expect("observe");
+    let route = RouteKey {
+        kind: MatchKind::Regex,
+        key: regex.to_string(),
+    };
+    assert_eq!(
+        live.routes.get(&route),
+        Some(&vec!["hand_written".to_string()])
+    );
+    // HAProxy matches with the escaped dots: only the exact host is routed.
+    assert_eq!(env.bodies("api.ex.com", 1)[0], (200, "hand".to_string()));
+    assert_eq!(env.bodies("apixex.com", 1)[0].0, 404);
+    assert_eq!(env.bodies("before.test", 1)[0], (200, "hand".to_string()));
+}
+
+/// HAProxy ends every command it ran with a newline; a command that never ran (payload mode)
+/// answers zero bytes, which `outcome` never takes as success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_that_never_ran_answers_nothing_and_is_not_a_success() {
+    let env = Env::start();
+    let file = env.driver.config().map_path(MatchKind::Exact);
+    let admin = env.lb.admin_socket.clone();
+    let timeout = Duration::from_secs(10);
+    // Commands that answer nothing on success still send the terminator.
+    for cmd in [
+        format!("add map {file} ok.test hand_written"),
+        format!("set map {file} ok.test hand_default"),
+        format!("del map {file} ok.test"),
+        "set server hand_written/static1 weight 2".to_string(),
+        "set server hand_written/static1 state ready".to_string(),
+    ] {
+        let reply = socket::command(&admin, &cmd, timeout).await.expect("reply");
+        assert_eq!(reply, "\n", "{cmd}");
+        assert_eq!(socket::outcome(&reply, &[]), Outcome::Done, "{cmd}");
+    }
+    // A line ending in ` <<` starts a payload on 2.6 and 3.0: the command does not run.
+    let cmd = format!("add map {file} never.test hand_written <<");
+    let reply = socket::command(&admin, &cmd, timeout).await.expect("reply");
+    assert_eq!(reply, "", "{cmd}");
+    assert_eq!(socket::outcome(&reply, &[]), Outcome::NoReply);
+    // `add server` must answer text: its success message is required.
+    let reply = socket::command(&admin, "add server hand_custom/dyn1 127.0.0.1:9", timeout)
+        .await
+        .expect("reply");
+    assert_eq!(
+        socket::outcome(&reply, &["New server registered."]),
+        Outcome::Done,
+        "{reply:?}"
+    );
+    assert_eq!(
+        socket::outcome("\n", &["New server registered."]),
+        Outcome::NoReply
     );
 }

@@ -11,6 +11,7 @@ use serde_json::Value;
 use url::Url;
 
 use super::error::DataplaneError;
+use super::segment::{decode, url_segment};
 use crate::config::Secret;
 
 /// One answer.
@@ -53,18 +54,38 @@ impl Client {
         })
     }
 
-    /// The URL for `/v3/<segments…>` with `query`; segments are percent-encoded (map keys may
-    /// hold `^`, `\` or `$`).
+    /// The URL for `/v3/<segments…>` with `query`. Every segment goes through
+    /// [`url_segment`] (percent-encoded, round trip proven, dot segments refused), and the whole
+    /// URL is checked to carry exactly these segments: a request never reaches another path (for
+    /// instance the collection, when a key would vanish).
     fn url(&self, segments: &[&str], query: &[(&str, String)]) -> Result<Url, DataplaneError> {
         let mut url = self.base.clone();
-        {
-            let mut path = url.path_segments_mut().map_err(|()| {
-                DataplaneError::Protocol(format!("{} cannot be a base URL", self.base))
-            })?;
-            path.pop_if_empty().push("v3");
-            for s in segments {
-                path.push(s);
-            }
+        if url.cannot_be_a_base() {
+            return Err(DataplaneError::Protocol(format!(
+                "{} cannot be a base URL",
+                self.base
+            )));
+        }
+        let mut path = url.path().trim_end_matches('/').to_string();
+        path.push_str("/v3");
+        for s in segments {
+            path.push('/');
+            path.push_str(&url_segment(s)?);
+        }
+        url.set_path(&path);
+        let got: Vec<Option<String>> = url
+            .path_segments()
+            .into_iter()
+            .flatten()
+            .rev()
+            .take(segments.len())
+            .map(decode)
+            .collect();
+        let want = segments.iter().rev().map(|s| Some((*s).to_string()));
+        if !got.iter().cloned().eq(want) {
+            return Err(DataplaneError::Protocol(format!(
+                "the request URL {url} does not carry the segments {segments:?}"
+            )));
         }
         if !query.is_empty() {
             let mut q = url.query_pairs_mut();
@@ -146,5 +167,58 @@ impl Client {
     /// Total requests so far.
     pub fn total_requests(&self) -> u64 {
         self.request_counts().values().sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::haproxy::dataplane::segment::SegmentError;
+
+    fn client(base: &str) -> Client {
+        Client::new(
+            &Url::parse(base).expect("base"),
+            "u",
+            None,
+            Duration::from_secs(1),
+        )
+        .expect("client")
+    }
+
+    #[test]
+    fn every_segment_is_encoded_and_proven() {
+        let c = client("http://dp.test:5555");
+        let url = c
+            .url(
+                &[
+                    "services", "haproxy", "runtime", "maps", "m", "entries", r"^a\\.b",
+                ],
+                &[("force_sync", "true".into())],
+            )
+            .expect("url");
+        assert_eq!(
+            url.as_str(),
+            "http://dp.test:5555/v3/services/haproxy/runtime/maps/m/entries/%5Ea%5C%5C.b?force_sync=true"
+        );
+        // A base with a path prefix keeps it.
+        let c = client("http://dp.test/api/");
+        let url = c.url(&["maps", "a/b", "%2e"], &[]).expect("url");
+        assert_eq!(url.as_str(), "http://dp.test/api/v3/maps/a%2Fb/%252e");
+    }
+
+    #[test]
+    fn a_key_that_would_vanish_never_becomes_a_request() {
+        let c = client("http://dp.test:5555");
+        for (key, want) in [
+            ("..", SegmentError::Dot("..".into())),
+            (".", SegmentError::Dot(".".into())),
+            ("", SegmentError::Empty),
+        ] {
+            assert_eq!(
+                c.url(&["maps", "m", "entries", key], &[]),
+                Err(DataplaneError::Segment(want)),
+                "{key:?}"
+            );
+        }
     }
 }

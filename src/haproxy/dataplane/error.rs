@@ -1,6 +1,7 @@
 //! Data Plane API errors: every answer that is not a success becomes a typed error carrying the
 //! API's own message (`{"code": …, "message": …}`), and maps onto the driver's error kinds.
 
+use super::segment::SegmentError;
 use crate::haproxy::DriverError;
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -34,6 +35,14 @@ pub enum DataplaneError {
     /// The API could not be reached.
     #[error("cannot reach the Data Plane API: {0}")]
     Transport(String),
+    /// A request URL could not be built (a key or name no URL segment can carry); nothing was
+    /// sent.
+    #[error("cannot build the request URL: {0}")]
+    Segment(#[from] SegmentError),
+    /// Operations of the pass refused by the driver before any request (a key the URL or
+    /// HAProxy's CLI cannot carry); the other operations were applied.
+    #[error("operations refused before reaching the Data Plane API: {}", .0.join("; "))]
+    Skipped(Vec<String>),
     /// A success answer that does not have the expected shape.
     #[error("unexpected answer from the Data Plane API: {0}")]
     Protocol(String),
@@ -101,7 +110,9 @@ impl From<DataplaneError> for DriverError {
             }
             DataplaneError::Invalid { .. }
             | DataplaneError::NotFound { .. }
-            | DataplaneError::Server { .. } => DriverError::Rejected(e.to_string()),
+            | DataplaneError::Server { .. }
+            | DataplaneError::Segment(_)
+            | DataplaneError::Skipped(_) => DriverError::Rejected(e.to_string()),
             DataplaneError::Unauthorized { .. }
             | DataplaneError::TooManyTransactions { .. }
             | DataplaneError::Protocol(_) => DriverError::Other(e.to_string()),

@@ -13,6 +13,7 @@
 pub mod client;
 pub mod error;
 pub mod objects;
+pub mod segment;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
@@ -28,6 +29,8 @@ use self::objects::{
     Slot, backend_body, http_checks, parse_settings, parse_slot, slot_body, slot_name, slot_number,
     slot_target,
 };
+use self::segment::url_segment;
+use super::runtime::socket;
 use super::{ApplyReport, Driver, DriverError, Reload, ReloadKind};
 use crate::config::Secret;
 use crate::desired::{Desired, Ownership};
@@ -520,7 +523,9 @@ impl DataplaneDriver {
                 .push(Reload::new(ReloadKind::Structural, reasons.join("; ")));
         }
 
-        // Run-time part, in plan order.
+        // Run-time part, in plan order. An operation whose key no request can carry is refused
+        // alone (reported at the end); the others go on.
+        let mut refused: Vec<String> = Vec::new();
         for op in &plan.ops {
             match &op.action {
                 Action::AddServer {
@@ -613,8 +618,21 @@ impl DataplaneDriver {
                         format!("re-enable the health check of {backend}/{server}"),
                     ));
                 }
-                Action::AddRoute { route, backend } => self.add_route(route, backend).await?,
+                Action::AddRoute { route, backend } => match route_args(route, backend, false) {
+                    Ok(args) => self.add_route(route, &args).await?,
+                    Err(m) => {
+                        refused.push(m);
+                        continue;
+                    }
+                },
                 Action::SetRoute { route, backend } => {
+                    let args = match route_args(route, backend, true) {
+                        Ok(a) => a,
+                        Err(m) => {
+                            refused.push(m);
+                            continue;
+                        }
+                    };
                     let current = live.routes.get(route).map_or(0, Vec::len);
                     if current == 1 {
                         self.client
@@ -623,18 +641,24 @@ impl DataplaneDriver {
                                 "map_entries",
                                 &seg(
                                     &RUNTIME,
-                                    &["maps", map_name(route.kind), "entries", &route.key],
+                                    &["maps", map_name(route.kind), "entries", &args.key],
                                 ),
                                 &[("force_sync", "true".into())],
-                                Some(&json!({"value": backend})),
+                                Some(&json!({"value": args.value})),
                             )
                             .await?;
                     } else {
-                        self.remove_route(route).await?;
-                        self.add_route(route, backend).await?;
+                        self.remove_route(route, &args.key).await?;
+                        self.add_route(route, &args).await?;
                     }
                 }
-                Action::RemoveRoute { route } => self.remove_route(route).await?,
+                Action::RemoveRoute { route } => match route_args(route, "", true) {
+                    Ok(args) => self.remove_route(route, &args.key).await?,
+                    Err(m) => {
+                        refused.push(m);
+                        continue;
+                    }
+                },
                 Action::CreateBackend { .. }
                 | Action::UpdateBackend { .. }
                 | Action::DeleteBackend { .. }
@@ -648,7 +672,14 @@ impl DataplaneDriver {
         }
         report.requests =
             usize::try_from(self.client.total_requests() - before).unwrap_or(usize::MAX);
-        Ok(report)
+        if refused.is_empty() {
+            Ok(report)
+        } else {
+            for reload in &report.reloads {
+                tracing::info!(driver = "dataplane", kind = reload.kind.as_str(), reason = %reload.detail, "HAProxy reload");
+            }
+            Err(DataplaneError::Skipped(refused))
+        }
     }
 
     /// Runs `staged` in one transaction started from `version` and commits it with a synchronous
@@ -778,29 +809,27 @@ impl DataplaneDriver {
             .map(|_| ())
     }
 
-    async fn add_route(&self, route: &RouteKey, backend: &str) -> Result<(), DataplaneError> {
+    async fn add_route(&self, route: &RouteKey, args: &RouteArgs) -> Result<(), DataplaneError> {
         self.client
             .call(
                 Method::POST,
                 "map_entries",
                 &seg(&RUNTIME, &["maps", map_name(route.kind), "entries"]),
                 &[("force_sync", "true".into())],
-                Some(&json!({"key": route.key, "value": backend})),
+                Some(&json!({"key": args.key, "value": args.value})),
             )
             .await
             .map(|_| ())
     }
 
-    async fn remove_route(&self, route: &RouteKey) -> Result<(), DataplaneError> {
+    /// Deletes the entries of `route`; `key` is the escaped key ([`route_args`]).
+    async fn remove_route(&self, route: &RouteKey, key: &str) -> Result<(), DataplaneError> {
         match self
             .client
             .call(
                 Method::DELETE,
                 "map_entries",
-                &seg(
-                    &RUNTIME,
-                    &["maps", map_name(route.kind), "entries", &route.key],
-                ),
+                &seg(&RUNTIME, &["maps", map_name(route.kind), "entries", key]),
                 &[("force_sync", "true".into())],
                 None,
             )
@@ -810,6 +839,40 @@ impl DataplaneDriver {
             Err(e) => Err(e),
         }
     }
+}
+
+/// A route's key and value as sent to the API.
+///
+/// DPAPI passes both unescaped into HAProxy's CLI (`add map <file> <key> <value>`, and for
+/// `/entries/{id}` `set map`/`del map <file> <id>`, client-native), and the CLI removes a
+/// backslash before any character: `^api\.ex\.com$` would be stored as `^api.ex.com$`, observed
+/// different from the desired key, and re-planned every pass. So both are escaped for the CLI
+/// ([`socket::map_key`], [`socket::cli_arg`]), in the body and in the `{id}` segment alike, and
+/// what HAProxy stores (and `GET …/entries` returns) is the desired key.
+#[derive(Debug)]
+struct RouteArgs {
+    key: String,
+    value: String,
+}
+
+/// The escaped key and value of `route`, or the refusal message (logged) when they cannot be
+/// carried: by HAProxy's CLI, or (with `by_key`, for requests that address the entry by key) by a
+/// URL path segment the API accepts.
+fn route_args(route: &RouteKey, backend: &str, by_key: bool) -> Result<RouteArgs, String> {
+    let refuse = |e: &dyn std::fmt::Display| {
+        tracing::warn!(route = %route, error = %e, "route operation refused before reaching the Data Plane API");
+        format!("route {route}: not sent: {e}")
+    };
+    let key = socket::map_key(&route.key).map_err(|e| refuse(&e))?;
+    let value = if backend.is_empty() {
+        String::new()
+    } else {
+        socket::cli_arg(backend).map_err(|e| refuse(&e))?
+    };
+    if by_key {
+        url_segment(&key).map_err(|e| refuse(&e))?;
+    }
+    Ok(RouteArgs { key, value })
 }
 
 /// The settings a slot carries itself: only in backends that are not the connector's.

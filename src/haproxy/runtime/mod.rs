@@ -168,6 +168,18 @@ impl RuntimeDriver {
         Ok(outcome)
     }
 
+    /// One worker `show` command: its text. Every command HAProxy runs is answered at least with
+    /// the terminator `\n`; zero bytes mean it did not run, which must not read as "nothing there".
+    async fn show(&self, cmd: &str) -> Result<String, DriverError> {
+        let reply = self.worker(cmd).await?;
+        if reply.is_empty() {
+            return Err(DriverError::Other(format!(
+                "no reply from HAProxy to `{cmd}` (the command did not run)"
+            )));
+        }
+        Ok(reply)
+    }
+
     async fn master(&self, cmd: &str, timeout: Duration) -> Result<String, DriverError> {
         self.stats.commands.fetch_add(1, Ordering::Relaxed);
         socket::command(&self.cfg.master_socket, cmd, timeout)
@@ -473,7 +485,16 @@ impl RuntimeDriver {
         spec: &CheckSpec,
         report: &mut ApplyReport,
     ) -> Result<Result<(), String>, DriverError> {
-        let mut cmd = format!("add server {backend}/{server} {endpoint}");
+        let target = match args(
+            "add_server",
+            backend,
+            server,
+            [Arg::Plain(&format!("{backend}/{server}"))],
+        ) {
+            Ok([t]) => t,
+            Err(m) => return Ok(Err(m)),
+        };
+        let mut cmd = format!("add server {target} {endpoint}");
         if check {
             cmd.push_str(" check");
             if let Some(t) = spec.timing() {
@@ -487,36 +508,23 @@ impl RuntimeDriver {
         if let Some(m) = maxconn {
             cmd.push_str(&format!(" maxconn {m}"));
         }
-        if let Outcome::Refused(m) = self
-            .change(&cmd, &["New server registered."], report)
-            .await?
-        {
-            return Ok(Err(format!("add server {backend}/{server}: {m}")));
+        let mut steps: Vec<(String, &[&str])> = vec![(cmd, &["New server registered."])];
+        if check {
+            steps.push((format!("enable health {target}"), &[]));
         }
-        if check
-            && let Outcome::Refused(m) = self
-                .change(&format!("enable health {backend}/{server}"), &[], report)
-                .await?
-        {
-            return Ok(Err(format!("enable health {backend}/{server}: {m}")));
-        }
-        if let Outcome::Refused(m) = self
-            .change(
-                &format!("set server {backend}/{server} state ready"),
-                &[],
-                report,
-            )
-            .await?
-        {
-            return Ok(Err(format!(
-                "set server {backend}/{server} state ready: {m}"
-            )));
+        steps.push((format!("set server {target} state ready"), &[]));
+        for (cmd, success) in &steps {
+            if let Some(m) = self.change(cmd, success, report).await?.failure(cmd) {
+                warn!(backend, object = server, op = "add_server", message = %m, "HAProxy refused");
+                return Ok(Err(m));
+            }
         }
         info!(backend, server, op = "add_server", %endpoint, weight, check, "server added");
         Ok(Ok(()))
     }
 
-    /// One runtime operation. `Ok(Err(message))` is a refusal by HAProxy.
+    /// One runtime operation. `Ok(Err(message))` is a refusal: by HAProxy, or by the driver before
+    /// sending anything when an argument cannot be carried by the CLI (see [`socket::cli_arg`]).
     async fn apply_runtime_op(
         &self,
         action: &Action,
@@ -524,6 +532,14 @@ impl RuntimeDriver {
         desired: &Desired,
         report: &mut ApplyReport,
     ) -> Result<Result<(), String>, DriverError> {
+        macro_rules! args {
+            ($op:expr, $backend:expr, $object:expr, [$($arg:expr),+]) => {
+                match args($op, $backend, $object, [$($arg),+]) {
+                    Ok(a) => a,
+                    Err(m) => return Ok(Err(m)),
+                }
+            };
+        }
         match action {
             Action::AddServer {
                 backend,
@@ -544,12 +560,24 @@ impl RuntimeDriver {
                 .await
             }
             Action::ReadyServer { backend, server } => {
-                let cmd = format!("set server {backend}/{server} state ready");
+                let [t] = args!(
+                    "ready_server",
+                    backend,
+                    server,
+                    [Arg::Plain(&format!("{backend}/{server}"))]
+                );
+                let cmd = format!("set server {t} state ready");
                 self.refusal(&cmd, &[], report, "ready_server", backend, server)
                     .await
             }
             Action::EnableCheck { backend, server } => {
-                let cmd = format!("enable health {backend}/{server}");
+                let [t] = args!(
+                    "enable_check",
+                    backend,
+                    server,
+                    [Arg::Plain(&format!("{backend}/{server}"))]
+                );
+                let cmd = format!("enable health {t}");
                 self.refusal(&cmd, &[], report, "enable_check", backend, server)
                     .await
             }
@@ -558,24 +586,42 @@ impl RuntimeDriver {
                 server,
                 weight,
             } => {
-                let cmd = format!("set server {backend}/{server} weight {weight}");
+                let [t] = args!(
+                    "set_weight",
+                    backend,
+                    server,
+                    [Arg::Plain(&format!("{backend}/{server}"))]
+                );
+                let cmd = format!("set server {t} weight {weight}");
                 self.refusal(&cmd, &[], report, "set_weight", backend, server)
                     .await
             }
             Action::DrainServer { backend, server } => {
-                let cmd = format!("set server {backend}/{server} state drain");
+                let [t] = args!(
+                    "drain_server",
+                    backend,
+                    server,
+                    [Arg::Plain(&format!("{backend}/{server}"))]
+                );
+                let cmd = format!("set server {t} state drain");
                 self.refusal(&cmd, &[], report, "drain_server", backend, server)
                     .await
             }
             Action::RemoveServer { backend, server } => {
-                let maint = format!("set server {backend}/{server} state maint");
+                let [t] = args!(
+                    "remove_server",
+                    backend,
+                    server,
+                    [Arg::Plain(&format!("{backend}/{server}"))]
+                );
+                let maint = format!("set server {t} state maint");
                 if let Err(m) = self
                     .refusal(&maint, &[], report, "remove_server", backend, server)
                     .await?
                 {
                     return Ok(Err(m));
                 }
-                let del = format!("del server {backend}/{server}");
+                let del = format!("del server {t}");
                 match self.change(&del, &["Server deleted."], report).await? {
                     Outcome::Done => {
                         info!(backend = %backend, server = %server, op = "remove_server", "server deleted");
@@ -584,7 +630,7 @@ impl RuntimeDriver {
                     Outcome::Refused(m) if m.contains("still has connections") => {
                         // The diff asks for removal when sessions are gone or the drain timed
                         // out: close what is left, try once more, else the next pass retries.
-                        let shut = format!("shutdown sessions server {backend}/{server}");
+                        let shut = format!("shutdown sessions server {t}");
                         let _ = self.change(&shut, &[], report).await?;
                         match self.change(&del, &["Server deleted."], report).await? {
                             Outcome::Done => Ok(Ok(())),
@@ -592,25 +638,40 @@ impl RuntimeDriver {
                                 info!(backend = %backend, server = %server, op = "remove_server", reason = %m, "server still busy; left for the next pass");
                                 Ok(Ok(()))
                             }
+                            other => Ok(Err(other.failure(&del).unwrap_or_default())),
                         }
                     }
-                    Outcome::Refused(m) => Ok(Err(format!("{del}: {m}"))),
+                    other => Ok(Err(other.failure(&del).unwrap_or_default())),
                 }
             }
             Action::AddRoute { route, backend } => {
-                let cmd = format!(
-                    "add map {} {} {backend}",
-                    self.cfg.map_path(route.kind),
-                    socket::escape_arg(&route.key)
+                let [file, key, value] = args!(
+                    "add_route",
+                    backend,
+                    &route.key,
+                    [
+                        Arg::Plain(&self.cfg.map_path(route.kind)),
+                        Arg::MapKey(&route.key),
+                        Arg::Plain(backend)
+                    ]
                 );
+                let cmd = format!("add map {file} {key} {value}");
                 self.refusal(&cmd, &[], report, "add_route", backend, &route.key)
                     .await
             }
             Action::SetRoute { route, backend } => {
-                let file = self.cfg.map_path(route.kind);
-                let key = socket::escape_arg(&route.key);
+                let [file, key, value] = args!(
+                    "set_route",
+                    backend,
+                    &route.key,
+                    [
+                        Arg::Plain(&self.cfg.map_path(route.kind)),
+                        Arg::MapKey(&route.key),
+                        Arg::Plain(backend)
+                    ]
+                );
                 if live.routes.get(route).is_some_and(|v| v.len() == 1) {
-                    let cmd = format!("set map {file} {key} {backend}");
+                    let cmd = format!("set map {file} {key} {value}");
                     self.refusal(&cmd, &[], report, "set_route", backend, &route.key)
                         .await
                 } else {
@@ -621,17 +682,22 @@ impl RuntimeDriver {
                     {
                         return Ok(Err(m));
                     }
-                    let add = format!("add map {file} {key} {backend}");
+                    let add = format!("add map {file} {key} {value}");
                     self.refusal(&add, &[], report, "set_route", backend, &route.key)
                         .await
                 }
             }
             Action::RemoveRoute { route } => {
-                let cmd = format!(
-                    "del map {} {}",
-                    self.cfg.map_path(route.kind),
-                    socket::escape_arg(&route.key)
+                let [file, key] = args!(
+                    "remove_route",
+                    "",
+                    &route.key,
+                    [
+                        Arg::Plain(&self.cfg.map_path(route.kind)),
+                        Arg::MapKey(&route.key)
+                    ]
                 );
+                let cmd = format!("del map {file} {key}");
                 self.refusal(&cmd, &[], report, "remove_route", "", &route.key)
                     .await
             }
@@ -654,17 +720,51 @@ impl RuntimeDriver {
         backend: &str,
         object: &str,
     ) -> Result<Result<(), String>, DriverError> {
-        match self.change(cmd, success, report).await? {
-            Outcome::Done => {
+        let outcome = self.change(cmd, success, report).await?;
+        match outcome.failure(cmd) {
+            None => {
                 info!(backend, object, op, "applied");
                 Ok(Ok(()))
             }
-            Outcome::Refused(m) => {
+            Some(m) => {
                 warn!(backend, object, op, message = %m, "HAProxy refused");
-                Ok(Err(format!("{cmd}: {m}")))
+                Ok(Err(m))
             }
         }
     }
+}
+
+/// One variable argument of a CLI command.
+#[derive(Clone, Copy)]
+enum Arg<'a> {
+    Plain(&'a str),
+    /// A map key: also read back from `show map` and written to map files.
+    MapKey(&'a str),
+}
+
+/// The escaped arguments, or the refusal message (logged) when one cannot be carried by the CLI:
+/// the command is then never sent.
+fn args<const N: usize>(
+    op: &'static str,
+    backend: &str,
+    object: &str,
+    args: [Arg<'_>; N],
+) -> Result<[String; N], String> {
+    let mut out: [String; N] = std::array::from_fn(|_| String::new());
+    for (slot, arg) in out.iter_mut().zip(args) {
+        let escaped = match arg {
+            Arg::Plain(a) => socket::cli_arg(a),
+            Arg::MapKey(k) => socket::map_key(k),
+        };
+        match escaped {
+            Ok(e) => *slot = e,
+            Err(e) => {
+                warn!(backend, object, op, error = %e, "operation refused before reaching HAProxy");
+                return Err(format!("{op} {object}: not sent: {e}"));
+            }
+        }
+    }
+    Ok(out)
 }
 
 impl Driver for RuntimeDriver {
@@ -700,10 +800,10 @@ impl Driver for RuntimeDriver {
 
     async fn observe(&self) -> Result<Live, DriverError> {
         let parse = |e: state::ParseError| DriverError::Other(e.to_string());
-        let names = state::backends(&self.worker("show backend").await?).map_err(parse)?;
+        let names = state::backends(&self.show("show backend").await?).map_err(parse)?;
         let servers =
-            state::servers_state(&self.worker("show servers state").await?).map_err(parse)?;
-        let stat = state::stat(&self.worker("show stat").await?).map_err(parse)?;
+            state::servers_state(&self.show("show servers state").await?).map_err(parse)?;
+        let stat = state::stat(&self.show("show stat").await?).map_err(parse)?;
         let ours = self.read_fragment()?;
         let sessions = state::sessions(&stat);
         let proxies: BTreeMap<&str, &state::StatRow> = stat
@@ -762,7 +862,9 @@ impl Driver for RuntimeDriver {
         }
         for kind in MatchKind::ALL {
             let file = self.cfg.map_path(kind);
-            let reply = self.worker(&format!("show map {file}")).await?;
+            let arg = socket::cli_arg(&file)
+                .map_err(|e| DriverError::Other(format!("map file {file}: {e}")))?;
+            let reply = self.show(&format!("show map {arg}")).await?;
             match state::map_entries(&reply) {
                 Ok(entries) => {
                     for (key, backend) in entries {

@@ -97,16 +97,51 @@ pub enum Outcome {
     Done,
     /// HAProxy refused; its message, trimmed and without a severity prefix.
     Refused(String),
+    /// No answer where one was due: zero bytes (HAProxy terminates every command it ran with a
+    /// `\n`, so the command never ran, e.g. a line ending in `<<` put the CLI into payload mode),
+    /// or an empty message from a command that must answer text (`add server`, `del server`).
+    NoReply,
 }
 
-/// Interprets the reply to a state-changing command. HAProxy answers these with nothing on
-/// success (`set server`, `enable health`, `add map`, …) or with one known success message
-/// (`New server registered.`, `Server deleted.`); anything else is a refusal. This holds on 2.6 and
-/// 3.0, over the admin socket and through the master, with or without `set severity-output`.
+impl Outcome {
+    /// Why the command did not take effect, or `None` when it did. `cmd` names the command.
+    pub fn failure(&self, cmd: &str) -> Option<String> {
+        match self {
+            Outcome::Done => None,
+            Outcome::Refused(m) => Some(format!("{cmd}: {m}")),
+            Outcome::NoReply => Some(format!(
+                "{cmd}: no reply from HAProxy where one was due (the command did not run)"
+            )),
+        }
+    }
+}
+
+/// Interprets the reply to a state-changing command. `success` lists the messages that mean
+/// success; an empty list means the command answers nothing on success. Checked on HAProxy 2.6.12
+/// and 3.0.11, over the admin socket and through the master (`@1`), every reply ends with the
+/// command terminator `\n`:
+/// - nothing but the terminator on success: `add map`, `set map`, `del map`, `set server … state`,
+///   `set server … weight`, `set weight`, `enable health`/`disable health`, `shutdown sessions`;
+/// - a fixed text on success: `add server` (`New server registered.`), `del server`
+///   (`Server deleted.`);
+/// - anything else is a refusal (`Key not found.`, `No such server.`, `Unknown command…`).
+///
+/// A reply of zero bytes is never a success ([`Outcome::NoReply`]).
 pub fn outcome(reply: &str, success: &[&str]) -> Outcome {
+    if reply.is_empty() {
+        return Outcome::NoReply;
+    }
     let text = message(reply);
-    if text.is_empty() || success.contains(&text.as_str()) {
+    if success.is_empty() {
+        if text.is_empty() {
+            Outcome::Done
+        } else {
+            Outcome::Refused(text)
+        }
+    } else if success.contains(&text.as_str()) {
         Outcome::Done
+    } else if text.is_empty() {
+        Outcome::NoReply
     } else {
         Outcome::Refused(text)
     }
@@ -115,27 +150,132 @@ pub fn outcome(reply: &str, success: &[&str]) -> Outcome {
 /// The reply's text: trimmed, with a `[N]: ` severity prefix removed.
 pub fn message(reply: &str) -> String {
     let t = reply.trim();
-    let t = match t.strip_prefix('[') {
-        Some(rest) if rest.len() > 4 && rest.as_bytes()[0].is_ascii_digit() => rest
-            .split_once("]: ")
-            .map_or(t, |(sev, msg)| if sev.len() == 1 { msg } else { t }),
+    let t = match t.strip_prefix('[').and_then(|rest| rest.split_once("]:")) {
+        Some((sev, msg)) if sev.len() == 1 && sev.as_bytes()[0].is_ascii_digit() => msg,
         _ => t,
     };
     t.trim().to_string()
 }
 
-/// Escapes one argument for the HAProxy CLI tokenizer, which removes a backslash before any
-/// character (so `\.` would arrive as `.`): backslashes are doubled. Spaces and `;` never reach
-/// here (the tag grammar rejects them); they are escaped anyway so an argument stays one argument.
-pub fn escape_arg(arg: &str) -> String {
-    let mut out = String::with_capacity(arg.len());
+/// Why a value cannot be one argument of a CLI command. Such a command is never sent.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ArgError {
+    #[error("an empty argument cannot be sent to HAProxy's CLI")]
+    Empty,
+    /// `;` separates commands, a line end ends the command, NUL ends the C string.
+    #[error(
+        "{arg:?} contains {what}, which HAProxy's CLI would not pass on as part of one argument"
+    )]
+    Separator { arg: String, what: &'static str },
+    /// HAProxy 2.6 takes a line ending in `<<` as the start of a payload: the command would not
+    /// run until an empty line, and the reply is empty.
+    #[error("{arg:?} ends in `<<`, which puts HAProxy's CLI into payload mode")]
+    Payload { arg: String },
+    /// Map keys are read back from `show map` and written to map files, both split on whitespace.
+    #[error("map key {arg:?} contains whitespace, which `show map` and map files cannot carry")]
+    Whitespace { arg: String },
+    /// A map-file line starting with `#` is a comment: the key would be lost at the next reload.
+    #[error("map key {arg:?} starts with `#`, which a map file reads as a comment")]
+    Comment { arg: String },
+    /// The escaped form does not come back as the same single argument (a bug guard).
+    #[error("{arg:?} would not survive HAProxy's CLI unescaping (it would arrive as {got:?})")]
+    RoundTrip { arg: String, got: Vec<Vec<String>> },
+}
+
+/// The escaped form of `arg` as one argument of a CLI command line, proven to come back as
+/// exactly `arg` through [`cli_split`] (HAProxy's tokenizer). HAProxy removes a backslash before
+/// any character (so `\.` would arrive as `.`): backslashes, spaces and tabs are escaped. Values
+/// that cannot be carried safely are refused: empty, containing `;`, a line end or NUL, or ending
+/// in `<<`.
+pub fn cli_arg(arg: &str) -> Result<String, ArgError> {
+    if arg.is_empty() {
+        return Err(ArgError::Empty);
+    }
+    let sep = |what| {
+        Err(ArgError::Separator {
+            arg: arg.to_string(),
+            what,
+        })
+    };
+    if arg.contains(';') {
+        return sep("`;`");
+    }
+    if arg.contains(['\n', '\r']) {
+        return sep("a line end");
+    }
+    if arg.contains('\0') {
+        return sep("NUL");
+    }
+    if arg.ends_with("<<") {
+        return Err(ArgError::Payload {
+            arg: arg.to_string(),
+        });
+    }
+    let mut out = String::with_capacity(arg.len() + 2);
     for c in arg.chars() {
-        if matches!(c, '\\' | ' ' | '\t' | ';') {
+        if matches!(c, '\\' | ' ' | '\t') {
             out.push('\\');
         }
         out.push(c);
     }
-    out
+    let got = cli_split(&out);
+    if got != [vec![arg.to_string()]] {
+        return Err(ArgError::RoundTrip {
+            arg: arg.to_string(),
+            got,
+        });
+    }
+    Ok(out)
+}
+
+/// [`cli_arg`] for a map key, which must also survive `show map` and the map file: no whitespace
+/// and no leading `#`.
+pub fn map_key(key: &str) -> Result<String, ArgError> {
+    if key.chars().any(char::is_whitespace) {
+        return Err(ArgError::Whitespace {
+            arg: key.to_string(),
+        });
+    }
+    if key.starts_with('#') {
+        return Err(ArgError::Comment {
+            arg: key.to_string(),
+        });
+    }
+    cli_arg(key)
+}
+
+/// A model of how HAProxy's CLI reads one non-interactive line (2.6 and 3.0, `cli.c`): commands
+/// are split on `;` and line ends not preceded by a backslash; each command is split into words on
+/// unescaped spaces and tabs; then a backslash is removed and the character after it kept as is.
+/// Empty commands are dropped.
+pub fn cli_split(line: &str) -> Vec<Vec<String>> {
+    let mut commands = Vec::new();
+    let mut words: Vec<String> = Vec::new();
+    let mut word: Option<String> = None;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                let w = word.get_or_insert_with(String::new);
+                if let Some(next) = chars.next() {
+                    w.push(next);
+                }
+            }
+            ';' | '\n' => {
+                words.extend(word.take());
+                if !words.is_empty() {
+                    commands.push(std::mem::take(&mut words));
+                }
+            }
+            ' ' | '\t' => words.extend(word.take()),
+            _ => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    words.extend(word.take());
+    if !words.is_empty() {
+        commands.push(words);
+    }
+    commands
 }
 
 #[cfg(test)]
@@ -166,7 +306,7 @@ mod tests {
             Outcome::Done
         );
         assert_eq!(outcome("\n", &[]), Outcome::Done);
-        assert_eq!(outcome("", &[]), Outcome::Done);
+        assert_eq!(outcome("\n\n", &[]), Outcome::Done);
         // Unknown commands come with severity 6 (info) on 2.6 and 3.0: still a refusal.
         assert!(matches!(
             outcome(
@@ -184,11 +324,108 @@ mod tests {
     }
 
     #[test]
-    fn escaping_keeps_backslashes() {
+    fn an_empty_reply_is_never_a_success() {
+        // Zero bytes: the command never ran (2.6 in payload mode answers nothing at all).
+        assert_eq!(outcome("", &[]), Outcome::NoReply);
+        assert_eq!(outcome("", &["Server deleted."]), Outcome::NoReply);
+        // Only the terminator, from a command that must answer text.
+        assert_eq!(outcome("\n", &["New server registered."]), Outcome::NoReply);
+        assert_eq!(outcome("[6]: \n\n", &["Server deleted."]), Outcome::NoReply);
         assert_eq!(
-            escape_arg(r"^api\.example\.test$"),
-            r"^api\\.example\\.test$"
+            Outcome::NoReply.failure("del map m k").as_deref(),
+            Some("del map m k: no reply from HAProxy where one was due (the command did not run)")
         );
-        assert_eq!(escape_arg("plain.host"), "plain.host");
+        assert_eq!(Outcome::Done.failure("x"), None);
+        assert_eq!(
+            Outcome::Refused("Key not found.".into())
+                .failure("del map m k")
+                .as_deref(),
+            Some("del map m k: Key not found.")
+        );
+    }
+
+    #[test]
+    fn escaping_keeps_backslashes_and_spaces() {
+        assert_eq!(
+            cli_arg(r"^api\.example\.test$").as_deref(),
+            Ok(r"^api\\.example\\.test$")
+        );
+        assert_eq!(cli_arg("plain.host").as_deref(), Ok("plain.host"));
+        assert_eq!(cli_arg("a b").as_deref(), Ok(r"a\ b"));
+        assert_eq!(cli_arg("a\tb").as_deref(), Ok("a\\\tb"));
+        assert_eq!(cli_arg(r"ends\").as_deref(), Ok(r"ends\\"));
+        assert_eq!(cli_arg("x<").as_deref(), Ok("x<"));
+        assert_eq!(cli_arg("<<x").as_deref(), Ok("<<x"));
+        assert_eq!(cli_arg("h\u{e9}.example").as_deref(), Ok("h\u{e9}.example"));
+    }
+
+    #[test]
+    fn arguments_the_cli_cannot_carry_are_refused() {
+        assert_eq!(cli_arg(""), Err(ArgError::Empty));
+        assert!(matches!(
+            cli_arg("a;b"),
+            Err(ArgError::Separator { what: "`;`", .. })
+        ));
+        assert!(matches!(cli_arg("a\nb"), Err(ArgError::Separator { .. })));
+        assert!(matches!(cli_arg("a\rb"), Err(ArgError::Separator { .. })));
+        assert!(matches!(cli_arg("a\0b"), Err(ArgError::Separator { .. })));
+        assert!(matches!(
+            cli_arg("api.test<<"),
+            Err(ArgError::Payload { .. })
+        ));
+        assert!(matches!(cli_arg("<<"), Err(ArgError::Payload { .. })));
+        assert!(matches!(map_key("a b"), Err(ArgError::Whitespace { .. })));
+        assert!(matches!(map_key("a\tb"), Err(ArgError::Whitespace { .. })));
+        assert!(matches!(map_key("#a"), Err(ArgError::Comment { .. })));
+        assert!(matches!(map_key("x<<"), Err(ArgError::Payload { .. })));
+        assert_eq!(map_key(r"^a\.b$").as_deref(), Ok(r"^a\\.b$"));
+        let e = cli_arg("a;b").expect_err("refused").to_string();
+        assert!(e.contains("\"a;b\""), "{e}");
+    }
+
+    #[test]
+    fn the_cli_model_splits_and_unescapes_like_haproxy() {
+        // As observed on 2.6.12 and 3.0.11: `a\;b` is stored as `a;b`, `a\ b` as `a b`,
+        // `^api\\.ex$` as `^api\.ex$`, `^a\.b$` as `^a.b$`; an unescaped `;` splits.
+        assert_eq!(
+            cli_split(r"add map f ^api\\.ex$ web"),
+            vec![vec!["add", "map", "f", r"^api\.ex$", "web"]]
+        );
+        assert_eq!(cli_split(r"add map f ^a\.b$ web")[0][3], "^a.b$");
+        assert_eq!(cli_split(r"add map f a\;b web")[0][3], "a;b");
+        assert_eq!(cli_split(r"add map f a\ b web")[0][3], "a b");
+        assert_eq!(
+            cli_split("set severity-output number;add map f a;b web"),
+            vec![
+                vec!["set", "severity-output", "number"],
+                vec!["add", "map", "f", "a"],
+                vec!["b", "web"],
+            ]
+        );
+        assert_eq!(cli_split("  a  \t b ;; "), vec![vec!["a", "b"]]);
+    }
+
+    #[test]
+    fn escaped_arguments_round_trip_through_the_model() {
+        for arg in [
+            r"^api\.ex\.com$",
+            r"\\",
+            r"a\",
+            "a b",
+            " lead",
+            "trail ",
+            "\u{1f600}.example",
+            "%2e",
+            "..",
+            "#x",
+        ] {
+            let escaped = cli_arg(arg).expect("escapable");
+            let line = format!("del map f {escaped}");
+            assert_eq!(
+                cli_split(&line),
+                vec![vec!["del", "map", "f", arg]],
+                "{arg:?}"
+            );
+        }
     }
 }

@@ -13,6 +13,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use super::cli;
 use super::model::{BackendModel, ConfigModel, MAPS_DIR, RtMapEntry, RtServer, render_map_file};
 use super::schema::{
     self, Acl, AdminState, ApiError, Backend, BackendSwitchingRule, HttpCheck, MapEntry,
@@ -1461,14 +1462,42 @@ fn sync_map(s: &mut State, name: &str) {
     s.storage.insert(name.to_string(), text);
 }
 
+/// `GET …/entries`: client-native runs `show map <file>` and reads each line with
+/// `strings.Fields`, so a key holding whitespace comes back cut.
 async fn entries_list(AxState(st): AxState<Shared>, Path(parent): Path<String>) -> Resp {
     check_path("parent_name", &parent)?;
     let s = lock(&st);
     let n = loaded_map(&s, &parent, 404)?;
-    let list: Vec<Value> = s.runtime.maps[&n].entries.iter().map(entry_json).collect();
+    let list: Vec<Value> = s.runtime.maps[&n]
+        .entries
+        .iter()
+        .filter_map(|e| {
+            cli::show_map_fields(&e.id, &e.key, &e.value)
+                .map(|(key, value)| json!({"id": e.id, "key": key, "value": value}))
+        })
+        .collect();
     Ok(reply(200, Some(Value::Array(list)), None))
 }
 
+/// client-native's `get map <file> <id>` check: HAProxy looks the unescaped id up (modelled as
+/// an exact key match) and prints the stored key, which client-native compares with the id as
+/// sent, so an escaped id is never "found".
+fn get_map<'a>(s: &'a State, map: &str, raw_id: &str) -> Option<&'a RtMapEntry> {
+    let line = format!("get map {MAPS_DIR}/{map} {raw_id}");
+    if cli::starts_payload(&line) {
+        return None;
+    }
+    let words = cli::first(&line);
+    let sample = words.get(3)?;
+    s.runtime.maps[map]
+        .entries
+        .iter()
+        .find(|x| &x.key == sample)
+        .filter(|x| x.key == raw_id)
+}
+
+/// `POST …/entries`: `add map <file> <key> <value>` with the body's strings as they are, through
+/// HAProxy's CLI ([`cli`]): what is stored is the CLI's unescaped words.
 async fn entry_post(
     AxState(st): AxState<Shared>,
     Path(parent): Path<String>,
@@ -1490,26 +1519,36 @@ async fn entry_post(
     };
     let mut s = lock(&st);
     let n = loaded_map(&s, &parent, 400)?;
-    if s.runtime.maps[&n].entries.iter().any(|x| x.key == key) {
+    if get_map(&s, &n, &key).is_some() {
         return Err(ApiError::new(
             409,
             format!("object already exists: key {key} already exists in map {MAPS_DIR}/{n}"),
         ));
     }
-    let id = s.runtime.new_entry_id();
-    s.runtime
-        .maps
-        .get_mut(&n)
-        .expect("loaded")
-        .entries
-        .push(RtMapEntry {
-            id,
-            key: key.clone(),
-            value: value.clone(),
-        });
-    s.runtime_command(format!("add map {MAPS_DIR}/{n} {key} {value}"));
-    if force_sync {
-        sync_map(&mut s, &n);
+    let line = format!("add map {MAPS_DIR}/{n} {key} {value}");
+    s.runtime_command(line.clone());
+    if !cli::starts_payload(&line) {
+        let words = cli::first(&line);
+        let (Some(stored_key), Some(stored_value)) = (words.get(3), words.get(4)) else {
+            return Err(ApiError::new(
+                400,
+                "unknown error: [3]: 'add map' expects three parameters (map identifier, key and value) or one parameter (map identifier) and a payload",
+            ));
+        };
+        let id = s.runtime.new_entry_id();
+        s.runtime
+            .maps
+            .get_mut(&n)
+            .expect("loaded")
+            .entries
+            .push(RtMapEntry {
+                id,
+                key: stored_key.clone(),
+                value: stored_value.clone(),
+            });
+        if force_sync {
+            sync_map(&mut s, &n);
+        }
     }
     Ok(reply(201, Some(json!({"key": key, "value": value})), None))
 }
@@ -1521,21 +1560,21 @@ fn entry_missing(key: &str, map: &str) -> ApiError {
     )
 }
 
+/// `GET …/entries/{id}`: `get map <file> <id>` (see [`get_map`]).
 async fn entry_get(
     AxState(st): AxState<Shared>,
     Path((parent, key)): Path<(String, String)>,
 ) -> Resp {
     check_path("parent_name", &parent)?;
+    check_path("id", &key)?;
     let s = lock(&st);
     let n = loaded_map(&s, &parent, 404)?;
-    let e = s.runtime.maps[&n]
-        .entries
-        .iter()
-        .find(|x| x.key == key)
-        .ok_or_else(|| entry_missing(&key, &n))?;
+    let e = get_map(&s, &n, &key).ok_or_else(|| entry_missing(&key, &n))?;
     Ok(reply(200, Some(entry_json(e)), None))
 }
 
+/// `PUT …/entries/{id}`: `set map <file> <id> <value>` through the CLI; every entry with the
+/// unescaped key gets the unescaped value.
 async fn entry_put(
     AxState(st): AxState<Shared>,
     Path((parent, key)): Path<(String, String)>,
@@ -1544,22 +1583,30 @@ async fn entry_put(
     bytes: Bytes,
 ) -> Resp {
     check_path("parent_name", &parent)?;
+    check_path("id", &key)?;
     let force_sync = q_bool(&q, "force_sync")?;
     let v: MapEntryValue = body(&st, &headers, &bytes)?;
     let mut s = lock(&st);
     let n = loaded_map(&s, &parent, 404)?;
-    let map = s.runtime.maps.get_mut(&n).expect("loaded");
-    let mut found = false;
-    for e in map.entries.iter_mut().filter(|x| x.key == key) {
-        e.value = v.value.clone();
-        found = true;
-    }
-    if !found {
-        return Err(entry_missing(&key, &n));
-    }
-    s.runtime_command(format!("set map {MAPS_DIR}/{n} {key} {}", v.value));
-    if force_sync {
-        sync_map(&mut s, &n);
+    let line = format!("set map {MAPS_DIR}/{n} {key} {}", v.value);
+    s.runtime_command(line.clone());
+    if !cli::starts_payload(&line) {
+        let words = cli::first(&line);
+        let (Some(k), Some(value)) = (words.get(3), words.get(4)) else {
+            return Err(entry_missing(&key, &n));
+        };
+        let map = s.runtime.maps.get_mut(&n).expect("loaded");
+        let mut found = false;
+        for e in map.entries.iter_mut().filter(|x| &x.key == k) {
+            e.value = value.clone();
+            found = true;
+        }
+        if !found {
+            return Err(entry_missing(&key, &n));
+        }
+        if force_sync {
+            sync_map(&mut s, &n);
+        }
     }
     Ok(reply(
         200,
@@ -1568,22 +1615,34 @@ async fn entry_put(
     ))
 }
 
+/// `DELETE …/entries/{id}`: `del map <file> <id>` through the CLI; removes every entry with the
+/// unescaped key. On 2.6 an id ending in `<<` starts a payload: nothing runs, nothing is
+/// answered, and the API reports success.
 async fn entry_delete(
     AxState(st): AxState<Shared>,
     Path((parent, key)): Path<(String, String)>,
     Query(q): Q,
 ) -> Resp {
     check_path("parent_name", &parent)?;
+    check_path("id", &key)?;
     let force_sync = q_bool(&q, "force_sync")?;
     let mut s = lock(&st);
     let n = loaded_map(&s, &parent, 404)?;
+    let line = format!("del map {MAPS_DIR}/{n} {key}");
+    s.runtime_command(line.clone());
+    if cli::starts_payload(&line) {
+        return Ok(reply(204, None, None));
+    }
+    let words = cli::first(&line);
+    let Some(k) = words.get(3) else {
+        return Err(entry_missing(&key, &n));
+    };
     let map = s.runtime.maps.get_mut(&n).expect("loaded");
     let before = map.entries.len();
-    map.entries.retain(|x| x.key != key);
+    map.entries.retain(|x| &x.key != k);
     if map.entries.len() == before {
         return Err(entry_missing(&key, &n));
     }
-    s.runtime_command(format!("del map {MAPS_DIR}/{n} {key}"));
     if force_sync {
         sync_map(&mut s, &n);
     }

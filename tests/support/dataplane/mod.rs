@@ -17,6 +17,7 @@
 //! assert_eq!(dp.reload_count(), 1);
 //! ```
 
+mod cli;
 mod handlers;
 pub mod model;
 pub mod schema;
