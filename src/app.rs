@@ -61,6 +61,8 @@ fn policy(config: &Config) -> Policy {
         tag_prefix: config.nomad.tag_prefix.clone(),
         backend_strategy: config.haproxy.backend_strategy,
         drain_timeout: config.haproxy.drain_timeout,
+        allow_regex_domains: config.haproxy.allow_regex_domains,
+        denied_ranges: config.haproxy.deny_address_ranges.clone(),
     }
 }
 

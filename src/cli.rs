@@ -99,6 +99,12 @@ pub struct ConfigFlags {
     /// Frontend that receives the connector's host-map rule.
     #[arg(long, global = true, value_name = "NAME")]
     pub haproxy_frontend: Option<String>,
+    /// Serve regex domains (true/false).
+    #[arg(long, global = true, value_name = "BOOL")]
+    pub haproxy_allow_regex_domains: Option<String>,
+    /// CIDR ranges no server address may be in (comma-separated).
+    #[arg(long, global = true, value_name = "CIDRS")]
+    pub haproxy_deny_address_ranges: Option<String>,
     /// Full reconcile interval (repairs drift), e.g. 30s.
     #[arg(long, global = true, value_name = "DURATION")]
     pub resync_interval: Option<String>,
@@ -169,6 +175,8 @@ impl ConfigFlags {
             haproxy_backend_strategy,
             haproxy_drain_timeout,
             haproxy_frontend,
+            haproxy_allow_regex_domains,
+            haproxy_deny_address_ranges,
             resync_interval,
             debounce,
             debounce_max,
@@ -207,6 +215,14 @@ impl ConfigFlags {
             ),
             (Key::HaproxyDrainTimeout, haproxy_drain_timeout.as_deref()),
             (Key::HaproxyFrontend, haproxy_frontend.as_deref()),
+            (
+                Key::HaproxyAllowRegexDomains,
+                haproxy_allow_regex_domains.as_deref(),
+            ),
+            (
+                Key::HaproxyDenyAddressRanges,
+                haproxy_deny_address_ranges.as_deref(),
+            ),
             (Key::ReconcileResyncInterval, resync_interval.as_deref()),
             (Key::ReconcileDebounce, debounce.as_deref()),
             (Key::ReconcileDebounceMax, debounce_max.as_deref()),

@@ -133,6 +133,10 @@ impl CheckSpec {
     }
 }
 
+/// The longest timer the connector sends HAProxy, in milliseconds (24 h). HAProxy refuses timers
+/// past 2^31-1 ms (about 24.8 days); tags and job checks are bounded well below that.
+pub const MAX_TIMER_MS: u32 = 86_400_000;
+
 /// Check interval, timeout and thresholds. Durations are whole milliseconds (HAProxy's unit).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct CheckTiming {

@@ -198,6 +198,10 @@ pub struct HaproxyConfig {
     pub backend_strategy: BackendStrategy,
     pub drain_timeout: Duration,
     pub frontend: Option<String>,
+    /// Whether regex domains are served.
+    pub allow_regex_domains: bool,
+    /// Extra server-address ranges to refuse, sorted and de-duplicated.
+    pub deny_address_ranges: Vec<ipnet::IpNet>,
     pub driver: DriverKind,
     /// Where the runtime driver finds HAProxy and its files (used when `driver` is `runtime`).
     pub runtime: crate::haproxy::runtime::RuntimeConfig,
@@ -392,6 +396,10 @@ impl Config {
             .duration(Key::HaproxyDrainTimeout)
             .unwrap_or(DEFAULT_DRAIN_TIMEOUT);
         let frontend = v.string(Key::HaproxyFrontend);
+        let allow_regex_domains = v.bool(Key::HaproxyAllowRegexDomains).unwrap_or(true);
+        let deny_address_ranges = v
+            .cidr_list(Key::HaproxyDenyAddressRanges)
+            .unwrap_or_default();
         if let Some(name) = &frontend {
             v.check(Key::HaproxyFrontend, is_haproxy_name(name), || {
                 format!("`{name}` is not a valid HAProxy section name (allowed: letters, digits, `-`, `_`, `.`, `:`)")
@@ -492,6 +500,8 @@ impl Config {
                     backend_strategy,
                     drain_timeout,
                     frontend,
+                    allow_regex_domains,
+                    deny_address_ranges,
                     driver,
                     runtime,
                 },
@@ -540,6 +550,8 @@ impl Config {
                 "backend_strategy": self.haproxy.backend_strategy.as_str(),
                 "drain_timeout_sec": humantime::format_duration(self.haproxy.drain_timeout).to_string(),
                 "frontend": self.haproxy.frontend,
+                "allow_regex_domains": self.haproxy.allow_regex_domains,
+                "deny_address_ranges": self.haproxy.deny_address_ranges.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 "driver": self.haproxy.driver.as_str(),
                 "master_socket": self.haproxy.runtime.master_socket.display().to_string(),
                 "admin_socket": path(&self.haproxy.runtime.admin_socket),
@@ -926,6 +938,32 @@ impl Validator<'_> {
 
     /// The names of a namespace-list key, trimmed, sorted and de-duplicated (empty entries
     /// dropped); the callers decide what an empty list or `*` means.
+    /// A list of CIDR ranges (`10.0.0.0/8`; a bare address is its own /32 or /128).
+    fn cidr_list(&mut self, key: Key) -> Option<Vec<ipnet::IpNet>> {
+        let items = self.list(key, "CIDR ranges")?;
+        let mut nets = Vec::with_capacity(items.len());
+        for item in items {
+            let parsed = item
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| item.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            match parsed {
+                Ok(net) => nets.push(net.trunc()),
+                Err(_) => {
+                    self.fail(
+                        key,
+                        format!(
+                            "`{item}` is not a CIDR range (for example 127.0.0.0/8 or fd00::/8)"
+                        ),
+                    );
+                    return None;
+                }
+            }
+        }
+        nets.sort();
+        nets.dedup();
+        Some(nets)
+    }
+
     fn namespace_items(&mut self, key: Key) -> Option<Vec<String>> {
         let mut items = self.list(key, "namespace names")?;
         items.sort();

@@ -60,6 +60,16 @@ pub fn host(value: &str) -> Result<String, String> {
 /// A domain tag's value under `kind`, as the key of its map entry. `*.example.com` is always the
 /// suffix `.example.com`.
 pub fn domain(value: &str, kind: MatchKind) -> Result<(MatchKind, String), String> {
+    let (kind, key) = domain_key(value, kind)?;
+    if is_dot_segment(&key) {
+        return Err(format!(
+            "`{key}` cannot be a route: it is a relative path segment, which URLs normalise away"
+        ));
+    }
+    Ok((kind, key))
+}
+
+fn domain_key(value: &str, kind: MatchKind) -> Result<(MatchKind, String), String> {
     if kind != MatchKind::Regex
         && let Some(rest) = value.strip_prefix("*.")
     {
@@ -79,28 +89,41 @@ pub fn domain(value: &str, kind: MatchKind) -> Result<(MatchKind, String), Strin
     }
 }
 
-/// A host regex: compiles, no whitespace or syntax characters except `\\` (regexes need it; a
-/// driver that sends the value over the runtime CLI escapes it there). Matched against the
-/// lower-cased host; at most 512 characters.
+/// A host regex: PCRE2 (HAProxy's engine) compiles it, it cannot backtrack catastrophically
+/// (see [`super::host_regex`]), and it holds no whitespace or syntax characters except `\\`
+/// (regexes need it; drivers escape it where HAProxy's CLI would unescape it). Matched against
+/// the lower-cased host; at most [`super::host_regex::MAX_LEN`] bytes.
 pub fn regex(value: &str) -> Result<String, String> {
     no_forbidden(&value.replace('\\', ""))?;
     if value.is_empty() {
         return Err("is empty".into());
     }
-    if value.len() > 512 {
-        return Err("is longer than 512 characters".into());
+    if value.len() > super::host_regex::MAX_LEN {
+        return Err(format!(
+            "is longer than {} bytes",
+            super::host_regex::MAX_LEN
+        ));
     }
-    regex::Regex::new(value).map_err(|e| {
-        format!(
-            "is not a valid regular expression: {}",
-            first_line(&e.to_string())
-        )
-    })?;
+    if let Some(c) = value.chars().find(|c| !c.is_ascii()) {
+        return Err(format!(
+            "contains `{c}`; host names are ASCII (write international names in punycode)"
+        ));
+    }
+    if value.ends_with("<<") {
+        return Err("ends with `<<`, which HAProxy's CLI reads as the start of a payload".into());
+    }
+    super::host_regex::compile_like_haproxy(value)?;
+    if let Some(risk) = super::host_regex::backtracking_risk(value) {
+        return Err(format!(
+            "could make HAProxy backtrack without bound on a crafted Host header: it has {risk}"
+        ));
+    }
     Ok(value.to_string())
 }
 
-fn first_line(s: &str) -> String {
-    s.lines().last().unwrap_or(s).trim().to_string()
+/// Map keys that a URL path cannot carry as one segment (`.` and `..` are normalised away).
+fn is_dot_segment(key: &str) -> bool {
+    key == "." || key == ".."
 }
 
 /// An HTTP path for a health check: starts with `/`, URI characters only, at most 1024.

@@ -3,6 +3,7 @@
 //! disagree). No I/O.
 
 pub mod grammar;
+pub mod host_regex;
 pub mod tags;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -16,7 +17,8 @@ use crate::catalog::{Instance, NomadCheckKind, ServiceKey, Snapshot};
 use crate::config::BackendStrategy;
 use crate::live::Live;
 use crate::model::{
-    BackendSettings, Balance, CheckSpec, CheckTiming, Endpoint, MatchKind, Mode, RouteKey,
+    BackendSettings, Balance, CheckSpec, CheckTiming, Endpoint, MAX_TIMER_MS, MatchKind, Mode,
+    RouteKey,
 };
 use tags::{BackendKind, CheckType, InstanceTags};
 
@@ -27,6 +29,11 @@ pub struct Policy {
     pub tag_prefix: String,
     pub backend_strategy: BackendStrategy,
     pub drain_timeout: Duration,
+    /// Whether `domain.type=regex` is served (`haproxy.allow_regex_domains`).
+    pub allow_regex_domains: bool,
+    /// Server addresses no registration may use, on top of [`ALWAYS_DENIED`] ranges
+    /// (`haproxy.deny_address_ranges`).
+    pub denied_ranges: Vec<ipnet::IpNet>,
 }
 
 impl Default for Policy {
@@ -35,7 +42,50 @@ impl Default for Policy {
             tag_prefix: "haproxy".into(),
             backend_strategy: BackendStrategy::UseExisting,
             drain_timeout: Duration::from_secs(30),
+            allow_regex_domains: true,
+            denied_ranges: Vec::new(),
         }
+    }
+}
+
+/// Why a server address is refused whatever the configuration: no job may send public traffic
+/// to the cloud metadata service (link-local), nowhere (unspecified), or to many hosts at once.
+pub fn always_denied(addr: IpAddr) -> Option<&'static str> {
+    match addr {
+        IpAddr::V4(a) if a.is_unspecified() => Some("an unspecified address"),
+        IpAddr::V4(a) if a.is_link_local() => {
+            Some("a link-local address (169.254.0.0/16, where cloud metadata services live)")
+        }
+        IpAddr::V4(a) if a.is_multicast() => Some("a multicast address"),
+        IpAddr::V4(a) if a.is_broadcast() => Some("the broadcast address"),
+        IpAddr::V6(a) if a.is_unspecified() => Some("an unspecified address"),
+        IpAddr::V6(a) if a.is_unicast_link_local() => Some("a link-local address (fe80::/10)"),
+        IpAddr::V6(a) if a.is_multicast() => Some("a multicast address"),
+        _ => None,
+    }
+}
+
+/// The ranges [`always_denied`] refuses, for documentation.
+pub const ALWAYS_DENIED: [&str; 7] = [
+    "0.0.0.0/32",
+    "169.254.0.0/16",
+    "224.0.0.0/4",
+    "255.255.255.255/32",
+    "::/128",
+    "fe80::/10",
+    "ff00::/8",
+];
+
+impl Policy {
+    /// Why `addr` may not be a server address, if it may not.
+    pub fn address_denied(&self, addr: IpAddr) -> Option<String> {
+        if let Some(why) = always_denied(addr) {
+            return Some(why.to_string());
+        }
+        self.denied_ranges
+            .iter()
+            .find(|net| net.contains(&addr))
+            .map(|net| format!("in {net}, which haproxy.deny_address_ranges denies"))
     }
 }
 
@@ -111,6 +161,8 @@ pub enum Reason {
     InvalidTag,
     UnknownTag,
     InvalidAddress,
+    DeniedAddress,
+    RegexDomainsDisabled,
     BackendNameConflict,
     DomainConflict,
     MissingCustomBackend,
@@ -125,6 +177,8 @@ impl Reason {
             Reason::InvalidTag => "invalid_tag",
             Reason::UnknownTag => "unknown_tag",
             Reason::InvalidAddress => "invalid_address",
+            Reason::DeniedAddress => "denied_address",
+            Reason::RegexDomainsDisabled => "regex_domains_disabled",
             Reason::BackendNameConflict => "backend_name_conflict",
             Reason::DomainConflict => "domain_conflict",
             Reason::MissingCustomBackend => "missing_custom_backend",
@@ -390,6 +444,9 @@ pub fn build(snapshot: &Snapshot, live: &Live, policy: &Policy) -> Result<Desire
     }
 
     for (c, ownership) in accepted {
+        // A skipped service may freeze only what no served service claims: a registration
+        // naming someone else's backend must not stop that backend from being reconciled.
+        desired.frozen.remove(&c.backend);
         desired.backends.insert(
             c.backend.clone(),
             DesiredBackend {
@@ -467,14 +524,40 @@ fn candidate(
         if rejected.contains(&inst.tags.as_slice()) {
             continue;
         }
+        // `get` and a byte comparison: a tag is arbitrary Unicode, and slicing it at a byte
+        // offset that is not a character boundary would panic.
         let has_enable = inst.tags.iter().any(|t| {
-            t.len() > enable_key.len() && t[..enable_key.len()].eq_ignore_ascii_case(&enable_key)
+            t.len() > enable_key.len()
+                && t.as_bytes()
+                    .get(..enable_key.len())
+                    .is_some_and(|head| head.eq_ignore_ascii_case(enable_key.as_bytes()))
         });
         if !has_enable {
             rejected.push(&inst.tags);
             continue;
         }
         match tags::parse(&inst.tags, prefix) {
+            Ok(t)
+                if t.enabled
+                    && !policy.allow_regex_domains
+                    && t.domains.iter().any(|(k, _)| *k == MatchKind::Regex) =>
+            {
+                rejected.push(&inst.tags);
+                let tag = inst
+                    .tags
+                    .iter()
+                    .find(|t| t.starts_with(&format!("{prefix}.domain.type=")))
+                    .map_or_else(|| format!("{prefix}.domain.type"), Clone::clone);
+                invalid.push(Diagnostic {
+                    namespace: key.namespace.clone(),
+                    service: key.name.clone(),
+                    severity: Severity::Skipped,
+                    reason: Reason::RegexDomainsDisabled,
+                    value: Some("regex".into()),
+                    tag: Some(tag),
+                    message: "regex domains are disabled on this connector (haproxy.allow_regex_domains=false); service skipped, its live objects left unchanged".into(),
+                });
+            }
             Ok(t) if t.enabled => {
                 for u in &t.unknown {
                     desired.diagnostics.push(diag(
@@ -626,9 +709,11 @@ fn candidate(
     // one into a map at tens of thousands of instances.
     let mut endpoints: Vec<(Endpoint, u16)> = Vec::with_capacity(members.len());
     let mut bad: Option<&Instance> = None;
+    let mut denied: Vec<(&Instance, String)> = Vec::new();
     for (inst, v) in &members {
-        let addr: IpAddr = match inst.address.parse() {
-            Ok(a) if inst.port != 0 => a,
+        let addr: IpAddr = match inst.address.parse::<IpAddr>() {
+            // `::ffff:169.254.169.254` is 169.254.169.254: judge and name the canonical form.
+            Ok(a) if inst.port != 0 => a.to_canonical(),
             _ => {
                 // Report the same registration whatever the input order.
                 if bad.is_none_or(|b| {
@@ -639,8 +724,26 @@ fn candidate(
                 continue;
             }
         };
+        if let Some(why) = policy.address_denied(addr) {
+            denied.push((inst, why));
+            continue;
+        }
         let weight = variants[*v].parsed.weight.unwrap_or(DEFAULT_WEIGHT);
         endpoints.push((Endpoint::new(addr, inst.port), weight));
+    }
+    // A denied address costs only its registration: the service keeps its other instances.
+    denied.sort_by(|a, b| (&a.0.id, &a.0.address).cmp(&(&b.0.id, &b.0.address)));
+    for (inst, why) in denied {
+        desired.diagnostics.push(diag(
+            key,
+            Severity::Skipped,
+            Reason::DeniedAddress,
+            None,
+            format!(
+                "registration {} has address `{}`, which is {why}; that instance is not routed",
+                inst.id, inst.address
+            ),
+        ));
     }
     // Duplicate endpoints keep the highest weight.
     endpoints.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
@@ -724,19 +827,29 @@ fn instance_settings(inst: &Instance, t: &InstanceTags) -> (BackendSettings, Opt
     let mut timing = CheckTiming::default();
     let nomad = inst.nomad_check.as_ref();
     if let Some(n) = nomad {
-        if let Some(i) = n
-            .interval
-            .and_then(|d| u32::try_from(d.as_millis()).ok())
-            .filter(|ms| *ms >= 10)
-        {
+        // The job's durations are bounded like tags' (HAProxy refuses timers past 2^31-1 ms):
+        // a longer one is cut to the bound, with a warning.
+        let bounded = |what: &str, d: Option<Duration>, warning: &mut Option<String>| {
+            let ms = d?.as_millis();
+            if ms < 10 {
+                return None;
+            }
+            if ms > u128::from(MAX_TIMER_MS) {
+                *warning = Some(format!(
+                    "the check {what} declared in job {} ({}) exceeds HAProxy's range; using {}",
+                    inst.job_id,
+                    humantime::format_duration(d.unwrap_or_default()),
+                    humantime::format_duration(Duration::from_millis(u64::from(MAX_TIMER_MS)))
+                ));
+                return Some(MAX_TIMER_MS);
+            }
+            u32::try_from(ms).ok()
+        };
+        if let Some(i) = bounded("interval", n.interval, &mut warning) {
             timing.interval_ms = i;
             timing.timeout_ms = i;
         }
-        if let Some(t) = n
-            .timeout
-            .and_then(|d| u32::try_from(d.as_millis()).ok())
-            .filter(|ms| *ms >= 10)
-        {
+        if let Some(t) = bounded("timeout", n.timeout, &mut warning) {
             timing.timeout_ms = t;
         }
     }

@@ -1123,3 +1123,211 @@ fn repeated_registration_ids_do_not_make_the_result_order_dependent() {
         assert_eq!(one, two);
     }
 }
+
+// ---- Tenant isolation (issue 11): each defect as a unit test of the pure core ----
+
+#[test]
+fn a_non_ascii_tag_never_panics() {
+    // `t[..15]` on this tag cut `é` in half and panicked the whole build.
+    for tags in [
+        &["00000000000000é"][..],
+        &["haproxy.enable=true", "00000000000000é"],
+        &["haproxy.enablé=true"],
+        &["haproxy.enable=trué"],
+        &["\u{202e}haproxy.enable=true"],
+        &["haproxy.enable=true", "haproxy.domain=é.test"],
+        &["haproxy.enable=true", "haproxy.domain=\0"],
+    ] {
+        let _ = build_one(tags);
+    }
+}
+
+#[test]
+fn regexes_are_checked_by_pcre2_not_by_rust() {
+    let regex = |value: &str| {
+        build_one(&[
+            "haproxy.enable=true",
+            &format!("haproxy.domain={value}"),
+            "haproxy.domain.type=regex",
+        ])
+    };
+    // Rust's regex accepts `(?u)x`; HAProxy's PCRE2 refuses it.
+    let d = regex("(?u)x");
+    assert!(d.backends.is_empty());
+    assert!(d.diagnostics[0].message.contains("PCRE2"), "{:?}", d);
+    // PCRE2-only syntax is accepted.
+    let d = regex("^(?<=x)y$");
+    assert_eq!(d.backends.len(), 1, "{:?}", d.diagnostics);
+    // Catastrophic backtracking is refused with the reason.
+    let d = regex("^(a+)+$");
+    assert!(d.backends.is_empty());
+    assert!(
+        d.diagnostics[0].message.contains("nested repetition"),
+        "{}",
+        d.diagnostics[0].message
+    );
+    // Too long.
+    let d = regex(&format!("^{}$", "a".repeat(600)));
+    assert!(d.diagnostics[0].message.contains("longer than 512"));
+}
+
+#[test]
+fn regex_domains_can_be_disabled() {
+    let snap = mk_snapshot(vec![(
+        "default",
+        "web",
+        vec![mk_instance(
+            "a",
+            "10.0.0.1",
+            80,
+            &[
+                "haproxy.enable=true",
+                "haproxy.domain=^a\\.test$",
+                "haproxy.domain.type=regex",
+            ],
+        )],
+    )]);
+    let policy = Policy {
+        allow_regex_domains: false,
+        ..Policy::default()
+    };
+    let d = build(&snap, &Live::default(), &policy).expect("build");
+    assert!(d.backends.is_empty());
+    assert_eq!(
+        reasons(&d),
+        vec![(Reason::RegexDomainsDisabled, Severity::Skipped)]
+    );
+    assert_eq!(
+        d.diagnostics[0].tag.as_deref(),
+        Some("haproxy.domain.type=regex")
+    );
+    assert!(d.frozen.contains("web"));
+}
+
+#[test]
+fn dot_segments_and_payload_markers_are_not_route_keys() {
+    for (domain, kind) in [
+        (".", "prefix"),
+        ("..", "suffix"),
+        ("*..", "exact"),
+        (".", "regex"),
+        ("..", "regex"),
+        ("^a<<", "regex"),
+    ] {
+        let d = build_one(&[
+            "haproxy.enable=true",
+            &format!("haproxy.domain={domain}"),
+            &format!("haproxy.domain.type={kind}"),
+        ]);
+        assert!(d.backends.is_empty(), "{domain} ({kind}) must be refused");
+        assert_eq!(d.diagnostics[0].reason, Reason::InvalidTag);
+    }
+}
+
+#[test]
+fn a_skipped_registration_cannot_freeze_another_services_backend() {
+    // `hostile` has a host-name address (skipped) and names `victim`'s backend.
+    let mut hostile = mk_instance(
+        "h",
+        "evil.example",
+        80,
+        &[
+            "haproxy.enable=true",
+            "haproxy.backend=custom",
+            "haproxy.backend.name=victim",
+        ],
+    );
+    hostile.create_index = 1;
+    let snap = mk_snapshot(vec![
+        ("default", "hostile", vec![hostile]),
+        (
+            "default",
+            "victim",
+            vec![mk_instance(
+                "v",
+                "10.0.0.3",
+                80,
+                &["haproxy.enable=true", "haproxy.domain=v.test"],
+            )],
+        ),
+    ]);
+    let d = build(&snap, &Live::default(), &Policy::default()).expect("build");
+    assert!(d.backends.contains_key("victim"));
+    assert!(!d.frozen.contains("victim"), "{:?}", d.frozen);
+    assert!(d.frozen.contains("hostile"));
+    assert!(
+        d.diagnostics
+            .iter()
+            .any(|x| x.service == "hostile" && x.reason == Reason::InvalidAddress)
+    );
+}
+
+#[test]
+fn job_check_timers_are_bounded_to_24h() {
+    let mut check = nomad_check(NomadCheckKind::Http, Some("/h"), None);
+    check.interval = Some(Duration::from_secs(600 * 3600));
+    check.timeout = Some(Duration::from_secs(365 * 86_400));
+    let d = build_with_nomad_check(&["haproxy.enable=true"], check);
+    let b = only_backend(&d);
+    let timing = b.settings.check.timing().expect("a check");
+    assert_eq!(timing.interval_ms, MAX_TIMER_MS);
+    assert_eq!(timing.timeout_ms, MAX_TIMER_MS);
+    assert!(
+        d.diagnostics
+            .iter()
+            .any(|x| x.severity == Severity::Warning
+                && x.message.contains("exceeds HAProxy's range")),
+        "{:?}",
+        d.diagnostics
+    );
+    // Tags are refused outright past 24 h.
+    let d = build_one(&["haproxy.enable=true", "haproxy.check.interval=600h"]);
+    assert!(d.backends.is_empty());
+    assert!(d.diagnostics[0].message.contains("between 10ms and 24h"));
+}
+
+#[test]
+fn denied_addresses_cost_only_their_instance() {
+    let tags = &["haproxy.enable=true", "haproxy.domain=w.test"];
+    let snap = mk_snapshot(vec![(
+        "default",
+        "web",
+        vec![
+            mk_instance("ok", "10.0.0.1", 80, tags),
+            mk_instance("meta", "169.254.169.254", 80, tags),
+            mk_instance("mapped", "::ffff:169.254.169.254", 80, tags),
+            mk_instance("any", "0.0.0.0", 80, tags),
+            mk_instance("any6", "::", 80, tags),
+            mk_instance("ll6", "fe80::1", 80, tags),
+            mk_instance("mc", "224.0.0.1", 80, tags),
+            mk_instance("bc", "255.255.255.255", 80, tags),
+            mk_instance("lo", "127.0.0.1", 80, tags),
+        ],
+    )]);
+    let d = build(&snap, &Live::default(), &Policy::default()).expect("build");
+    let b = only_backend(&d);
+    let served: Vec<String> = b.servers.keys().map(|e| e.addr.to_string()).collect();
+    assert_eq!(served, vec!["10.0.0.1", "127.0.0.1"]);
+    let denied: Vec<&str> = d
+        .diagnostics
+        .iter()
+        .filter(|x| x.reason == Reason::DeniedAddress)
+        .map(|x| x.message.split_whitespace().nth(1).unwrap_or(""))
+        .collect();
+    assert_eq!(
+        denied,
+        vec!["any", "any6", "bc", "ll6", "mapped", "mc", "meta"]
+    );
+    // Operators add ranges; loopback can be denied too.
+    let policy = Policy {
+        denied_ranges: vec!["127.0.0.0/8".parse().expect("cidr")],
+        ..Policy::default()
+    };
+    let d = build(&snap, &Live::default(), &policy).expect("build");
+    let served: Vec<String> = only_backend(&d)
+        .servers
+        .keys()
+        .map(|e| e.addr.to_string())
+        .collect();
+    assert_eq!(served, vec!["10.0.0.1"]);
+}

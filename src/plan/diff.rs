@@ -327,7 +327,8 @@ fn routes(plan: &mut Plan, desired: &Desired, live: &Live, still_draining: &BTre
                         current.len()
                     )
                 } else {
-                    format!("{route} moves from {} to {backend}", current[0])
+                    let from = current.first().map_or("nothing", String::as_str);
+                    format!("{route} moves from {from} to {backend}")
                 },
             )),
         }

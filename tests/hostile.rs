@@ -1,0 +1,19 @@
+//! Tenant isolation (issue 11): no Nomad job can stop, poison or hijack routing for another.
+//!
+//! - `props`: the isolation property over the pure core (1,000 hostile cases) and real
+//!   `haproxy -c` on rendered candidates;
+//! - `harness`: the end-to-end lab (binary + Nomad double + real HAProxy with the runtime
+//!   driver, or the Data Plane API double) in which each hostile registration is shown to cost
+//!   only itself;
+//! - `cases`: one end-to-end test per defect.
+
+mod support;
+
+#[path = "hostile/cases.rs"]
+mod cases;
+#[path = "hostile/corpus.rs"]
+mod corpus;
+#[path = "hostile/harness.rs"]
+mod harness;
+#[path = "hostile/props.rs"]
+mod props;
