@@ -148,6 +148,10 @@ fn secrets_never_appear_in_logs_or_output() {
     let dir = tempfile::tempdir().expect("tempdir");
     let token = "nomad-secret-3f9a1c7e";
     let password = "dpapi-secret-b82d4e11";
+    // Credentials in URL user-info: both the user and the password part.
+    let (url_user, url_password) = ("url-user-5d0c", "url-secret-9e27a0f3");
+    let nomad_addr = format!("http://{url_user}:{url_password}@127.0.0.1:4646");
+    let dataplane_url = format!("https://{url_user}:{url_password}@127.0.0.1:5555/");
     let pw_file = write(dir.path(), "pw", &format!("{password}\n"));
     for format in ["text", "json"] {
         for env in [
@@ -155,6 +159,11 @@ fn secrets_never_appear_in_logs_or_output() {
             vec![
                 ("NOMAD_TOKEN", token),
                 ("HAPROXY_PASSWORD_FILE", pw_file.as_str()),
+            ],
+            vec![
+                ("NOMAD_ADDR", nomad_addr.as_str()),
+                ("HAPROXY_DATAPLANE_URL", dataplane_url.as_str()),
+                ("HAPROXY_PASSWORD", password),
             ],
         ] {
             let mut env = env.clone();
@@ -173,7 +182,7 @@ fn secrets_never_appear_in_logs_or_output() {
                         .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
                 }
             }
-            for secret in [token, password] {
+            for secret in [token, password, url_user, url_password] {
                 assert!(
                     !stdout.contains(secret),
                     "secret in stdout ({format}): {stdout}"
@@ -185,6 +194,23 @@ fn secrets_never_appear_in_logs_or_output() {
             }
             assert!(stdout.contains("<redacted>"));
         }
+    }
+    // An invalid URL value is echoed in the error, without its user-info.
+    let out = run(
+        &["check-config"],
+        &[("NOMAD_ADDR", &format!("ftp://{url_user}:{url_password}@h"))],
+    );
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("`ftp://<redacted>@h` has scheme `ftp`"),
+        "{stderr}"
+    );
+    for secret in [url_user, url_password] {
+        assert!(
+            !stdout.contains(secret) && !stderr.contains(secret),
+            "{stderr}"
+        );
     }
 }
 

@@ -5,10 +5,13 @@
 //! - `harness`: the end-to-end lab (binary + Nomad double + real HAProxy with the runtime
 //!   driver, or the Data Plane API double) in which each hostile registration is shown to cost
 //!   only itself;
-//! - `cases`, `regex_keys`, `watch_safety`: one end-to-end test per defect, on both drivers.
+//! - `cases`, `regex_keys`, `watch_safety`: one end-to-end test per defect, on both drivers;
+//! - `admin_flood`: a hostile client of the admin port (2,000 idle connections).
 
 mod support;
 
+#[path = "hostile/admin_flood.rs"]
+mod admin_flood;
 #[path = "hostile/cases.rs"]
 mod cases;
 #[path = "hostile/corpus.rs"]

@@ -105,6 +105,33 @@ impl fmt::Display for Secret {
     }
 }
 
+/// A URL as it may be shown (check-config, logs, error messages): any user-info
+/// (`http://user:pass@host`) replaced by `<redacted>`, the username too, since a token is often
+/// passed as one. Works on text that does not parse as a URL as well (an invalid value echoed
+/// in an error); text without user-info comes back unchanged.
+pub fn redact_url(text: &str) -> String {
+    let (authority, end) = match text.find("://") {
+        Some(i) => (
+            i + 3,
+            text[i + 3..]
+                .find(['/', '\\', '?', '#'])
+                .map_or(text.len(), |e| i + 3 + e),
+        ),
+        // Not URL-shaped (`http//u:p@h`): where the user-info would end is a guess, so
+        // everything before the last `@` goes.
+        None => (0, text.len()),
+    };
+    // The last `@` ends the user-info, as in the URL standard (a password may hold an `@`).
+    match text[authority..end].rfind('@') {
+        Some(at) => format!(
+            "{}{REDACTED}{}",
+            &text[..authority],
+            &text[authority + at..]
+        ),
+        None => text.to_string(),
+    }
+}
+
 /// The effective, validated configuration.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
@@ -509,7 +536,7 @@ impl Config {
         };
         json!({
             "nomad": {
-                "address": self.nomad.address.as_str(),
+                "address": redact_url(self.nomad.address.as_str()),
                 "token": secret(&self.nomad.token),
                 "region": self.nomad.region,
                 "namespaces": namespaces,
@@ -523,7 +550,7 @@ impl Config {
                 "skip_verify": self.nomad.tls.skip_verify,
             },
             "haproxy": {
-                "address": self.haproxy.address.as_str(),
+                "address": redact_url(self.haproxy.address.as_str()),
                 "username": self.haproxy.username,
                 "password": secret(&self.haproxy.password),
                 "backend_strategy": self.haproxy.backend_strategy.as_str(),
@@ -607,8 +634,10 @@ impl Validator<'_> {
     }
 
     fn url(&mut self, key: Key, schemes: &[&str]) -> Option<Url> {
-        let text = self.string(key)?;
-        match Url::parse(&text) {
+        let raw = self.string(key)?;
+        // Errors echo the value: never its user-info.
+        let text = redact_url(&raw);
+        match Url::parse(&raw) {
             Ok(url) if !schemes.contains(&url.scheme()) => {
                 let accepted = schemes
                     .iter()

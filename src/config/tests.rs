@@ -770,3 +770,50 @@ fn runtime_driver_keys() {
         "{e}"
     );
 }
+
+#[test]
+fn url_user_info_is_redacted_wherever_a_url_is_shown() {
+    assert_eq!(
+        redact_url("http://user:pa%40ss@nomad.test:4646/v1?x=1"),
+        "http://<redacted>@nomad.test:4646/v1?x=1"
+    );
+    assert_eq!(redact_url("https://tok@h/"), "https://<redacted>@h/");
+    // The last `@` of the authority ends the user-info; one in the path is not user-info.
+    assert_eq!(redact_url("http://u:p@x@h/a@b"), "http://<redacted>@h/a@b");
+    assert_eq!(redact_url("http://h/a@b"), "http://h/a@b");
+    assert_eq!(
+        redact_url("unix:///run/nomad.sock"),
+        "unix:///run/nomad.sock"
+    );
+    assert_eq!(redact_url("http//u:p@h/x"), "<redacted>@h/x");
+    assert_eq!(redact_url("localhost:4646"), "localhost:4646");
+
+    // check-config's document.
+    let c = from_env(&[
+        ("NOMAD_ADDR", "http://nomad-user:nomad-pw-1@nomad.test:4646"),
+        (
+            "HAPROXY_DATAPLANE_URL",
+            "https://dp-user:dp-pw-2@lb.test:5555",
+        ),
+    ])
+    .expect("valid");
+    let shown = c.to_redacted_json().to_string();
+    for secret in ["nomad-user", "nomad-pw-1", "dp-user", "dp-pw-2"] {
+        assert!(!shown.contains(secret), "{secret} in {shown}");
+    }
+    let v = c.to_redacted_json();
+    assert_eq!(v["nomad"]["address"], "http://<redacted>@nomad.test:4646/");
+    assert_eq!(v["haproxy"]["address"], "https://<redacted>@lb.test:5555/");
+    // The URL itself keeps its credentials for the client.
+    assert_eq!(c.nomad.address.password(), Some("nomad-pw-1"));
+
+    // Errors that echo a URL value.
+    for (value, expected) in [
+        ("ftp://u:pw-3@h", "`ftp://<redacted>@h` has scheme `ftp`"),
+        ("http//u:pw-3@h", "`<redacted>@h` is not a valid URL"),
+    ] {
+        let e = err(from_env(&[("NOMAD_ADDR", value)]));
+        assert!(e.contains(expected), "{e}");
+        assert!(!e.contains("pw-3"), "{e}");
+    }
+}

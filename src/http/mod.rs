@@ -1,12 +1,14 @@
 //! The admin HTTP server: `/healthz`, `/readyz`, `/status` and `/metrics`.
 //!
 //! [`router`] builds the axum [`Router`] from an [`AppState`] (tests drive it with `oneshot`,
-//! no socket); [`serve`] runs it on a listener until a shutdown future completes. Handlers only
+//! no socket); [`serve`] runs it on a listener until a shutdown future completes, within the
+//! connection, header-read and request [`Limits`] described in [`server`]. Handlers only
 //! read the [`Status`] board and the [`Metrics`] registry that the reconcile loop writes: no
 //! handler does I/O or waits on the loop. Only `GET` and `HEAD` are routed (other methods get 405),
 //! unknown paths 404. Responses carry no secrets: error texts are scrubbed when recorded (see
 //! [`status::scrub`]) and the configuration is never shown.
 
+pub mod server;
 pub mod status;
 
 use std::fmt;
@@ -25,6 +27,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;
+pub use server::{HEADER_READ_TIMEOUT, Limits, MAX_CONNECTIONS, REQUEST_TIMEOUT, SHUTDOWN_GRACE};
 pub use status::{
     Condition, DriverState, Liveness, NomadState, NotReady, PassRecord, Readiness, Status,
     StatusView,
@@ -40,9 +43,6 @@ pub enum HttpError {
         #[source]
         source: std::io::Error,
     },
-    /// Accepting or serving connections failed.
-    #[error("HTTP server failed: {0}")]
-    Serve(#[source] std::io::Error),
 }
 
 /// Where handlers read the time from.
@@ -124,51 +124,48 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, HttpError> {
         .map_err(|source| HttpError::Bind { addr, source })
 }
 
-/// How long [`serve`] waits for open connections after the shutdown signal.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// Serves [`router`] on `listener` until `shutdown` completes, then lets open requests finish
-/// for up to [`SHUTDOWN_GRACE`].
+/// Serves [`router`] on `listener` with the default [`Limits`] until `shutdown` completes, then
+/// lets requests in flight finish for up to [`SHUTDOWN_GRACE`].
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), HttpError> {
-    serve_with_grace(listener, state, shutdown, SHUTDOWN_GRACE).await
+    serve_with(listener, state, shutdown, Limits::default()).await
 }
 
-/// [`serve`] with another grace period. The server sets no read timeout of its own, so a client
-/// that never finishes its request would otherwise hold shutdown up forever.
+/// [`serve`] with another grace period.
 pub async fn serve_with_grace(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) -> Result<(), HttpError> {
+    let limits = Limits {
+        shutdown_grace: grace,
+        ..Limits::default()
+    };
+    serve_with(listener, state, shutdown, limits).await
+}
+
+/// [`serve`] within other limits (see [`server`] for what each does).
+pub async fn serve_with(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    limits: Limits,
+) -> Result<(), HttpError> {
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "admin HTTP server listening");
+        tracing::info!(
+            %addr,
+            max_connections = limits.max_connections,
+            header_read_timeout_ms = limits.header_read_timeout.as_millis(),
+            request_timeout_ms = limits.request_timeout.as_millis(),
+            "admin HTTP server listening"
+        );
     }
-    let (stopping, mut stopped) = tokio::sync::watch::channel(false);
-    let signal = async move {
-        shutdown.await;
-        // Nobody listening only means serve() has already returned.
-        let _ = stopping.send(true);
-    };
-    let server = axum::serve(listener, router(state)).with_graceful_shutdown(signal);
-    let deadline = async move {
-        if stopped.wait_for(|s| *s).await.is_err() {
-            // The sender is gone without a signal: the server ended by itself.
-            std::future::pending::<()>().await;
-        }
-        tokio::time::sleep(grace).await;
-    };
-    tokio::select! {
-        result = server => result.map_err(HttpError::Serve),
-        () = deadline => {
-            tracing::warn!(grace_ms = grace.as_millis(), "admin HTTP connections still open after the shutdown grace period; closing");
-            Ok(())
-        }
-    }
+    server::serve_router(listener, router(state), shutdown, limits).await;
+    Ok(())
 }
 
 /// `GET /healthz`: 200 while the loop's last heartbeat is recent, else 503.

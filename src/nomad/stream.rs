@@ -33,9 +33,17 @@ pub fn parse_line(line: &[u8]) -> Frame {
 }
 
 /// Splits a byte stream into lines at `\n`, across chunk boundaries.
+///
+/// Each byte is examined for a newline once: the buffer remembers how far the pending (not yet
+/// finished) line has been scanned, so a long line arriving in many small chunks costs time
+/// linear in its length, not quadratic.
 #[derive(Debug, Default)]
 pub struct LineBuffer {
     pending: Vec<u8>,
+    /// `pending[..scanned]` holds no newline.
+    scanned: usize,
+    /// Bytes examined for a newline so far (for the linear-time test).
+    examined: u64,
 }
 
 /// The buffer grew past [`MAX_LINE`] without a newline.
@@ -47,19 +55,31 @@ impl LineBuffer {
     pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<Vec<u8>>, LineTooLong> {
         self.pending.extend_from_slice(chunk);
         let mut lines = Vec::new();
+        // Where the current line starts; only bytes from `scanned` on are new.
         let mut start = 0;
-        while let Some(pos) = self.pending[start..].iter().position(|b| *b == b'\n') {
-            let line = trim(&self.pending[start..start + pos]);
+        let mut from = self.scanned;
+        while let Some(pos) = self.pending[from..].iter().position(|b| *b == b'\n') {
+            self.examined += pos as u64 + 1;
+            let end = from + pos;
+            let line = trim(&self.pending[start..end]);
             if !line.is_empty() {
                 lines.push(line.to_vec());
             }
-            start += pos + 1;
+            start = end + 1;
+            from = start;
         }
+        self.examined += (self.pending.len() - from) as u64;
         self.pending.drain(..start);
+        self.scanned = self.pending.len();
         if self.pending.len() > MAX_LINE {
             return Err(LineTooLong);
         }
         Ok(lines)
+    }
+
+    /// How many bytes [`push`](Self::push) has examined for a newline so far: each byte once.
+    pub fn bytes_examined(&self) -> u64 {
+        self.examined
     }
 
     /// At end of body: whatever came after the last newline (Nomad's trailing error text), if
@@ -67,6 +87,7 @@ impl LineBuffer {
     pub fn finish(&mut self) -> Option<Vec<u8>> {
         let rest = trim(&self.pending).to_vec();
         self.pending.clear();
+        self.scanned = 0;
         (!rest.is_empty()).then_some(rest)
     }
 }
@@ -196,6 +217,37 @@ mod tests {
             parse_line(b"{\"Index\": 3, trunc"),
             Frame::Error("{\"Index\": 3, trunc".into())
         );
+    }
+
+    #[test]
+    fn a_long_line_in_small_chunks_is_scanned_once() {
+        let mut buf = LineBuffer::default();
+        let chunk = [b'x'; 1024];
+        let mut fed = 0u64;
+        // One line of MAX_LINE bytes, 1 KiB at a time: the old code rescanned the whole
+        // pending buffer per chunk (about 2^33 byte comparisons here).
+        for _ in 0..MAX_LINE / chunk.len() {
+            assert!(buf.push(&chunk).expect("within the limit").is_empty());
+            fed += chunk.len() as u64;
+        }
+        let lines = buf.push(b"\n{}\n").expect("ok");
+        fed += 4;
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0].len(), MAX_LINE);
+        assert_eq!(lines[1], b"{}".to_vec());
+        assert!(
+            buf.bytes_examined() <= 2 * fed,
+            "examined {} bytes for {fed} fed",
+            buf.bytes_examined()
+        );
+        assert_eq!(buf.bytes_examined(), fed, "each byte exactly once");
+        // Lines split across chunks still come out whole after the scan position moved.
+        assert_eq!(buf.push(b"{\"In").expect("ok"), Vec::<Vec<u8>>::new());
+        assert_eq!(
+            buf.push(b"dex\":1}\n").expect("ok"),
+            vec![br#"{"Index":1}"#.to_vec()]
+        );
+        assert_eq!(buf.bytes_examined(), fed + 12);
     }
 
     #[test]

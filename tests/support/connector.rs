@@ -47,6 +47,11 @@ impl Connector {
         c
     }
 
+    /// The connector's process id (to inspect or limit the process).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

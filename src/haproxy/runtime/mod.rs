@@ -22,6 +22,7 @@
 //!   connector did not cause, the next pass sees them missing and adds them again (within one
 //!   resync period); after its own reloads the driver re-adds them at once.
 
+pub mod files;
 pub mod fragment;
 pub mod socket;
 pub mod state;
@@ -40,6 +41,7 @@ use crate::model::{
     AdminState, BackendSettings, CheckSpec, Endpoint, MatchKind, Mode, RouteKey, is_owned_server,
 };
 use crate::plan::{Action, Plan, sim};
+use files::{Candidate, FileError, RestoreError};
 use fragment::FragmentBackend;
 use socket::{Outcome, WorkerRoute};
 
@@ -100,8 +102,19 @@ fn unreachable(e: socket::SocketError) -> DriverError {
     DriverError::Unreachable(e.to_string())
 }
 
-fn file_error(what: &str, path: &Path, e: std::io::Error) -> DriverError {
-    DriverError::Other(format!("cannot {what} {}: {e}", path.display()))
+fn file_error(e: FileError) -> DriverError {
+    DriverError::Other(e.to_string())
+}
+
+/// `error` (a failed check or reload) with the failure to restore the previous files added.
+fn with_restore_failure(error: DriverError, restore: &RestoreError) -> DriverError {
+    let add = |m: String| format!("{m}; {restore}");
+    match error {
+        DriverError::Conflict(m) => DriverError::Conflict(add(m)),
+        DriverError::Unreachable(m) => DriverError::Unreachable(add(m)),
+        DriverError::Rejected(m) => DriverError::Rejected(add(m)),
+        DriverError::Other(m) => DriverError::Other(add(m)),
+    }
 }
 
 impl RuntimeDriver {
@@ -126,21 +139,38 @@ impl RuntimeDriver {
     }
 
     /// Creates the map files and the fragment when they are missing (empty), so HAProxy can start
-    /// with the frontend rules and the extra `-f` in place before the first pass.
+    /// with the frontend rules and the extra `-f` in place before the first pass. Blocking: call
+    /// it before the Tokio runtime starts, or from `spawn_blocking`.
     pub fn ensure_files(&self) -> Result<(), DriverError> {
-        std::fs::create_dir_all(&self.cfg.maps_dir)
-            .map_err(|e| file_error("create", Path::new(&self.cfg.maps_dir), e))?;
+        let create_dir = |dir: &Path| {
+            std::fs::create_dir_all(dir).map_err(|source| {
+                file_error(FileError::Io {
+                    action: "create",
+                    path: dir.to_path_buf(),
+                    source,
+                })
+            })
+        };
+        create_dir(Path::new(&self.cfg.maps_dir))?;
         for kind in MatchKind::ALL {
             let path = PathBuf::from(self.cfg.map_path(kind));
-            if !path.exists() {
-                write_atomic(&path, &fragment::render_map(kind, &BTreeMap::new()))?;
+            if std::fs::symlink_metadata(&path).is_err() {
+                files::write_atomic_blocking(
+                    &path,
+                    fragment::render_map(kind, &BTreeMap::new()).as_bytes(),
+                )
+                .map_err(file_error)?;
             }
         }
-        if !self.cfg.fragment.exists() {
+        if std::fs::symlink_metadata(&self.cfg.fragment).is_err() {
             if let Some(dir) = self.cfg.fragment.parent() {
-                std::fs::create_dir_all(dir).map_err(|e| file_error("create", dir, e))?;
+                create_dir(dir)?;
             }
-            write_atomic(&self.cfg.fragment, &fragment::render(&BTreeMap::new()))?;
+            files::write_atomic_blocking(
+                &self.cfg.fragment,
+                fragment::render(&BTreeMap::new()).as_bytes(),
+            )
+            .map_err(file_error)?;
         }
         Ok(())
     }
@@ -193,12 +223,14 @@ impl RuntimeDriver {
     }
 
     /// Reads the fragment on disk: the record of which backends are the connector's.
-    fn read_fragment(&self) -> Result<BTreeMap<String, Option<BackendSettings>>, DriverError> {
-        match std::fs::read_to_string(&self.cfg.fragment) {
-            Ok(text) => Ok(fragment::parse(&text)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
-            Err(e) => Err(file_error("read", &self.cfg.fragment, e)),
-        }
+    async fn read_fragment(
+        &self,
+    ) -> Result<BTreeMap<String, Option<BackendSettings>>, DriverError> {
+        Ok(files::read_optional(&self.cfg.fragment)
+            .await
+            .map_err(file_error)?
+            .map(|text| fragment::parse(&text))
+            .unwrap_or_default())
     }
 
     /// Renders the fragment for the state `after` (the live state once the plan is applied).
@@ -385,36 +417,46 @@ impl RuntimeDriver {
             .collect();
         let text = self.render_fragment(after, desired);
         let maps = self.render_maps(after);
-        let previous_fragment = read_optional(&self.cfg.fragment)?;
-        let mut previous_maps = Vec::new();
-        for (path, _) in &maps {
-            previous_maps.push((path.clone(), read_optional(path)?));
-        }
-        let restore = |why: &str| {
-            warn!(reason = why, "restoring the previous fragment and maps");
-            if let Some(old) = &previous_fragment {
-                let _ = write_atomic(&self.cfg.fragment, old);
+        let mut previous = Vec::new();
+        for path in std::iter::once(&self.cfg.fragment).chain(maps.iter().map(|(p, _)| p)) {
+            if let Some(old) = files::read_optional(path).await.map_err(file_error)? {
+                previous.push((path.clone(), old));
             }
-            for (path, old) in &previous_maps {
-                if let Some(old) = old {
-                    let _ = write_atomic(path, old);
+        }
+        // Puts the previous files back; a failure to do so is added to `error` (and logged).
+        let restore = |why: &'static str, error: DriverError| {
+            let previous = previous.clone();
+            async move {
+                warn!(reason = why, "restoring the previous fragment and maps");
+                match files::restore(previous).await {
+                    Ok(()) => error,
+                    Err(r) => {
+                        tracing::error!(reason = why, error = %r, "cannot restore the previous fragment and maps; the files on disk no longer match what HAProxy runs");
+                        with_restore_failure(error, &r)
+                    }
                 }
             }
         };
         // Maps first: `haproxy -c` loads them too (a regex HAProxy cannot compile fails here).
         for (path, content) in &maps {
-            write_if_changed(path, content)?;
+            if let Err(e) = files::write_if_changed(path, content.clone()).await {
+                return Err(restore("writing a map failed", file_error(e)).await);
+            }
         }
-        let candidate = hidden_sibling(&self.cfg.fragment, "candidate");
-        write_plain(&candidate, &text)?;
-        if let Err(e) = self.validate(&candidate).await {
-            let _ = std::fs::remove_file(&candidate);
-            restore("validation failed");
+        let candidate = match Candidate::create(&self.cfg.fragment, text).await {
+            Ok(c) => c,
+            Err(e) => return Err(restore("writing the candidate failed", file_error(e)).await),
+        };
+        if let Err(e) = self.validate(candidate.path()).await {
             warn!(error = %e, "candidate configuration rejected");
-            return Err(e);
+            if let Err(d) = candidate.discard().await {
+                warn!(error = %d, "cannot remove the rejected candidate");
+            }
+            return Err(restore("validation failed", e).await);
         }
-        std::fs::rename(&candidate, &self.cfg.fragment)
-            .map_err(|e| file_error("install", &self.cfg.fragment, e))?;
+        if let Err(e) = candidate.install(&self.cfg.fragment).await {
+            return Err(restore("installing the fragment failed", file_error(e)).await);
+        }
         report.requests += 2;
         match self.reload().await {
             Ok(()) => {
@@ -426,9 +468,8 @@ impl RuntimeDriver {
             }
             Err(e) => {
                 self.stats.failed_reloads.fetch_add(1, Ordering::Relaxed);
-                restore("reload failed");
                 warn!(error = %e, "reload failed");
-                return Err(e);
+                return Err(restore("reload failed", e).await);
             }
         }
         // A reload drops the connector's run-time servers in backends it does not own.
@@ -804,7 +845,7 @@ impl Driver for RuntimeDriver {
         let servers =
             state::servers_state(&self.show("show servers state").await?).map_err(parse)?;
         let stat = state::stat(&self.show("show stat").await?).map_err(parse)?;
-        let ours = self.read_fragment()?;
+        let ours = self.read_fragment().await?;
         let sessions = state::sessions(&stat);
         let proxies: BTreeMap<&str, &state::StatRow> = stat
             .iter()
@@ -915,10 +956,14 @@ impl Driver for RuntimeDriver {
         }
         // Persist for the next reload or restart.
         let text = self.render_fragment(&after, desired);
-        write_if_changed(&self.cfg.fragment, &text)?;
+        files::write_if_changed(&self.cfg.fragment, text)
+            .await
+            .map_err(file_error)?;
         if touched_routes {
             for (path, content) in self.render_maps(&after) {
-                write_if_changed(&path, &content)?;
+                files::write_if_changed(&path, content)
+                    .await
+                    .map_err(file_error)?;
             }
         }
         if refused.is_empty() {
@@ -929,42 +974,5 @@ impl Driver for RuntimeDriver {
     }
 }
 
-fn read_optional(path: &Path) -> Result<Option<String>, DriverError> {
-    match std::fs::read_to_string(path) {
-        Ok(t) => Ok(Some(t)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(file_error("read", path, e)),
-    }
-}
-
-/// `.<name>.<suffix>` next to `path`: hidden and without a `.cfg` ending, so HAProxy never loads
-/// it from a configuration directory.
-fn hidden_sibling(path: &Path, suffix: &str) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.{suffix}"))
-}
-
-fn write_plain(path: &Path, content: &str) -> Result<(), DriverError> {
-    use std::io::Write;
-    let mut f = std::fs::File::create(path).map_err(|e| file_error("create", path, e))?;
-    f.write_all(content.as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(|e| file_error("write", path, e))
-}
-
-/// Writes through a hidden temporary file and a rename, so HAProxy never reads half a file.
-fn write_atomic(path: &Path, content: &str) -> Result<(), DriverError> {
-    let tmp = hidden_sibling(path, "tmp");
-    write_plain(&tmp, content)?;
-    std::fs::rename(&tmp, path).map_err(|e| file_error("replace", path, e))
-}
-
-fn write_if_changed(path: &Path, content: &str) -> Result<(), DriverError> {
-    if read_optional(path)?.as_deref() == Some(content) {
-        return Ok(());
-    }
-    write_atomic(path, content)
-}
+#[cfg(test)]
+mod tests;
