@@ -622,8 +622,9 @@ fn route(kind: MatchKind, key: &str) -> RouteKey {
 }
 
 /// Item 7: keys no URL segment can carry (`.`, `..`: URL normalisation removes them, and the
-/// DELETE would reach the collection) or that HAProxy's CLI cannot carry fail their own operation
-/// only; the others of the same pass are applied and nothing else is touched.
+/// DELETE would reach the collection) never become a request: their maps are rewritten instead;
+/// a key HAProxy's CLI cannot carry fails its own operation only; the others of the same pass
+/// are applied.
 #[tokio::test]
 async fn a_key_no_request_can_carry_fails_only_its_own_operation() {
     let base = base().map_file("hnc_exact.map", "keep.example.com legacy\n");
@@ -651,7 +652,8 @@ async fn a_key_no_request_can_carry_fails_only_its_own_operation() {
                 route: route(MatchKind::Exact, "semi;colon.example.com"),
                 backend: "legacy".into(),
             }),
-            // The API's `{id}` pattern refuses `$`: such an entry cannot be addressed by key.
+            // The API's `{id}` pattern refuses `$`: such an entry cannot be addressed by key,
+            // so the regex map is rewritten through the storage API instead.
             route_op(Action::RemoveRoute {
                 route: route(MatchKind::Regex, r"^old\.ex$"),
             }),
@@ -662,39 +664,127 @@ async fn a_key_no_request_can_carry_fails_only_its_own_operation() {
         ],
         pending_drains: Vec::new(),
     };
+    // What the pass wants of the maps (what the core would have built; every desired key
+    // passed the tag grammar).
+    let mut desired = Desired::default();
+    for key in [
+        "keep.example.com",
+        "first.example.com",
+        "second.example.com",
+    ] {
+        desired
+            .routes
+            .insert(route(MatchKind::Exact, key), "legacy".to_string());
+    }
     let err = d
-        .apply(&plan, &Desired::default(), &live)
+        .apply(&plan, &desired, &live)
         .await
-        .expect_err("the refused operations are reported");
+        .expect_err("the refused operation is reported");
     assert_eq!(err.kind(), "rejected");
     let message = err.to_string();
-    for part in [
-        "route exact ..: not sent",
-        "dot segment",
-        "route exact .: not sent",
-        "keep.example.com<<",
-        "payload mode",
-        "semi;colon.example.com",
-        r"route regex ^old\.ex$: not sent",
-        "'$'",
-    ] {
-        assert!(message.contains(part), "{part:?} in {message}");
+    // An add whose key HAProxy's CLI cannot carry is refused alone, with the reason.
+    assert!(message.contains("semi;colon.example.com"), "{message}");
+    // Removals and changes of keys no `{id}` can name (dot segments, `<<`, `$`) never reach a
+    // URL: their maps are rewritten from the desired routes through the storage API.
+    for part in ["..", "keep.example.com<<", "old", "first.example.com"] {
+        assert!(!message.contains(part), "{part:?} in {message}");
     }
-    assert!(!message.contains("first.example.com"), "{message}");
     assert_eq!(
         map_entries(&dp, "hnc_exact.map"),
         [
-            ("keep.example.com".to_string(), "legacy".to_string()),
             ("first.example.com".to_string(), "legacy".to_string()),
+            ("keep.example.com".to_string(), "legacy".to_string()),
             ("second.example.com".to_string(), "legacy".to_string()),
         ]
     );
-    // Only the two adds reached the API: no DELETE, nothing on a collection or a map.
+    assert!(map_entries(&dp, "hnc_regex.map").is_empty());
+    // The two adds, and one rewrite per map: no DELETE, nothing on a collection.
     let requests = dp.requests();
     assert_eq!(
         requests.get("POST /v3/services/haproxy/runtime/maps/{parent_name}/entries"),
         Some(&2),
         "{requests:?}"
     );
-    assert_eq!(requests.values().sum::<u64>(), 2, "{requests:?}");
+    assert_eq!(
+        requests.get("PUT /v3/services/haproxy/storage/maps/{name}"),
+        Some(&2),
+        "{requests:?}"
+    );
+    assert_eq!(requests.values().sum::<u64>(), 4, "{requests:?}");
+    assert!(
+        dp.validation_failures().is_empty(),
+        "{:?}",
+        dp.validation_failures()
+    );
+}
+
+/// A regex route whose key the API's `{id}` cannot carry (`$`) is moved and removed by rewriting
+/// its map through the storage API (one reload each), never refused, and stays put afterwards.
+#[tokio::test]
+async fn a_regex_route_with_a_dollar_moves_and_leaves_through_its_map_file() {
+    let dp = DataplaneDouble::start(base(), DoubleOptions::fast()).await;
+    let d = driver(&dp, None);
+    let mut drains = DrainClock::default();
+    let regex = r"^api\.ex\.com$";
+    let tags = [
+        "haproxy.enable=true",
+        "haproxy.domain.type=regex",
+        "haproxy.domain=^api\\.ex\\.com$",
+    ];
+    let plain = ["haproxy.enable=true", "haproxy.domain=other.example.com"];
+    let first = snapshot(vec![
+        ("api", vec![instance("a1", "10.0.3.1", 8080, &tags)]),
+        ("web", vec![instance("w1", "10.0.3.2", 8080, &plain)]),
+    ]);
+    converge(&d, &first, &mut drains).await;
+    assert_eq!(
+        map_entries(&dp, "hnc_regex.map"),
+        [(regex.to_string(), "api".to_string())]
+    );
+    // The regex moves from api to web (api keeps serving, in http mode).
+    let moved_tags = tags;
+    let second = snapshot(vec![
+        (
+            "api",
+            vec![instance(
+                "a1",
+                "10.0.3.1",
+                8080,
+                &["haproxy.enable=true", "haproxy.mode=http"],
+            )],
+        ),
+        ("web", vec![instance("w1", "10.0.3.2", 8080, &moved_tags)]),
+    ]);
+    let reloads = dp.reload_count();
+    converge(&d, &second, &mut drains).await;
+    assert_eq!(
+        map_entries(&dp, "hnc_regex.map"),
+        [(regex.to_string(), "web".to_string())]
+    );
+    assert_eq!(dp.reload_count(), reloads + 1, "one reload for the rewrite");
+    // Then it leaves.
+    let third = snapshot(vec![
+        (
+            "api",
+            vec![instance(
+                "a1",
+                "10.0.3.1",
+                8080,
+                &["haproxy.enable=true", "haproxy.mode=http"],
+            )],
+        ),
+        ("web", vec![instance("w1", "10.0.3.2", 8080, &plain)]),
+    ]);
+    converge(&d, &third, &mut drains).await;
+    assert!(map_entries(&dp, "hnc_regex.map").is_empty());
+    assert_eq!(dp.reload_count(), reloads + 2);
+    for n in 0..5 {
+        let o = pass(&d, &third, &mut drains).await;
+        assert!(o.plan.is_empty(), "pass {n}: {:#?}", o.plan);
+    }
+    assert!(
+        dp.validation_failures().is_empty(),
+        "{:?}",
+        dp.validation_failures()
+    );
 }

@@ -33,12 +33,12 @@ both_drivers!(
     a_regex_key_with_backslashes_is_stored_exactly_and_stays_put,
     |lab: &Lab| {
         let (addr, port) = lab.address(3);
-        lab.nomad
-            .register([Reg::new("default", "rx", "r0", &addr, port).tags(Some(&[
-                "haproxy.enable=true",
-                "haproxy.domain.type=regex",
-                "haproxy.domain=^rx\\.api\\.test$",
-            ]))]);
+        let rx = Reg::new("default", "rx", "r0", &addr, port).tags(Some(&[
+            "haproxy.enable=true",
+            "haproxy.domain.type=regex",
+            "haproxy.domain=^rx\\.api\\.test$",
+        ]));
+        lab.nomad.register([rx.clone()]);
         lab.wait("the regex route stored exactly", stored_exactly);
         if lab.driver == Driver::Runtime {
             // The escaped dots match only dots.
@@ -67,5 +67,14 @@ both_drivers!(
         );
         lab.prove_isolated(&[]);
         assert!(stored_exactly(lab));
+        // And it leaves when its service does (DPAPI's `{id}` cannot name a key with `$`: the
+        // map is rewritten through the storage API).
+        lab.nomad.deregister(&[&rx.id]);
+        lab.wait("the regex route removed", |l| match &l.side {
+            Side::Dataplane { dp } => dp.runtime_snapshot()["maps"]["hnc_regex.map"] == json!([]),
+            Side::Runtime { .. } => !l.map_text("hnc_regex.map").contains(REGEX),
+        });
+        let log = lab.connector.log_text();
+        assert!(!log.contains("not sent"), "{log}");
     }
 );

@@ -153,6 +153,44 @@ impl Client {
         })
     }
 
+    /// Sends one request with a `text/plain` body (storage files).
+    pub async fn call_text(
+        &self,
+        method: Method,
+        endpoint: &'static str,
+        segments: &[&str],
+        query: &[(&str, String)],
+        body: String,
+    ) -> Result<u16, DataplaneError> {
+        let url = self.url(segments, query)?;
+        let resp = match self
+            .http
+            .request(method.clone(), url)
+            .basic_auth(&self.user, self.password.as_ref().map(Secret::expose))
+            .header(reqwest::header::CONTENT_TYPE, "text/plain")
+            .body(body)
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                self.count(endpoint, "error".to_string());
+                return Err(DataplaneError::from_reqwest(&e));
+            }
+        };
+        let status = resp.status().as_u16();
+        self.count(endpoint, status.to_string());
+        let text = resp
+            .text()
+            .await
+            .map_err(|e| DataplaneError::from_reqwest(&e))?;
+        if !(200..300).contains(&status) {
+            tracing::debug!(%method, endpoint, status, body = %text, "Data Plane API refused a request");
+            return Err(DataplaneError::from_status(status, &text));
+        }
+        Ok(status)
+    }
+
     fn count(&self, endpoint: &'static str, status: String) {
         if let Ok(mut c) = self.counts.lock() {
             *c.entry((endpoint, status)).or_default() += 1;

@@ -526,6 +526,8 @@ impl DataplaneDriver {
         // Run-time part, in plan order. An operation whose key no request can carry is refused
         // alone (reported at the end); the others go on.
         let mut refused: Vec<String> = Vec::new();
+        // Maps whose entries must be replaced through their file (keys `{id}` cannot carry).
+        let mut rewrite: std::collections::BTreeSet<MatchKind> = std::collections::BTreeSet::new();
         for op in &plan.ops {
             match &op.action {
                 Action::AddServer {
@@ -628,6 +630,12 @@ impl DataplaneDriver {
                 Action::SetRoute { route, backend } => {
                     let args = match route_args(route, backend, true) {
                         Ok(a) => a,
+                        Err(_) if addressable_in_file(&route.key) => {
+                            // `{id}` cannot carry this key (`$`, `*`, `{`… are outside the
+                            // spec's pattern): rewrite that map's file instead, below.
+                            rewrite.insert(route.kind);
+                            continue;
+                        }
                         Err(m) => {
                             refused.push(m);
                             continue;
@@ -654,8 +662,10 @@ impl DataplaneDriver {
                 }
                 Action::RemoveRoute { route } => match route_args(route, "", true) {
                     Ok(args) => self.remove_route(route, &args.key).await?,
-                    Err(m) => {
-                        refused.push(m);
+                    Err(_) => {
+                        // `{id}` cannot carry this key: write the map without it (any live key
+                        // can go that way, even one no request could name).
+                        rewrite.insert(route.kind);
                         continue;
                     }
                 },
@@ -665,6 +675,26 @@ impl DataplaneDriver {
                 | Action::InsertRouteRules => {}
             }
             report.applied += 1;
+        }
+        for kind in rewrite {
+            let text = map_file_text(kind, &desired.routes);
+            self.client
+                .call_text(
+                    Method::PUT,
+                    "storage_maps",
+                    &["services", "haproxy", "storage", "maps", kind.map_file()],
+                    &[("force_reload", "true".into())],
+                    text,
+                )
+                .await?;
+            report.applied += 1;
+            report.reloads.push(Reload::new(
+                ReloadKind::Fallback,
+                format!(
+                    "rewrite {}: a route key the API cannot address by URL changed or left",
+                    kind.map_file()
+                ),
+            ));
         }
         if let Ok(mut g) = self.observed.lock() {
             g.version = version;
@@ -873,6 +903,31 @@ fn route_args(route: &RouteKey, backend: &str, by_key: bool) -> Result<RouteArgs
         url_segment(&key).map_err(|e| refuse(&e))?;
     }
     Ok(RouteArgs { key, value })
+}
+
+/// Whether `key` can stand in a map file line as it is (no whitespace or line end splits it).
+fn addressable_in_file(key: &str) -> bool {
+    !key.is_empty()
+        && !key.starts_with('#')
+        && !key.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+/// The map file of one kind holding exactly the desired routes of that kind: `key value` lines
+/// (a map file is read as it is: no CLI unescaping applies).
+fn map_file_text(kind: MatchKind, routes: &std::collections::BTreeMap<RouteKey, String>) -> String {
+    let mut out = format!(
+        "# Managed by haproxy-nomad-connector: {} host routes.\n",
+        kind.as_str()
+    );
+    for (route, backend) in routes.iter().filter(|(r, _)| r.kind == kind) {
+        if addressable_in_file(&route.key) {
+            out.push_str(&route.key);
+            out.push(' ');
+            out.push_str(backend);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// The settings a slot carries itself: only in backends that are not the connector's.
