@@ -257,9 +257,12 @@ impl RuntimeDriver {
     }
 
     fn render_maps(&self, after: &Live) -> Vec<(PathBuf, String)> {
+        // A key the CLI refuses was not applied at run time: it stays out of the files too (and
+        // one with whitespace would split a map line).
         let routes: BTreeMap<RouteKey, String> = after
             .routes
             .iter()
+            .filter(|(k, _)| socket::map_key(&k.key).is_ok())
             .filter_map(|(k, v)| v.first().map(|b| (k.clone(), b.clone())))
             .collect();
         MatchKind::ALL

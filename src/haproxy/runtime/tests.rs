@@ -204,3 +204,32 @@ async fn a_symlinked_fragment_is_refused_and_its_target_untouched() {
         .collect();
     assert_eq!(maps_after, maps_before);
 }
+
+#[test]
+fn keys_the_cli_refuses_stay_out_of_the_map_files() {
+    let files = Files::new("true");
+    let driver = files.driver();
+    let mut after = Live::default();
+    for key in [
+        "good.example.com",
+        "two words",
+        "payload<<",
+        "semi;colon",
+        "#comment",
+    ] {
+        after.routes.insert(
+            RouteKey {
+                kind: MatchKind::Exact,
+                key: key.to_string(),
+            },
+            vec!["be".to_string()],
+        );
+    }
+    let maps = driver.render_maps(&after);
+    let (_, exact) = maps
+        .iter()
+        .find(|(p, _)| *p == files.exact_map())
+        .expect("the exact map");
+    let lines: Vec<&str> = exact.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(lines, vec!["good.example.com be"]);
+}
