@@ -334,7 +334,8 @@ impl NomadClient {
                 self.stats.record_request(endpoint, None);
                 return Err(NomadError::Transport {
                     what: what.to_string(),
-                    source,
+                    // The URL can carry user-info (`http://user:pass@…`): `what` names the request.
+                    source: source.without_url(),
                 });
             }
         };
@@ -407,7 +408,7 @@ async fn json<T: serde::de::DeserializeOwned>(
         .await
         .map_err(|source| NomadError::Transport {
             what: what.to_string(),
-            source,
+            source: source.without_url(),
         })?;
     serde_json::from_slice(&bytes).map_err(|e| NomadError::Protocol {
         what: what.to_string(),
@@ -483,6 +484,26 @@ mod tests {
             url.as_str(),
             "http://127.0.0.1:4646/prefix/v1/service/a%20b%2Fc?namespace=*&region=eu&index=42&wait=300000ms"
         );
+    }
+
+    #[tokio::test]
+    async fn transport_errors_never_carry_the_urls_user_info() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").port()
+        };
+        let client = NomadClient::new(
+            &config(&format!("http://ops:s3cr3t@127.0.0.1:{port}")),
+            Arc::default(),
+        )
+        .expect("client");
+        let e = client
+            .list_services("*", None)
+            .await
+            .expect_err("nothing listens");
+        assert!(matches!(e, NomadError::Transport { .. }), "{e:?}");
+        assert!(!e.to_string().contains("s3cr3t"), "{e}");
+        assert!(!format!("{e:?}").contains("s3cr3t"), "{e:?}");
     }
 
     #[test]

@@ -1028,7 +1028,7 @@ impl StreamTask {
                 Ok(Err(source)) => {
                     break End::Failed(NomadError::Transport {
                         what: "reading the event stream".into(),
-                        source,
+                        source: source.without_url(),
                     });
                 }
                 Ok(Ok(None)) => {

@@ -117,7 +117,7 @@ impl Client {
             Ok(r) => r,
             Err(e) => {
                 self.count(endpoint, "error".to_string());
-                return Err(DataplaneError::from_reqwest(&e));
+                return Err(DataplaneError::from_reqwest(e));
             }
         };
         let status = resp.status().as_u16();
@@ -133,7 +133,7 @@ impl Client {
         let text = resp
             .text()
             .await
-            .map_err(|e| DataplaneError::from_reqwest(&e))?;
+            .map_err(|e| DataplaneError::from_reqwest(e))?;
         if !(200..300).contains(&status) {
             tracing::debug!(%method, endpoint, status, body = %text, "Data Plane API refused a request");
             return Err(DataplaneError::from_status(status, &text));
@@ -175,7 +175,7 @@ impl Client {
             Ok(r) => r,
             Err(e) => {
                 self.count(endpoint, "error".to_string());
-                return Err(DataplaneError::from_reqwest(&e));
+                return Err(DataplaneError::from_reqwest(e));
             }
         };
         let status = resp.status().as_u16();
@@ -183,7 +183,7 @@ impl Client {
         let text = resp
             .text()
             .await
-            .map_err(|e| DataplaneError::from_reqwest(&e))?;
+            .map_err(|e| DataplaneError::from_reqwest(e))?;
         if !(200..300).contains(&status) {
             tracing::debug!(%method, endpoint, status, body = %text, "Data Plane API refused a request");
             return Err(DataplaneError::from_status(status, &text));

@@ -78,8 +78,10 @@ impl DataplaneError {
     }
 
     /// From a transport-level failure.
-    pub fn from_reqwest(e: &reqwest::Error) -> DataplaneError {
-        let text = error_chain(e);
+    /// The error's text without the request URL, which can carry user-info.
+    pub fn from_reqwest(e: reqwest::Error) -> DataplaneError {
+        let e = e.without_url();
+        let text = error_chain(&e);
         if e.is_timeout() {
             DataplaneError::Timeout(text)
         } else {
@@ -237,7 +239,7 @@ mod tests {
             .send()
             .await
             .expect_err("times out");
-        let e = DataplaneError::from_reqwest(&e);
+        let e = DataplaneError::from_reqwest(e);
         assert!(matches!(e, DataplaneError::Timeout(_)), "{e:?}");
         assert_eq!(kind(e), "unreachable");
         hold.abort();
@@ -248,12 +250,15 @@ mod tests {
             l.local_addr().expect("addr").port()
         };
         let e = client
-            .get(format!("http://127.0.0.1:{port}/v3/info"))
+            .get(format!("http://admin:s3cr3t@127.0.0.1:{port}/v3/info"))
             .send()
             .await
             .expect_err("refused");
-        let e = DataplaneError::from_reqwest(&e);
+        let e = DataplaneError::from_reqwest(e);
         assert!(matches!(e, DataplaneError::Transport(_)), "{e:?}");
+        // The request URL (which may carry user-info) is not in the message.
+        assert!(!e.to_string().contains("s3cr3t"), "{e}");
+        assert!(!format!("{e:?}").contains("s3cr3t"), "{e:?}");
         assert_eq!(kind(e), "unreachable");
     }
 }
