@@ -133,7 +133,7 @@ impl Client {
         let text = resp
             .text()
             .await
-            .map_err(|e| DataplaneError::from_reqwest(e))?;
+            .map_err(DataplaneError::from_reqwest)?;
         if !(200..300).contains(&status) {
             tracing::debug!(%method, endpoint, status, body = %text, "Data Plane API refused a request");
             return Err(DataplaneError::from_status(status, &text));
@@ -183,7 +183,7 @@ impl Client {
         let text = resp
             .text()
             .await
-            .map_err(|e| DataplaneError::from_reqwest(e))?;
+            .map_err(DataplaneError::from_reqwest)?;
         if !(200..300).contains(&status) {
             tracing::debug!(%method, endpoint, status, body = %text, "Data Plane API refused a request");
             return Err(DataplaneError::from_status(status, &text));
