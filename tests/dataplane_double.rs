@@ -1289,3 +1289,34 @@ async fn map_entries_pass_through_the_cli_unescaping() {
         json!("b")
     );
 }
+
+#[tokio::test]
+async fn haproxy_rejects_timers_past_its_range_at_commit() {
+    let t = start(mk_base()).await;
+    let r = t
+        .post(
+            &format!("{CONF}/backends?version=1"),
+            json!({"name": "slow", "mode": "http", "balance": {"algorithm": "roundrobin"}}),
+        )
+        .await;
+    assert!(r.status < 300, "{}", r.msg());
+    let version = t.dp.version();
+    // 600 h: over 2^31-1 ms.
+    let r = t
+        .post(
+            &format!("{CONF}/backends/slow/servers?version={version}"),
+            json!({"name": "s1", "address": "10.0.0.1", "port": 80, "check": "enabled", "inter": 2_160_000_000i64}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.msg());
+    assert!(r.msg().starts_with("validation error: "), "{}", r.msg());
+    assert!(r.msg().contains("timer overflow"), "{}", r.msg());
+    // 24 h is fine.
+    let r = t
+        .post(
+            &format!("{CONF}/backends/slow/servers?version={version}"),
+            json!({"name": "s1", "address": "10.0.0.1", "port": 80, "check": "enabled", "inter": 86_400_000i64}),
+        )
+        .await;
+    assert!(r.status < 300, "{}", r.msg());
+}

@@ -130,10 +130,7 @@ impl Client {
         };
         let version = header("Configuration-Version").and_then(|v| v.parse().ok());
         let reload_id = header("Reload-ID");
-        let text = resp
-            .text()
-            .await
-            .map_err(DataplaneError::from_reqwest)?;
+        let text = resp.text().await.map_err(DataplaneError::from_reqwest)?;
         if !(200..300).contains(&status) {
             tracing::debug!(%method, endpoint, status, body = %text, "Data Plane API refused a request");
             return Err(DataplaneError::from_status(status, &text));
@@ -180,10 +177,7 @@ impl Client {
         };
         let status = resp.status().as_u16();
         self.count(endpoint, status.to_string());
-        let text = resp
-            .text()
-            .await
-            .map_err(DataplaneError::from_reqwest)?;
+        let text = resp.text().await.map_err(DataplaneError::from_reqwest)?;
         if !(200..300).contains(&status) {
             tracing::debug!(%method, endpoint, status, body = %text, "Data Plane API refused a request");
             return Err(DataplaneError::from_status(status, &text));

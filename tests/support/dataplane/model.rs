@@ -169,7 +169,37 @@ impl ConfigModel {
                     ));
                 }
             }
+            // HAProxy's timers are at most 2^31-1 ms (CONTRACTS §5: `inter 600h` is refused with
+            // "timer overflow", and the whole configuration with it).
+            for (what, v) in [
+                ("timeout check", b.base.check_timeout),
+                ("timeout connect", b.base.connect_timeout),
+                ("timeout server", b.base.server_timeout),
+                ("timeout queue", b.base.queue_timeout),
+                ("timeout tunnel", b.base.tunnel_timeout),
+            ] {
+                if let Some(v) = v.filter(|v| *v > MAX_TIMER_MS) {
+                    alerts.push(format!(
+                        "parsing [backend {}] : timer overflow in argument <{v}> to '{what}', maximum value is 2147483647 ms (~24.8 days).",
+                        b.name()
+                    ));
+                }
+            }
             for s in &b.servers {
+                for (what, v) in [
+                    ("inter", s.inter),
+                    ("fastinter", s.fastinter),
+                    ("downinter", s.downinter),
+                ] {
+                    if let Some(v) = v.filter(|v| *v > MAX_TIMER_MS) {
+                        alerts.push(format!(
+                            "parsing [backend {}] : 'server {}' : timer overflow in argument <{v}> to <{what}> of server {}, maximum value is 2147483647 ms (~24.8 days).",
+                            b.name(),
+                            s.name,
+                            s.name
+                        ));
+                    }
+                }
                 if let Some(w) = s.weight.filter(|w| !(0..=256).contains(w)) {
                     alerts.push(format!(
                         "parsing [backend {}] : 'server {}' : weight of server is not within 0 and 256 (got {w}).",
@@ -249,6 +279,9 @@ impl ConfigModel {
             .collect()
     }
 }
+
+/// The longest timer HAProxy accepts, in milliseconds.
+const MAX_TIMER_MS: i64 = 2_147_483_647;
 
 /// ACLs HAProxy defines itself.
 const PREDEFINED_ACLS: &[&str] = &[
