@@ -1320,3 +1320,67 @@ async fn haproxy_rejects_timers_past_its_range_at_commit() {
         .await;
     assert!(r.status < 300, "{}", r.msg());
 }
+
+#[tokio::test]
+async fn storage_maps_are_created_by_multipart_upload_and_rules_need_their_files() {
+    let t = start(mk_base()).await;
+    let body = "--XyZ\r\nContent-Disposition: form-data; name=\"file_upload\"; filename=\"new.map\"\r\nContent-Type: text/plain\r\n\r\nk.example custom\n\r\n--XyZ--\r\n";
+    let r = t
+        .raw(
+            Method::POST,
+            "/services/haproxy/storage/maps",
+            "multipart/form-data; boundary=XyZ",
+            body,
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body["storage_name"], "new.map");
+    assert!(r.body.get("id").is_none(), "not loaded: no runtime id");
+    assert_eq!(
+        t.dp.map_file("new.map").as_deref(),
+        Some("k.example custom\n")
+    );
+    // Uploading it again is a conflict; a body that is not multipart is a bad request.
+    let again = t
+        .raw(
+            Method::POST,
+            "/services/haproxy/storage/maps",
+            "multipart/form-data; boundary=XyZ",
+            body,
+        )
+        .await;
+    assert_eq!(again.status, 409);
+    let plain = t
+        .raw(
+            Method::POST,
+            "/services/haproxy/storage/maps",
+            "text/plain",
+            "k v\n",
+        )
+        .await;
+    assert_eq!(plain.status, 400);
+    // A rule naming a map file that does not exist fails `haproxy -c` at commit.
+    let version = t.dp.version();
+    let r = t
+        .post(
+            &format!("{CONF}/frontends/http-in/backend_switching_rules/0?version={version}"),
+            json!({"name": "%[req.hdr(host),lower,map(/etc/haproxy/maps/absent.map)]", "cond": "if",
+                   "cond_test": "{ req.hdr(host),lower,map(/etc/haproxy/maps/absent.map) -m found }"}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.msg().contains("failed to open pattern file"),
+        "{}",
+        r.msg()
+    );
+    // The uploaded one is fine.
+    let r = t
+        .post(
+            &format!("{CONF}/frontends/http-in/backend_switching_rules/0?version={version}"),
+            json!({"name": "%[req.hdr(host),lower,map(/etc/haproxy/maps/new.map)]", "cond": "if",
+                   "cond_test": "{ req.hdr(host),lower,map(/etc/haproxy/maps/new.map) -m found }"}),
+        )
+        .await;
+    assert!(r.status < 300, "{}", r.body);
+}

@@ -788,3 +788,76 @@ async fn a_regex_route_with_a_dollar_moves_and_leaves_through_its_map_file() {
         dp.validation_failures()
     );
 }
+
+/// Issue 12, item 5: no hand-made HAProxy state. Starting with no map files and no rules, the
+/// first pass creates the four map files through the storage API, inserts the rules and the
+/// backend in one transaction (one reload), and the route works.
+#[tokio::test]
+async fn with_no_map_files_the_first_pass_creates_them_and_routes_with_one_reload() {
+    let fe = FrontendSpec::new("http-in").default_backend("legacy");
+    let base = BaseConfig::new()
+        .backend(json!({"name": "legacy", "mode": "http", "servers": {"app1": {"name": "app1", "address": "192.0.2.10", "port": 80}}}))
+        .frontend(fe);
+    let dp = DataplaneDouble::start(base, DoubleOptions::fast()).await;
+    assert!(dp.map_file("hnc_exact.map").is_none());
+    let d = driver(&dp, Some("http-in"));
+    let mut drains = DrainClock::default();
+    let first = pass(&d, &web(2), &mut drains).await;
+    assert!(first.report.is_some());
+    dp.wait_reloads_idle().await;
+    for f in MAPS_FILES {
+        assert!(dp.map_file(f).is_some(), "{f} created");
+    }
+    assert_eq!(dp.commit_count(), 1, "rules and backend in one transaction");
+    assert_eq!(dp.reload_count(), 1, "one reload");
+    assert!(
+        map_entries(&dp, "hnc_exact.map")
+            .contains(&("shop.example.com".to_string(), "web".to_string())),
+        "{:?}",
+        map_entries(&dp, "hnc_exact.map")
+    );
+    let requests = dp.requests();
+    assert_eq!(
+        requests.get("POST /v3/services/haproxy/storage/maps"),
+        Some(&4),
+        "{requests:?}"
+    );
+    // Converged: the next pass has nothing to do and creates nothing.
+    dp.reset_counters();
+    let o = pass(&d, &web(2), &mut drains).await;
+    assert!(o.plan.is_empty(), "{:#?}", o.plan);
+    assert_eq!(
+        dp.request_count("POST /v3/services/haproxy/storage/maps"),
+        0
+    );
+    assert!(
+        dp.validation_failures().is_empty(),
+        "{:?}",
+        dp.validation_failures()
+    );
+}
+
+/// Issue 12, item 5: a Data Plane API that is not 3.x is named as such at the first observation.
+#[tokio::test]
+async fn a_data_plane_api_that_is_not_3x_is_named_clearly() {
+    for (version, expected) in [
+        (None, "not a Data Plane API v3"),
+        (
+            Some("v2.9.1 abc"),
+            "runs Data Plane API `v2.9.1 abc`; the connector needs 3.x",
+        ),
+    ] {
+        let dp = DataplaneDouble::start(
+            base(),
+            DoubleOptions {
+                api_version: version.map(String::from),
+                ..DoubleOptions::fast()
+            },
+        )
+        .await;
+        let e = driver(&dp, None).observe().await.expect_err("not 3.x");
+        assert!(e.to_string().contains(expected), "{e}");
+    }
+    let dp = DataplaneDouble::start(base(), DoubleOptions::fast()).await;
+    driver(&dp, None).observe().await.expect("3.x is fine");
+}

@@ -150,6 +150,46 @@ impl Client {
         })
     }
 
+    /// Uploads `content` as the file `filename` in the multipart form field `field` (storage
+    /// creation, `multipart/form-data`).
+    pub async fn upload(
+        &self,
+        endpoint: &'static str,
+        segments: &[&str],
+        field: &'static str,
+        filename: &str,
+        content: String,
+    ) -> Result<u16, DataplaneError> {
+        let url = self.url(segments, &[])?;
+        let part = reqwest::multipart::Part::text(content)
+            .file_name(filename.to_string())
+            .mime_str("text/plain")
+            .map_err(DataplaneError::from_reqwest)?;
+        let form = reqwest::multipart::Form::new().part(field, part);
+        let resp = match self
+            .http
+            .post(url)
+            .basic_auth(&self.user, self.password.as_ref().map(Secret::expose))
+            .multipart(form)
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                self.count(endpoint, "error".to_string());
+                return Err(DataplaneError::from_reqwest(e));
+            }
+        };
+        let status = resp.status().as_u16();
+        self.count(endpoint, status.to_string());
+        let text = resp.text().await.map_err(DataplaneError::from_reqwest)?;
+        if !(200..300).contains(&status) {
+            tracing::debug!(endpoint, status, body = %text, "Data Plane API refused an upload");
+            return Err(DataplaneError::from_status(status, &text));
+        }
+        Ok(status)
+    }
+
     /// Sends one request with a `text/plain` body (storage files).
     pub async fn call_text(
         &self,

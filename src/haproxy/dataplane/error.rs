@@ -44,6 +44,9 @@ pub enum DataplaneError {
     #[error("operations refused before reaching the Data Plane API: {}", .0.join("; "))]
     Skipped(Vec<String>),
     /// A success answer that does not have the expected shape.
+    /// The API is not a version the connector speaks (not 3.x).
+    #[error("unsupported Data Plane API: {0}")]
+    Unsupported(String),
     #[error("unexpected answer from the Data Plane API: {0}")]
     Protocol(String),
 }
@@ -117,6 +120,7 @@ impl From<DataplaneError> for DriverError {
             | DataplaneError::Skipped(_) => DriverError::Rejected(e.to_string()),
             DataplaneError::Unauthorized { .. }
             | DataplaneError::TooManyTransactions { .. }
+            | DataplaneError::Unsupported(_)
             | DataplaneError::Protocol(_) => DriverError::Other(e.to_string()),
         }
     }

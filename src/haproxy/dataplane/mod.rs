@@ -63,6 +63,8 @@ struct Observed {
     /// The frontend's rule count and which of the connector's rules are missing.
     frontend_rules: usize,
     missing_rules: Vec<(String, String)>,
+    /// The connector's map files absent from DPAPI's storage (looked up while rules are missing).
+    missing_maps: Vec<MatchKind>,
 }
 
 pub struct DataplaneDriver {
@@ -71,6 +73,8 @@ pub struct DataplaneDriver {
     observed: Mutex<Observed>,
     /// The transaction being staged, so an abandoned pass can abort it.
     open_transaction: Mutex<Option<String>>,
+    /// Whether `/v3/info` has shown a 3.x API (checked once, at the first observation).
+    version_checked: std::sync::atomic::AtomicBool,
 }
 
 const CONF: [&str; 3] = ["services", "haproxy", "configuration"];
@@ -97,6 +101,7 @@ impl DataplaneDriver {
             opts,
             observed: Mutex::new(Observed::default()),
             open_transaction: Mutex::new(None),
+            version_checked: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -110,7 +115,50 @@ impl DataplaneDriver {
         self.observed.lock().map(|g| g.clone()).unwrap_or_default()
     }
 
+    /// The API's version from `/v3/info`; an error names what answered when it is not 3.x.
+    pub async fn api_version(&self) -> Result<String, DataplaneError> {
+        let info = match self
+            .client
+            .call(Method::GET, "info", &["info"], &[], None)
+            .await
+        {
+            Ok(a) => a,
+            Err(DataplaneError::NotFound { .. }) => {
+                return Err(DataplaneError::Unsupported(format!(
+                    "{} has no /v3/info: it is not a Data Plane API v3 (v2 answers under /v2; upgrade to 3.x)",
+                    self.opts.address
+                )));
+            }
+            Err(e) => return Err(e),
+        };
+        let version = info.body["api"]["version"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let major = version
+            .trim_start_matches('v')
+            .split(['.', ' '])
+            .next()
+            .and_then(|m| m.parse::<u32>().ok());
+        match major {
+            Some(3) => Ok(version),
+            _ => Err(DataplaneError::Unsupported(format!(
+                "{} runs Data Plane API `{version}`; the connector needs 3.x",
+                self.opts.address
+            ))),
+        }
+    }
+
     async fn observe_inner(&self) -> Result<Live, DataplaneError> {
+        if !self
+            .version_checked
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            let version = self.api_version().await?;
+            tracing::info!(driver = "dataplane", version = %version, "Data Plane API version");
+            self.version_checked
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let backends = self
             .client
             .call(
@@ -303,6 +351,31 @@ impl DataplaneDriver {
                 .collect();
             live.route_rules_missing = !observed.missing_rules.is_empty();
             maps_may_be_unloaded = live.route_rules_missing;
+            if live.route_rules_missing {
+                // The rules are about to be inserted: the map files they reference must exist
+                // (HAProxy refuses a configuration naming a missing pattern file).
+                let stored = self
+                    .client
+                    .call(
+                        Method::GET,
+                        "storage_maps",
+                        &["services", "haproxy", "storage", "maps"],
+                        &[],
+                        None,
+                    )
+                    .await?;
+                let names: Vec<&str> = stored
+                    .body
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|m| m.get("storage_name").and_then(Value::as_str))
+                    .collect();
+                observed.missing_maps = MatchKind::ALL
+                    .into_iter()
+                    .filter(|k| !names.contains(&k.map_file()))
+                    .collect();
+            }
         }
 
         for kind in MatchKind::ALL {
@@ -516,6 +589,17 @@ impl DataplaneDriver {
             }
         }
 
+        // Map files the rules about to be inserted reference, created empty through the storage
+        // API (no reload: the transaction's commit loads them).
+        if plan
+            .ops
+            .iter()
+            .any(|o| matches!(o.action, Action::InsertRouteRules))
+        {
+            for kind in &observed.missing_maps {
+                self.create_map_file(*kind).await?;
+            }
+        }
         if !staged.is_empty() {
             version = self.transaction(version, &staged).await?;
             report
@@ -837,6 +921,36 @@ impl DataplaneDriver {
             )
             .await
             .map(|_| ())
+    }
+
+    /// Creates an empty map file in DPAPI's storage; one that exists already is left as it is.
+    async fn create_map_file(&self, kind: MatchKind) -> Result<(), DataplaneError> {
+        let text = format!(
+            "# Managed by haproxy-nomad-connector: {} host routes.\n",
+            kind.as_str()
+        );
+        match self
+            .client
+            .upload(
+                "storage_maps",
+                &["services", "haproxy", "storage", "maps"],
+                "file_upload",
+                kind.map_file(),
+                text,
+            )
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(
+                    driver = "dataplane",
+                    map = kind.map_file(),
+                    "map file created"
+                );
+                Ok(())
+            }
+            Err(DataplaneError::Conflict { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     async fn add_route(&self, route: &RouteKey, args: &RouteArgs) -> Result<(), DataplaneError> {

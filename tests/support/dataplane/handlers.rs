@@ -122,7 +122,10 @@ pub(crate) fn routes(st: &Shared) -> Router<Shared> {
             &format!("{RT}/maps/{{parent_name}}/entries/{{id}}"),
             a(get(entry_get).put(entry_put).delete(entry_delete)),
         )
-        .route("/v3/services/haproxy/storage/maps", a(get(storage_list)))
+        .route(
+            "/v3/services/haproxy/storage/maps",
+            a(get(storage_list).post(storage_create)),
+        )
         .route(
             "/v3/services/haproxy/storage/maps/{name}",
             a(get(storage_get).put(storage_put)),
@@ -292,7 +295,10 @@ fn missing_server(parent: &str, name: &str) -> ApiError {
 
 // ---------------------------------------------------------------- informational
 
-async fn info() -> Resp {
+async fn info(AxState(st): AxState<Shared>) -> Resp {
+    let Some(version) = lock(&st).opts.api_version.clone() else {
+        return Err(ApiError::new(404, "path /v3/info was not found"));
+    };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis())
@@ -300,7 +306,7 @@ async fn info() -> Resp {
     Ok(reply(
         200,
         Some(json!({
-            "api": {"version": "v3.2.1 (test double)", "build_date": "2025-01-01T00:00:00.000Z"},
+            "api": {"version": version, "build_date": "2025-01-01T00:00:00.000Z"},
             "system": {
                 "hostname": "dataplane-double",
                 "os_string": "Linux",
@@ -1054,6 +1060,7 @@ async fn txn_commit(AxState(st): AxState<Shared>, Path(id): Path<String>, Query(
     let force = q_bool(&q, "force_reload")?;
     let mut s = lock(&st);
     let cur = s.config.version;
+    let storage = s.storage.clone();
     let txn = s.txns.get_mut(&id).ok_or_else(|| txn_not_found(&id))?;
     if txn.status != TxnStatus::InProgress {
         return Err(ApiError::new(
@@ -1074,7 +1081,7 @@ async fn txn_commit(AxState(st): AxState<Shared>, Path(id): Path<String>, Query(
             ),
         ));
     }
-    if let Err(out) = txn.staged.haproxy_check() {
+    if let Err(out) = txn.staged.haproxy_check(&storage) {
         txn.status = TxnStatus::Failed;
         return Err(ApiError::new(400, format!("validation error: {out}")));
     }
@@ -1659,6 +1666,80 @@ async fn storage_list(AxState(st): AxState<Shared>) -> Resp {
         .map(|n| map_json(n, s.runtime.maps.get(n).map(|m| m.id), None))
         .collect();
     Ok(reply(200, Some(Value::Array(list)), None))
+}
+
+/// `POST /storage/maps`: `multipart/form-data` with the file in the field `file_upload`; the
+/// storage name is the upload's file name (its base name). 201 with the map object (not loaded,
+/// no runtime ID: nothing reloads), 409 when the file exists (DPAPI
+/// `handlers/storage/maps`, client-native's storage `Create`).
+async fn storage_create(AxState(st): AxState<Shared>, headers: HeaderMap, bytes: Bytes) -> Resp {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let (name, content) = multipart_file(ct, &bytes, "file_upload")?;
+    let name = name.rsplit('/').next().unwrap_or(&name).to_string();
+    if name.is_empty() {
+        return Err(ApiError::new(400, "no file name in the upload"));
+    }
+    let mut s = lock(&st);
+    if s.storage.contains_key(&name) {
+        return Err(ApiError::new(
+            409,
+            format!("file {MAPS_DIR}/{name} already exists"),
+        ));
+    }
+    let size = content.len();
+    s.storage.insert(name.clone(), content);
+    let mut v = map_json(&name, None, Some(size));
+    v["description"] = json!("managed but not loaded map file (no runtime ID)");
+    Ok(reply(201, Some(v), None))
+}
+
+/// The file in form field `field` of a `multipart/form-data` body: (file name, content). Errors
+/// as Go's `ParseMultipartForm` / `FormFile` answer them (400).
+fn multipart_file(
+    content_type: &str,
+    body: &[u8],
+    field: &str,
+) -> Result<(String, String), ApiError> {
+    let bad = |m: &str| ApiError::new(400, m.to_string());
+    let mut parts = content_type.split(';').map(str::trim);
+    if parts.next() != Some("multipart/form-data") {
+        return Err(bad("request Content-Type isn't multipart/form-data"));
+    }
+    let boundary = parts
+        .find_map(|p| p.strip_prefix("boundary="))
+        .map(|b| b.trim_matches('"').to_string())
+        .ok_or_else(|| bad("no multipart boundary param in Content-Type"))?;
+    let text = String::from_utf8_lossy(body);
+    let delimiter = format!("--{boundary}");
+    for part in text.split(&delimiter).skip(1) {
+        if part.starts_with("--") {
+            break;
+        }
+        let Some((head, rest)) = part.split_once("\r\n\r\n") else {
+            continue;
+        };
+        let disposition = head
+            .lines()
+            .find(|l| l.to_ascii_lowercase().starts_with("content-disposition:"))
+            .unwrap_or("");
+        let param = |key: &str| {
+            disposition
+                .split(';')
+                .map(str::trim)
+                .find_map(|p| p.strip_prefix(&format!("{key}=")))
+                .map(|v| v.trim_matches('"').to_string())
+        };
+        if param("name").as_deref() != Some(field) {
+            continue;
+        }
+        let filename = param("filename").ok_or_else(|| bad("http: no such file"))?;
+        let content = rest.strip_suffix("\r\n").unwrap_or(rest).to_string();
+        return Ok((filename, content));
+    }
+    Err(bad("http: no such file"))
 }
 
 fn storage_missing(name: &str) -> ApiError {

@@ -149,6 +149,9 @@ pub struct Options {
     pub max_open_transactions: usize,
     /// What `/v3/health` answers (`unknown` unless a status command is configured).
     pub health: String,
+    /// `api.version` of `/v3/info`; `None`: no `/v3/info` at all (a 2.x API, which serves
+    /// `/v2`), answered 404.
+    pub api_version: Option<String>,
 }
 
 impl Default for Options {
@@ -159,6 +162,7 @@ impl Default for Options {
             password: "adminpwd".to_string(),
             max_open_transactions: 20,
             health: "unknown".to_string(),
+            api_version: Some("v3.2.1 (test double)".to_string()),
         }
     }
 }
@@ -356,7 +360,7 @@ impl State {
                 let mut candidate = self.config.clone();
                 let t = f(&mut candidate)?;
                 candidate
-                    .haproxy_check()
+                    .haproxy_check(&self.storage)
                     .map_err(|out| ApiError::new(400, format!("validation error: {out}")))?;
                 candidate.version = cur + 1;
                 self.config = candidate;

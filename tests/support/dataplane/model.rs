@@ -158,8 +158,34 @@ impl ConfigModel {
 
     /// The fatal errors `haproxy -c` would report for this file, for the checks the double
     /// knows. `Err` carries HAProxy-like output.
-    pub fn haproxy_check(&self) -> Result<(), String> {
+    pub fn haproxy_check(&self, storage: &BTreeMap<String, String>) -> Result<(), String> {
         let mut alerts = Vec::new();
+        // Pattern files the frontends reference must exist (`map()` loads them at start).
+        for f in &self.frontends {
+            let text: String = f
+                .rules
+                .iter()
+                .map(|r| format!("{} {}\n", r.name, r.cond_test.as_deref().unwrap_or("")))
+                .chain(
+                    f.acls
+                        .iter()
+                        .map(|a| format!("{} {}\n", a.criterion, a.value.as_deref().unwrap_or(""))),
+                )
+                .collect();
+            let prefix = format!("{MAPS_DIR}/");
+            for (i, _) in text.match_indices(&prefix) {
+                let name: String = text[i + prefix.len()..]
+                    .chars()
+                    .take_while(|c| !matches!(c, ')' | ',' | ']' | '}') && !c.is_whitespace())
+                    .collect();
+                if !storage.contains_key(&name) {
+                    alerts.push(format!(
+                        "parsing [frontend {}] : failed to open pattern file <{prefix}{name}>.",
+                        f.name
+                    ));
+                }
+            }
+        }
         for b in &self.backends {
             if let Some(h) = &b.base.httpchk_params {
                 if let Some(host) = h.host.as_deref().filter(|h| !h.is_empty()) {
