@@ -33,6 +33,12 @@ def fail(where: str, what: str) -> None:
     FAILURES.append(f"{where}: {what}")
 
 
+def passed(since: int, line: str) -> None:
+    """Reports `line` as checked when no failure was recorded after `since`."""
+    if len(FAILURES) == since:
+        CHECKED.append(line)
+
+
 def unq(value):
     """python-hcl2 keeps the quotes of string literals; strip them."""
     if isinstance(value, str) and len(value) >= 2 and value[0] == '"' and value[-1] == '"':
@@ -64,6 +70,7 @@ def load_hcl(rel: str):
 
 
 def check_job(rel: str, driver: str) -> None:
+    since = len(FAILURES)
     doc = load_hcl(rel)
     if doc is None:
         return
@@ -155,10 +162,11 @@ def check_job(rel: str, driver: str) -> None:
         fail(rel, "no template with destination secrets/dpapi-password")
     elif '{{ with nomadVar "nomad/jobs/haproxy-nomad-connector" }}{{ .dpapi_password }}{{ end }}' not in pw:
         fail(rel, "the password template does not read nomad/jobs/haproxy-nomad-connector's dpapi_password")
-    CHECKED.append(f"{rel}: system job, constraint, identity, checks, templates ({driver})")
+    passed(since, f"{rel}: system job, constraint, identity, checks, templates ({driver})")
 
 
 def check_policy(rel: str) -> None:
+    since = len(FAILURES)
     doc = load_hcl(rel)
     if doc is None:
         return
@@ -172,10 +180,11 @@ def check_policy(rel: str) -> None:
         caps = [unq(c) for c in body.get("capabilities", [])]
         if caps != ["read-job"] or "policy" in body or {k for k in body if not k.startswith("__")} - {"capabilities"}:
             fail(rel, f'namespace "{name}": want exactly capabilities = ["read-job"], got {body}')
-    CHECKED.append(f"{rel}: namespace rules granting exactly read-job")
+    passed(since, f"{rel}: namespace rules granting exactly read-job")
 
 
 def check_dev() -> None:
+    since = len(FAILURES)
     rel = "deploy/dev/dataplaneapi.yml"
     try:
         dpapi = yaml.safe_load((ROOT / rel).read_text())
@@ -208,8 +217,9 @@ def check_dev() -> None:
         fail("deploy/dev/connector.json", f"haproxy.maps_dir is not the DPAPI's {maps_dir}")
     if connector["haproxy"].get("address") != f"http://{api.get('host')}:{api.get('port')}":
         fail("deploy/dev/connector.json", "haproxy.address is not the Data Plane API's")
-    CHECKED.append(f"{rel}: parsed; listener, user, maps_dir and config agree with haproxy.cfg and connector.json")
+    passed(since, f"{rel}: parsed; listener, user, maps_dir and config agree with haproxy.cfg and connector.json")
 
+    since = len(FAILURES)
     rel = "deploy/dev/demo.nomad.hcl"
     doc = load_hcl(rel)
     if doc is None:
@@ -225,7 +235,7 @@ def check_dev() -> None:
     task = next(iter(labelled(group, "task").values()), {})
     if unq(task.get("driver")) != "raw_exec":
         fail(rel, "the demo task must use raw_exec (enabled by nomad agent -dev)")
-    CHECKED.append(f"{rel}: two raw_exec instances tagged for demo.localhost")
+    passed(since, f"{rel}: two raw_exec instances tagged for demo.localhost")
 
 
 def main() -> int:
