@@ -16,7 +16,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Run);
     if let Command::Version = command {
-        println!("{} {}", env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"));
+        println!(
+            "{} {}",
+            env!("CARGO_PKG_NAME"),
+            haproxy_nomad_connector::cli::VERSION
+        );
         return ExitCode::SUCCESS;
     }
     let config = match cli
