@@ -61,7 +61,7 @@ for kind in exact prefix suffix regex; do : >"$work/maps/hnc_$kind.map"; done
 sed "s#/usr/local/etc/haproxy/maps#$root/deploy/dev/maps#g" deploy/dev/haproxy.cfg >"$work/dev.cfg"
 sed "s#/etc/haproxy/maps#$work/maps#g" deploy/haproxy-runtime.cfg >"$work/runtime.cfg"
 for bin in "${haproxy_bins[@]}"; do
-  version=$("$bin" -v | head -n1 | awk '{print $3}')
+  version=$("$bin" -v 2>/dev/null | awk 'NR == 1 {print $3}')
   for cfg in dev runtime; do
     case $cfg in
       dev) name=deploy/dev/haproxy.cfg; args=(-f "$work/dev.cfg") ;;
