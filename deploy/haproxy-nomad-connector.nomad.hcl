@@ -1,13 +1,68 @@
-# Runs the connector as a Nomad service job beside HAProxy (Data Plane API driver).
-# It talks to Nomad through the Task API socket with the task's workload identity, so no token is
-# stored anywhere; the identity's policy needs namespace:read-job on the watched namespaces.
-# Not validated by this project's CI (Nomad cannot run there): check it with `nomad job validate`.
+# haproxy-nomad-connector as a Nomad system job: one connector on each HAProxy node, beside its
+# HAProxy and Data Plane API (127.0.0.1:5555), from the Docker image (see ../Dockerfile).
+# Variant without Docker: haproxy-nomad-connector.exec.nomad.hcl (exec driver + artifact).
+#
+# Before the first run (README, "Deploy"):
+#   nomad acl policy apply -namespace default -job haproxy-nomad-connector \
+#     haproxy-nomad-connector deploy/acl-policy.hcl
+#   nomad var put -namespace default nomad/jobs/haproxy-nomad-connector dpapi_password=…
+#   nomad job run -var 'image=registry.example.com/haproxy-nomad-connector:0.1.0' \
+#     deploy/haproxy-nomad-connector.nomad.hcl
+# It talks to Nomad through the Task API socket with the task's workload identity (no token is
+# stored anywhere). CI parses this file and checks its structure (scripts/check_deploy_files.py);
+# `nomad job validate` needs a Nomad agent.
+
+variable "image" {
+  type        = string
+  description = "The connector's image, built from the repository's Dockerfile."
+  default     = "haproxy-nomad-connector:0.1.0"
+}
+
+variable "node_class" {
+  type        = string
+  description = "node.class of the Nomad clients that run HAProxy with the Data Plane API."
+  default     = "haproxy"
+}
+
+variable "namespaces" {
+  type        = string
+  description = "Namespaces to watch: * or a comma-separated list (the ACL policy must cover them)."
+  default     = "*"
+}
+
+variable "dataplane_url" {
+  type        = string
+  description = "The Data Plane API on each HAProxy node."
+  default     = "http://127.0.0.1:5555"
+}
+
+variable "dataplane_username" {
+  type    = string
+  default = "admin"
+}
+
+variable "frontend" {
+  type        = string
+  description = "HAProxy frontend the connector adds its four host-routing rules to."
+  default     = "http"
+}
+
+variable "maps_dir" {
+  type        = string
+  description = "The Data Plane API's maps directory (its resources.maps_dir)."
+  default     = "/etc/haproxy/maps"
+}
+
 job "haproxy-nomad-connector" {
-  type = "service"
+  # One connector per HAProxy: it must run beside each one, and only there.
+  type = "system"
+
+  constraint {
+    attribute = "${node.class}"
+    value     = var.node_class
+  }
 
   group "connector" {
-    count = 1 # one writer: the connector must not run twice against one HAProxy
-
     network {
       port "admin" { static = 4650 }
     }
@@ -17,6 +72,21 @@ job "haproxy-nomad-connector" {
       provider = "nomad"
       port     = "admin"
 
+      # Alive: restart the task when the process stops answering.
+      check {
+        name     = "alive"
+        type     = "http"
+        path     = "/healthz"
+        interval = "10s"
+        timeout  = "2s"
+
+        check_restart {
+          limit = 3
+          grace = "30s"
+        }
+      }
+
+      # Ready: converged with Nomad and HAProxy at least once and both reachable.
       check {
         name     = "ready"
         type     = "http"
@@ -27,29 +97,33 @@ job "haproxy-nomad-connector" {
     }
 
     task "connector" {
-      driver = "exec"
+      driver = "docker"
 
       config {
-        command = "/usr/local/bin/haproxy-nomad-connector"
-        # Nomad sets NOMAD_NAMESPACE to this job's namespace in every task; watch all of them.
-        args = ["run", "--config", "${NOMAD_TASK_DIR}/connector.json", "--nomad-namespaces", "*"]
+        image = var.image
+        # The Data Plane API listens on the host's loopback.
+        network_mode = "host"
+        # NOMAD_NAMESPACE is this job's own namespace in every task; the flag widens the watch.
+        args = ["run", "--config", "${NOMAD_TASK_DIR}/connector.json", "--nomad-namespaces", var.namespaces]
       }
 
+      # NOMAD_TOKEN: the workload identity's token, for the Task API socket.
       identity {
-        env = true # NOMAD_TOKEN for the Task API socket
+        env = true
       }
 
       template {
-        destination = "${NOMAD_TASK_DIR}/connector.json"
+        destination = "local/connector.json"
         data        = <<EOT
 {
   "nomad": {"address": "unix://{{ env "NOMAD_SECRETS_DIR" }}/api.sock"},
   "haproxy": {
-    "address": "http://127.0.0.1:5555",
-    "username": "admin",
+    "driver": "dataplane",
+    "address": "${var.dataplane_url}",
+    "username": "${var.dataplane_username}",
     "password_file": "{{ env "NOMAD_SECRETS_DIR" }}/dpapi-password",
-    "frontend": "http",
-    "maps_dir": "/etc/haproxy/maps"
+    "frontend": "${var.frontend}",
+    "maps_dir": "${var.maps_dir}"
   },
   "http": {"listen": "0.0.0.0:4650"},
   "log": {"format": "json"}
@@ -58,8 +132,10 @@ EOT
       }
 
       template {
-        destination = "${NOMAD_SECRETS_DIR}/dpapi-password"
-        data        = "{{ with nomadVar \"nomad/jobs/haproxy-nomad-connector\" }}{{ .dpapi_password }}{{ end }}"
+        destination = "secrets/dpapi-password"
+        data        = <<EOT
+{{ with nomadVar "nomad/jobs/haproxy-nomad-connector" }}{{ .dpapi_password }}{{ end }}
+EOT
       }
 
       resources {

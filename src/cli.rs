@@ -7,9 +7,13 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use crate::config::keys::Key;
 use crate::config::{ConfigError, Layer};
 
+/// The version `--version` and `version` print: the package version, plus the git commit in
+/// parentheses when the binary was built from a checkout (`0.1.0 (abc1234)`; see `build.rs`).
+pub const VERSION: &str = env!("HNC_VERSION");
+
 /// Keeps HAProxy in step with Nomad's native service discovery.
 #[derive(Debug, Parser)]
-#[command(name = "haproxy-nomad-connector", version, about, long_about = None)]
+#[command(name = "haproxy-nomad-connector", version = VERSION, about, long_about = None)]
 pub struct Cli {
     /// JSON configuration file. Environment variables and flags override its values.
     #[arg(long, global = true, value_name = "PATH")]

@@ -24,7 +24,11 @@ fn main() -> ExitCode {
         EXIT_CONFIG
     };
     if let Command::Version = command {
-        println!("{} {}", env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"));
+        println!(
+            "{} {}",
+            env!("CARGO_PKG_NAME"),
+            haproxy_nomad_connector::cli::VERSION
+        );
         return ExitCode::SUCCESS;
     }
     let config = match cli

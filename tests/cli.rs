@@ -214,15 +214,77 @@ fn secrets_never_appear_in_logs_or_output() {
     }
 }
 
+/// What `--version` must print: the name, the package version and, when this test runs in a git
+/// checkout (as the build did), ` (<short commit>)`.
+fn expected_version() -> String {
+    let base = format!("haproxy-nomad-connector {}", env!("CARGO_PKG_VERSION"));
+    if let Some(commit) = option_env!("HNC_GIT_COMMIT").filter(|c| !c.trim().is_empty()) {
+        return format!("{base} ({})", commit.trim());
+    }
+    let git = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output();
+    match git {
+        Ok(out) if out.status.success() => {
+            format!("{base} ({})", String::from_utf8_lossy(&out.stdout).trim())
+        }
+        _ => base,
+    }
+}
+
 #[test]
-fn version_prints_name_and_version() {
-    let out = run(&["version"], &[]);
-    let (stdout, _) = text(&out);
-    assert_eq!(out.status.code(), Some(0));
-    assert_eq!(
-        stdout.trim(),
-        format!("haproxy-nomad-connector {}", env!("CARGO_PKG_VERSION"))
+fn version_prints_name_version_and_commit() {
+    let want = expected_version();
+    for args in [&["version"][..], &["--version"][..]] {
+        let out = run(args, &[]);
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert_eq!(stdout.trim(), want, "{args:?}");
+    }
+}
+
+#[test]
+fn every_deploy_file_the_readme_names_exists() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
+    let deploy = readme
+        .split("\n## Deploy\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("README has a Deploy section");
+    let paths = regex::Regex::new(r"(?:deploy/|scripts/|examples/)[A-Za-z0-9_./-]*[A-Za-z0-9_/]|Dockerfile|docker-compose\.dev\.yml")
+        .expect("regex");
+    let mut named = 0;
+    for m in paths.find_iter(deploy) {
+        let path = root.join(m.as_str());
+        assert!(
+            path.exists(),
+            "README's Deploy section names {}, which does not exist",
+            m.as_str()
+        );
+        named += 1;
+    }
+    assert!(
+        named >= 10,
+        "only {named} paths found in the Deploy section"
     );
+    // And every shipped deployment file is named there or in deploy/README.md.
+    let index = std::fs::read_to_string(root.join("deploy/README.md")).expect("deploy/README.md");
+    for entry in std::fs::read_dir(root.join("deploy")).expect("deploy/") {
+        let name = entry
+            .expect("entry")
+            .file_name()
+            .to_string_lossy()
+            .to_string();
+        if name == "README.md" {
+            continue;
+        }
+        assert!(
+            deploy.contains(&format!("deploy/{name}")) || index.contains(&format!("`{name}`")),
+            "deploy/{name} is described neither in the README's Deploy section nor in deploy/README.md"
+        );
+    }
 }
 
 #[test]

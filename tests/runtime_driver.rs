@@ -620,6 +620,47 @@ async fn a_rejected_candidate_restores_the_fragment_and_reports_haproxy_message(
 }
 
 #[test]
+fn dev_stack_config_has_the_generated_rules_and_passes_haproxy_check() {
+    // deploy/dev/haproxy.cfg is the development stack's HAProxy (docker-compose.dev.yml), whose
+    // Data Plane API keeps its maps in /usr/local/etc/haproxy/maps.
+    let text = include_str!("../deploy/dev/haproxy.cfg");
+    for (expr, cond) in route_rules("/usr/local/etc/haproxy/maps") {
+        let line = format!("    use_backend {expr} if {cond}\n");
+        assert!(text.contains(&line), "deploy/dev/haproxy.cfg lacks {line}");
+    }
+    // The shipped empty maps must be the four the rules name.
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/dev/maps");
+    for kind in MatchKind::ALL {
+        let map = shipped.join(kind.map_file());
+        let body = std::fs::read_to_string(&map)
+            .unwrap_or_else(|e| panic!("{} is missing: {e}", map.display()));
+        assert!(body.is_empty(), "{} must ship empty", map.display());
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = dir.path().join("haproxy.cfg");
+    std::fs::write(
+        &cfg,
+        text.replace(
+            "/usr/local/etc/haproxy/maps",
+            &shipped.display().to_string(),
+        ),
+    )
+    .expect("write cfg");
+    let out = std::process::Command::new(haproxy::binary())
+        .arg("-c")
+        .arg("-f")
+        .arg(&cfg)
+        .output()
+        .expect("run haproxy -c");
+    assert!(
+        out.status.success(),
+        "haproxy -c refused deploy/dev/haproxy.cfg:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn deploy_example_config_is_valid_and_has_the_generated_rules() {
     let text = include_str!("../deploy/haproxy-runtime.cfg");
     let readme = include_str!("../README.md");
