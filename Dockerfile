@@ -8,10 +8,15 @@
 
 FROM rust:1.95-bookworm AS builder
 WORKDIR /src
-# PCRE2 (the regex engine HAProxy uses, for checking regex domains) is compiled into the binary,
-# so the runtime stage needs no libpcre2.
-ENV PCRE2_SYS_STATIC=1 \
-    CARGO_TERM_COLOR=never
+# Regex domains are checked with PCRE2, the engine HAProxy runs them with: the binary links
+# Debian 12's libpcre2-8 (10.42, the one Debian's and the haproxytech Debian images' HAProxy
+# link), not a newer bundled copy that would accept patterns HAProxy refuses (variable-length
+# look-behind came in 10.43). The runtime stage gets the same library file.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libpcre2-dev \
+    && rm -rf /var/lib/apt/lists/*
+ENV CARGO_TERM_COLOR=never
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 COPY benches ./benches
@@ -30,6 +35,7 @@ LABEL org.opencontainers.image.title="haproxy-nomad-connector" \
       org.opencontainers.image.revision="${GIT_COMMIT}" \
       org.opencontainers.image.documentation="README.md, section Deploy" \
       org.opencontainers.image.base.name="gcr.io/distroless/cc-debian12:nonroot"
+COPY --from=builder /usr/lib/x86_64-linux-gnu/libpcre2-8.so.0 /usr/lib/x86_64-linux-gnu/libpcre2-8.so.0
 COPY --from=builder /haproxy-nomad-connector /usr/local/bin/haproxy-nomad-connector
 USER 65532:65532
 # /healthz, /readyz, /metrics, /status (http.listen, default 0.0.0.0:4650).

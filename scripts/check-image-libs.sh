@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Checks that the image's runtime stage provides every shared library the connector binary needs:
 #   scripts/check-image-libs.sh BINARY [DOCKERFILE]
-# BINARY must be built as the Dockerfile's builder stage builds it (PCRE2_SYS_STATIC=1: PCRE2 is
-# compiled in); scripts/check-deploy.sh does that. Each library `ldd BINARY` lists must be
+# BINARY must be built as the Dockerfile's builder stage builds it (against Debian 12's
+# libpcre2-8, dynamically); scripts/check-deploy.sh does that. Each library `ldd BINARY` lists must be
 # provided by the runtime base image (list below) or copied into the runtime stage by a
 # `COPY --from=builder …/<library>` line of the Dockerfile. Exit 1 naming each missing library.
 set -euo pipefail

@@ -861,3 +861,36 @@ async fn a_data_plane_api_that_is_not_3x_is_named_clearly() {
     let dp = DataplaneDouble::start(base(), DoubleOptions::fast()).await;
     driver(&dp, None).observe().await.expect("3.x is fine");
 }
+
+/// Issue 11, item 2 (defence in depth): when HAProxy refuses one map entry (a pattern its PCRE2
+/// rejects), that route is reported and the rest of the pass still runs.
+#[tokio::test]
+async fn a_map_entry_haproxy_refuses_costs_only_its_route() {
+    let dp = DataplaneDouble::start(base(), DoubleOptions::fast()).await;
+    let d = driver(&dp, None);
+    let live = d.observe().await.expect("observe");
+    let plan = Plan {
+        ops: vec![
+            route_op(Action::AddRoute {
+                route: route(MatchKind::Regex, "(?u)x"),
+                backend: "legacy".into(),
+            }),
+            route_op(Action::AddRoute {
+                route: route(MatchKind::Exact, "after.example.com"),
+                backend: "legacy".into(),
+            }),
+        ],
+        pending_drains: Vec::new(),
+    };
+    let err = d
+        .apply(&plan, &Desired::default(), &live)
+        .await
+        .expect_err("the refused route is reported");
+    assert_eq!(err.kind(), "rejected");
+    assert!(err.to_string().contains("route regex (?u)x"), "{err}");
+    assert!(map_entries(&dp, "hnc_regex.map").is_empty());
+    assert_eq!(
+        map_entries(&dp, "hnc_exact.map"),
+        [("after.example.com".to_string(), "legacy".to_string())]
+    );
+}

@@ -705,7 +705,14 @@ impl DataplaneDriver {
                     ));
                 }
                 Action::AddRoute { route, backend } => match route_args(route, backend, false) {
-                    Ok(args) => self.add_route(route, &args).await?,
+                    Ok(args) => {
+                        // HAProxy refusing one entry (a pattern its PCRE2 rejects) costs that
+                        // route only: drains and removals later in the plan still run.
+                        if let Err(e) = self.add_route(route, &args).await {
+                            refused.push(route_refusal(route, e)?);
+                            continue;
+                        }
+                    }
                     Err(m) => {
                         refused.push(m);
                         continue;
@@ -726,7 +733,7 @@ impl DataplaneDriver {
                         }
                     };
                     let current = live.routes.get(route).map_or(0, Vec::len);
-                    if current == 1 {
+                    let done = if current == 1 {
                         self.client
                             .call(
                                 Method::PUT,
@@ -738,10 +745,17 @@ impl DataplaneDriver {
                                 &[("force_sync", "true".into())],
                                 Some(&json!({"value": args.value})),
                             )
-                            .await?;
+                            .await
+                            .map(|_| ())
                     } else {
-                        self.remove_route(route, &args.key).await?;
-                        self.add_route(route, &args).await?;
+                        match self.remove_route(route, &args.key).await {
+                            Ok(()) => self.add_route(route, &args).await,
+                            Err(e) => Err(e),
+                        }
+                    };
+                    if let Err(e) = done {
+                        refused.push(route_refusal(route, e)?);
+                        continue;
                     }
                 }
                 Action::RemoveRoute { route } => match route_args(route, "", true) {
@@ -1017,6 +1031,23 @@ fn route_args(route: &RouteKey, backend: &str, by_key: bool) -> Result<RouteArgs
         url_segment(&key).map_err(|e| refuse(&e))?;
     }
     Ok(RouteArgs { key, value })
+}
+
+/// A route operation HAProxy or the API refused: its message for the pass's report, or the error
+/// itself when it is not about that one entry (the API unreachable, credentials, a timeout),
+/// which ends the pass.
+fn route_refusal(route: &RouteKey, e: DataplaneError) -> Result<String, DataplaneError> {
+    match e {
+        DataplaneError::Invalid { .. }
+        | DataplaneError::NotFound { .. }
+        | DataplaneError::Conflict { .. }
+        | DataplaneError::Server { .. }
+        | DataplaneError::Segment(_) => {
+            tracing::warn!(route = %route, error = %e, "route refused");
+            Ok(format!("route {route}: {e}"))
+        }
+        other => Err(other),
+    }
 }
 
 /// Whether `key` can stand in a map file line as it is (no whitespace or line end splits it).

@@ -1505,6 +1505,12 @@ fn get_map<'a>(s: &'a State, map: &str, raw_id: &str) -> Option<&'a RtMapEntry> 
 
 /// `POST …/entries`: `add map <file> <key> <value>` with the body's strings as they are, through
 /// HAProxy's CLI ([`cli`]): what is stored is the CLI's unescaped words.
+/// Whether the running configuration reads map `n` with `map_reg` (its keys are regexes).
+fn map_is_regex(s: &State, n: &str) -> bool {
+    let needle = format!("map_reg({MAPS_DIR}/{n})");
+    s.runtime_config_text().contains(&needle)
+}
+
 async fn entry_post(
     AxState(st): AxState<Shared>,
     Path(parent): Path<String>,
@@ -1542,6 +1548,18 @@ async fn entry_post(
                 "unknown error: [3]: 'add map' expects three parameters (map identifier, key and value) or one parameter (map identifier) and a payload",
             ));
         };
+        // A map the configuration reads with `map_reg` compiles each key with PCRE2 as it is
+        // added (no UTF mode, as HAProxy builds it): a pattern it rejects is not added.
+        if map_is_regex(&s, &n)
+            && let Err(e) = pcre2::bytes::RegexBuilder::new()
+                .utf(false)
+                .build(stored_key)
+        {
+            return Err(ApiError::new(
+                400,
+                format!("unknown error: [3]: regex '{stored_key}' is invalid ({e})"),
+            ));
+        }
         let id = s.runtime.new_entry_id();
         s.runtime
             .maps

@@ -369,6 +369,11 @@ impl State {
         }
     }
 
+    /// The configuration HAProxy runs (the last one loaded), as JSON text.
+    fn runtime_config_text(&self) -> String {
+        self.last_good.to_json().to_string()
+    }
+
     /// Asks the reload agent for a reload; returns the pending reload's ID.
     fn schedule_reload(&mut self) -> String {
         let reason = current_route();
