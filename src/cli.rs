@@ -76,7 +76,13 @@ pub enum Command {
     },
     /// Load and validate the configuration, print it as JSON with secrets redacted.
     /// Exit 0 when valid, 2 when not.
-    CheckConfig,
+    CheckConfig {
+        /// Also connect: Nomad reachable and the token able to list and read services and jobs in
+        /// every watched namespace; the HAProxy side as its driver needs it. One line per check;
+        /// exit 0 when a `run` has everything it needs, 1 otherwise.
+        #[arg(long)]
+        connect: bool,
+    },
     /// Print the version.
     Version,
 }

@@ -16,4 +16,5 @@ pub mod metrics;
 pub mod model;
 pub mod nomad;
 pub mod plan;
+pub mod preflight;
 pub mod reconcile;

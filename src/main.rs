@@ -4,6 +4,7 @@ use haproxy_nomad_connector::app::{self, PlanExit};
 use haproxy_nomad_connector::cli::{Cli, Command};
 use haproxy_nomad_connector::config::Config;
 use haproxy_nomad_connector::logging;
+use haproxy_nomad_connector::preflight;
 use tokio::sync::watch;
 
 /// A configuration error of `run` or `plan` (sysexits' `EX_CONFIG`): its own code, so a
@@ -18,7 +19,7 @@ const EXIT_CHANGES: u8 = 2;
 fn main() -> ExitCode {
     let cli = Cli::parse_with_registry();
     let command = cli.command.unwrap_or(Command::Run);
-    let config_error = if matches!(command, Command::CheckConfig) {
+    let config_error = if matches!(command, Command::CheckConfig { .. }) {
         EXIT_INVALID
     } else {
         EXIT_CONFIG
@@ -49,7 +50,7 @@ fn main() -> ExitCode {
     let effective = config.to_redacted_json();
     tracing::debug!(config = %effective, "effective configuration");
     match command {
-        Command::CheckConfig => {
+        Command::CheckConfig { connect: false } => {
             match serde_json::to_string_pretty(&effective) {
                 Ok(text) => println!("{text}"),
                 Err(e) => {
@@ -59,6 +60,33 @@ fn main() -> ExitCode {
             }
             tracing::info!("configuration is valid");
             ExitCode::SUCCESS
+        }
+        Command::CheckConfig { connect: true } => {
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let results = runtime.block_on(preflight::run(&config));
+            let mut problems = 0;
+            for r in &results {
+                match r {
+                    Ok(line) => println!("ok    {line}"),
+                    Err(line) => {
+                        problems += 1;
+                        println!("FAIL  {line}");
+                    }
+                }
+            }
+            if problems == 0 {
+                println!("everything `run` needs is there");
+                ExitCode::SUCCESS
+            } else {
+                println!("{problems} problem(s)");
+                ExitCode::FAILURE
+            }
         }
         Command::Version => ExitCode::SUCCESS,
         Command::Run => {

@@ -13,6 +13,7 @@
 pub mod client;
 pub mod error;
 pub mod objects;
+mod preflight;
 pub mod segment;
 
 use std::collections::{BTreeMap, BTreeSet};

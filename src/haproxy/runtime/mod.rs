@@ -24,6 +24,7 @@
 
 pub mod files;
 pub mod fragment;
+mod preflight;
 pub mod socket;
 pub mod state;
 

@@ -1,0 +1,107 @@
+//! `check-config --connect` for the Data Plane API driver: what a `run` needs of the API, checked
+//! once, each result a line (`Ok`: what was found; `Err`: the problem and what to do).
+
+use reqwest::Method;
+use serde_json::Value;
+
+use super::error::DataplaneError;
+use super::{CONF, DataplaneDriver, seg};
+use crate::model::MatchKind;
+
+impl DataplaneDriver {
+    /// Reachability, credentials, version, the frontend, the map files.
+    pub async fn preflight(&self) -> Vec<Result<String, String>> {
+        let mut out = Vec::new();
+        let address = &self.opts.address;
+        // Credentials and reachability: the configuration version needs both.
+        match self
+            .client
+            .call(Method::GET, "version", &seg(&CONF, &["version"]), &[], None)
+            .await
+        {
+            Ok(_) => out.push(Ok(format!(
+                "Data Plane API {address}: reachable, credentials accepted"
+            ))),
+            Err(DataplaneError::Unauthorized { message }) => {
+                out.push(Err(format!(
+                    "Data Plane API {address}: credentials refused ({message}); check haproxy.username and haproxy.password"
+                )));
+                return out;
+            }
+            Err(e @ (DataplaneError::Timeout(_) | DataplaneError::Transport(_))) => {
+                out.push(Err(format!("Data Plane API {address}: {e}")));
+                return out;
+            }
+            // A 2.x API has no /v3: the version check below says so.
+            Err(DataplaneError::NotFound { .. }) => {}
+            Err(e) => out.push(Err(format!("Data Plane API {address}: {e}"))),
+        }
+        match self.api_version().await {
+            Ok(v) => out.push(Ok(format!("Data Plane API version {v}"))),
+            Err(e) => {
+                out.push(Err(e.to_string()));
+                return out;
+            }
+        }
+        if let Some(fe) = &self.opts.frontend {
+            match self
+                .client
+                .call(
+                    Method::GET,
+                    "frontends",
+                    &seg(&CONF, &["frontends", fe]),
+                    &[],
+                    None,
+                )
+                .await
+            {
+                Ok(_) => out.push(Ok(format!("frontend `{fe}` exists"))),
+                Err(DataplaneError::NotFound { .. }) => out.push(Err(format!(
+                    "frontend `{fe}` (haproxy.frontend) does not exist in HAProxy's configuration"
+                ))),
+                Err(e) => out.push(Err(format!("frontend `{fe}`: {e}"))),
+            }
+        }
+        match self
+            .client
+            .call(
+                Method::GET,
+                "storage_maps",
+                &["services", "haproxy", "storage", "maps"],
+                &[],
+                None,
+            )
+            .await
+        {
+            Ok(a) => {
+                let names: Vec<&str> = a
+                    .body
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|m| m.get("storage_name").and_then(Value::as_str))
+                    .collect();
+                let missing: Vec<&str> = MatchKind::ALL
+                    .iter()
+                    .map(|k| k.map_file())
+                    .filter(|f| !names.contains(f))
+                    .collect();
+                if missing.is_empty() {
+                    out.push(Ok("the four map files exist".into()));
+                } else if self.opts.frontend.is_some() {
+                    out.push(Ok(format!(
+                        "map files {} are missing and will be created by the first pass",
+                        missing.join(", ")
+                    )));
+                } else {
+                    out.push(Err(format!(
+                        "map files {} are missing: create them empty in DPAPI's maps directory, or set haproxy.frontend and the connector creates them",
+                        missing.join(", ")
+                    )));
+                }
+            }
+            Err(e) => out.push(Err(format!("map files: {e}"))),
+        }
+        out
+    }
+}
