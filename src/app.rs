@@ -72,7 +72,7 @@ fn log_start(config: &Config) {
         ),
     };
     tracing::info!(
-        version = %env!("CARGO_PKG_VERSION"),
+        version = %crate::cli::VERSION,
         driver = %config.haproxy.driver.as_str(),
         nomad = %text(&redacted["nomad"]["address"]),
         namespaces = %text(&redacted["nomad"]["namespaces"]),
