@@ -4,7 +4,7 @@
 
 use serde_json::json;
 
-use super::harness::{Driver, Lab};
+use super::harness::{Driver, Lab, Side};
 use crate::both_drivers;
 use crate::support::nomad::Reg;
 
@@ -234,3 +234,94 @@ both_drivers!(all_hostile_registrations_at_once, |lab: &Lab| {
         "huge",
     ]);
 });
+
+// 12. Files: the runtime driver's writes once followed symlinks at predictable names (a
+// `.hnc.cfg.candidate`, `.<map>.tmp` planted by anyone who can write the directory redirected the
+// connector's writes). Names are random and created exclusively now: planted links are never
+// followed, and the connector keeps reconciling.
+#[test]
+fn planted_links_at_the_old_temporary_names_are_never_followed() {
+    let lab = Lab::start(Driver::Runtime, &[]);
+    let Side::Runtime { files, .. } = &lab.side else {
+        unreachable!("runtime lab")
+    };
+    let outside = tempfile::tempdir().expect("tempdir");
+    let mut precious = Vec::new();
+    for (i, link) in [
+        files.path().join("conf.d").join(".hnc.cfg.candidate"),
+        files.path().join("conf.d").join(".hnc.cfg.tmp"),
+        files.path().join("maps").join(".hnc_exact.map.tmp"),
+        files.path().join("maps").join(".hnc_regex.map.tmp"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let target = outside.path().join(format!("precious{i}"));
+        std::fs::write(&target, "do not touch\n").expect("target");
+        std::os::unix::fs::symlink(&target, link).expect("plant the link");
+        precious.push(target);
+    }
+    lab.nomad.register([reg(
+        "tenant",
+        "t1",
+        "10.9.0.1",
+        80,
+        &[
+            "haproxy.enable=true",
+            "haproxy.domain=(?u)x",
+            "haproxy.domain.type=regex",
+        ],
+    )]);
+    // The newcomer's backend and route make the driver write the fragment and the exact map.
+    lab.prove_isolated(&["tenant"]);
+    for p in &precious {
+        assert_eq!(
+            std::fs::read_to_string(p).expect("read"),
+            "do not touch\n",
+            "{} was written through a planted link",
+            p.display()
+        );
+    }
+}
+
+// 13. Credentials in a URL (`http://user:pass@…`) never reach the log (at debug level, where the
+// effective configuration is printed) or `/status`.
+mod url_credentials {
+    use super::*;
+
+    fn credentials_stay_secret(driver: Driver) {
+        let lab = Lab::start_with_nomad_userinfo(driver, &[], Some("ops:s3cr3t-nomad-pw"));
+        lab.nomad.register([reg(
+            "tenant",
+            "t1",
+            "169.254.169.254",
+            80,
+            &["haproxy.enable=true"],
+        )]);
+        lab.prove_isolated(&["tenant"]);
+        let log = lab.connector.log_text();
+        assert!(
+            log.contains("effective configuration"),
+            "debug config line: {log}"
+        );
+        assert!(
+            !log.contains("s3cr3t-nomad-pw"),
+            "credential in the log:\n{log}"
+        );
+        let (_, status) = lab.connector.get("/status").expect("status");
+        assert!(
+            !status.contains("s3cr3t-nomad-pw"),
+            "credential in /status: {status}"
+        );
+    }
+
+    #[test]
+    fn runtime() {
+        credentials_stay_secret(Driver::Runtime);
+    }
+
+    #[test]
+    fn dataplane() {
+        credentials_stay_secret(Driver::Dataplane);
+    }
+}

@@ -123,6 +123,15 @@ fn merge(
 impl Lab {
     /// Starts the lab and the healthy service with two instances, routed.
     pub fn start(driver: Driver, extra_env: &[(&str, &str)]) -> Lab {
+        Lab::start_with_nomad_userinfo(driver, extra_env, None)
+    }
+
+    /// [`Lab::start`], with `user:password@` in the Nomad address the connector is given.
+    pub fn start_with_nomad_userinfo(
+        driver: Driver,
+        extra_env: &[(&str, &str)],
+        userinfo: Option<&str>,
+    ) -> Lab {
         let rt = runtime();
         let nomad = rt.block_on(NomadDouble::start());
         let (side, env) = match driver {
@@ -150,7 +159,7 @@ impl Lab {
                 let lb = Haproxy::start_with(&body, std::slice::from_ref(&confd));
                 let mut env = common_env();
                 env.extend([
-                    ("NOMAD_ADDR", nomad.url().to_string()),
+                    ("NOMAD_ADDR", nomad_addr(&nomad, userinfo)),
                     ("HAPROXY_DRIVER", "runtime".into()),
                     (
                         "HAPROXY_MASTER_SOCKET",
@@ -186,7 +195,7 @@ impl Lab {
                 let dp = rt.block_on(DataplaneDouble::start(dataplane_base(), DpOptions::fast()));
                 let mut env = common_env();
                 env.extend([
-                    ("NOMAD_ADDR", nomad.url().to_string()),
+                    ("NOMAD_ADDR", nomad_addr(&nomad, userinfo)),
                     ("HAPROXY_DATAPLANE_URL", dp.url()),
                     ("HAPROXY_USERNAME", dp.user()),
                     ("HAPROXY_PASSWORD", dp.password()),
@@ -408,6 +417,13 @@ impl Lab {
             }
             Side::Dataplane { dp } => dp.runtime_snapshot()["maps"][name].to_string(),
         }
+    }
+}
+
+fn nomad_addr(nomad: &NomadDouble, userinfo: Option<&str>) -> String {
+    match userinfo {
+        Some(u) => nomad.url().replacen("://", &format!("://{u}@"), 1),
+        None => nomad.url().to_string(),
     }
 }
 
