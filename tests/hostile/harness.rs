@@ -234,7 +234,7 @@ impl Lab {
         Reg::new("default", "healthy", &format!("h{i}"), &addr, port).tags(Some(HEALTHY_TAGS))
     }
 
-    fn newcomer(&self) -> Reg {
+    pub fn newcomer(&self) -> Reg {
         let (addr, port) = self.address(3);
         Reg::new("default", "newcomer", "n0", &addr, port).tags(Some(NEWCOMER_TAGS))
     }

@@ -124,6 +124,11 @@ mod mass_delete_hold {
             "still serving halfway through the hold"
         );
         assert!(lab.routed("healthy.test", "healthy"));
+        // Only removals are held: a brand-new service is routed meanwhile.
+        lab.nomad.register([lab.newcomer()]);
+        lab.wait("a brand-new service routed during the hold", |l| {
+            l.serving("newcomer").len() == 1 && l.routed("newcomer.test", "newcomer")
+        });
         lab.wait("the removal applied after the hold", |l| {
             l.serving("healthy").is_empty()
         });
