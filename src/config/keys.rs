@@ -502,4 +502,50 @@ mod tests {
             assert!(!spec.flag_help.ends_with('.'), "{}", spec.json);
         }
     }
+
+    /// Keys that name a file holding a secret: resolved into the secret key while loading.
+    const SECRET_FILES: [Key; 2] = [Key::NomadTokenFile, Key::HaproxyPasswordFile];
+
+    #[test]
+    fn every_key_is_validated() {
+        use crate::config::{Config, Layer};
+        for spec in KEYS {
+            let (section, name) = spec.json.split_once('.').expect("a dotted JSON path");
+            let text = format!(r#"{{"{section}":{{"{name}":{{"not":"a value"}}}}}}"#);
+            let result = Layer::from_json_text(&text, std::path::Path::new("t.json"))
+                .and_then(|layer| Config::from_layer(&layer));
+            match result {
+                Ok(_) => panic!("{}: an object was accepted", spec.json),
+                Err(e) => assert!(e.to_string().contains(spec.json), "{}: {e}", spec.json),
+            }
+        }
+    }
+
+    #[test]
+    fn check_config_shows_every_key_but_the_secret_files() {
+        use crate::config::{Config, Layer};
+        let shown = Config::from_layer(&Layer::default())
+            .expect("the defaults are valid")
+            .to_redacted_json();
+        let mut expected = 0;
+        for spec in KEYS.iter().filter(|s| !SECRET_FILES.contains(&s.key)) {
+            let (section, name) = spec.json.split_once('.').expect("a dotted JSON path");
+            assert!(
+                shown[section].get(name).is_some(),
+                "{} not shown",
+                spec.json
+            );
+            expected += 1;
+        }
+        let count: usize = shown
+            .as_object()
+            .expect("an object")
+            .values()
+            .map(|s| s.as_object().map_or(0, serde_json::Map::len))
+            .sum();
+        assert_eq!(
+            count, expected,
+            "check-config shows a key the registry lacks"
+        );
+    }
 }
