@@ -1,48 +1,20 @@
-//! The registry of every configuration key: its JSON path, environment variables, flag, default
-//! and meaning. Loading, `check-config` output and the README table are all checked against it,
-//! so a key cannot exist in one place and be missing from another.
+//! The registry of every configuration key, declared once in `keys!`: its JSON path,
+//! environment variables, command-line flag (name, value name and short help), default and
+//! meaning. Everything else is generated from that one declaration or checked against it:
+//! the [`Key`] enum and [`KEYS`], the clap flags and their `--help` text (`crate::cli`), the flag
+//! layer, the built-in defaults layer that validation starts from ([`super::Layer::defaults`]),
+//! `check-config` and the README table (a unit test checks every row).
 
-/// One configuration key. The order here is the order of the README table and of `check-config`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Key {
-    NomadAddress,
-    NomadToken,
-    NomadTokenFile,
-    NomadRegion,
-    NomadNamespaces,
-    NomadNamespaceDeny,
-    NomadTagPrefix,
-    NomadResyncInterval,
-    NomadCaCert,
-    NomadClientCert,
-    NomadClientKey,
-    NomadTlsServerName,
-    NomadSkipVerify,
-    HaproxyAddress,
-    HaproxyUsername,
-    HaproxyPassword,
-    HaproxyPasswordFile,
-    HaproxyBackendStrategy,
-    HaproxyDrainTimeout,
-    HaproxyFrontend,
-    HaproxyAllowRegexDomains,
-    HaproxyDenyAddressRanges,
-    ReconcileResyncInterval,
-    ReconcileDebounce,
-    ReconcileDebounceMax,
-    ReconcileMaxDeleteRatio,
-    ReconcileMassDeleteHold,
-    ReconcileMassDeleteConfirmations,
-    HaproxyDriver,
-    HaproxyMasterSocket,
-    HaproxyAdminSocket,
-    HaproxyFragment,
-    HaproxyMapsDir,
-    HaproxyBinary,
-    HaproxyConfig,
-    LogLevel,
-    LogFormat,
-    HttpListen,
+/// Whether a key's documented default is a value or only a description of what happens when
+/// the key is unset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DefaultIs {
+    /// The default text is the value itself: it is parsed and validated like a value from any
+    /// other source (as the lowest layer), so the documented and the effective default cannot
+    /// differ.
+    Value,
+    /// The key stays unset (`(none)`, `(system roots)`...): the text only says what that means.
+    Absent,
 }
 
 /// How a key is documented and where it may be set.
@@ -55,319 +27,341 @@ pub struct KeySpec {
     pub env: &'static [&'static str],
     /// Long command-line flag, if any. Secrets have none so they never show in process lists.
     pub flag: Option<&'static str>,
-    /// The default, as documented.
+    /// The flag's value name in `--help` (e.g. `DURATION`); empty without a flag.
+    pub value_name: &'static str,
+    /// The flag's short help in `--help`, before its environment variables and default; empty
+    /// without a flag.
+    pub flag_help: &'static str,
+    /// The default, as documented (README, `--help`) and, for [`DefaultIs::Value`], as used.
     pub default: &'static str,
+    /// Whether [`KeySpec::default`] is the value used when no source sets the key.
+    pub default_is: DefaultIs,
     /// What the key means (one sentence for the README table).
     pub doc: &'static str,
 }
 
-/// Every key, in documentation order.
-pub const KEYS: &[KeySpec] = &[
-    KeySpec {
-        key: Key::NomadAddress,
+impl KeySpec {
+    /// The default value used when no source sets the key; `None` when the key then stays unset.
+    pub fn default_value(&self) -> Option<&'static str> {
+        match self.default_is {
+            DefaultIs::Value => Some(self.default),
+            DefaultIs::Absent => None,
+        }
+    }
+}
+
+/// Declares every key once; generates the [`Key`] enum and the [`KEYS`] table.
+///
+/// Per key: `Variant { json, env: [..], flag: "--name" <VALUE_NAME> "short help", default:
+/// Value("text") | Absent("text"), doc }`, with `flag` left out for keys that have none.
+macro_rules! keys {
+    ($(
+        $(#[$attr:meta])*
+        $key:ident {
+            json: $json:literal,
+            env: [$($env:literal),+ $(,)?],
+            $(flag: $flag:literal <$value_name:ident> $flag_help:literal,)?
+            default: $default_is:ident($default:literal),
+            doc: $doc:literal $(,)?
+        }
+    ),+ $(,)?) => {
+        /// One configuration key. The order here is the order of the README table, of
+        /// `check-config` and of the flags in `--help`.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum Key {
+            $($(#[$attr])* $key,)+
+        }
+
+        /// Every key, in documentation order.
+        pub const KEYS: &[KeySpec] = &[$(
+            KeySpec {
+                key: Key::$key,
+                json: $json,
+                env: &[$($env),+],
+                flag: keys!(@some $($flag)?),
+                value_name: keys!(@text $(stringify!($value_name))?),
+                flag_help: keys!(@text $($flag_help)?),
+                default: $default,
+                default_is: DefaultIs::$default_is,
+                doc: $doc,
+            },
+        )+];
+    };
+    (@some) => { None };
+    (@some $v:expr) => { Some($v) };
+    (@text) => { "" };
+    (@text $v:expr) => { $v };
+}
+
+keys! {
+    NomadAddress {
         json: "nomad.address",
-        env: &["NOMAD_ADDR"],
-        flag: Some("--nomad-address"),
-        default: "http://127.0.0.1:4646",
+        env: ["NOMAD_ADDR"],
+        flag: "--nomad-address" <URL> "Nomad HTTP API address (http://, https:// or unix://)",
+        default: Value("http://127.0.0.1:4646"),
         doc: "Nomad HTTP API address: `http://`, `https://` or `unix://` (e.g. the Task API socket).",
     },
-    KeySpec {
-        key: Key::NomadToken,
+    NomadToken {
         json: "nomad.token",
-        env: &["NOMAD_TOKEN"],
-        flag: None,
-        default: "(none)",
+        env: ["NOMAD_TOKEN"],
+        default: Absent("(none)"),
         doc: "Nomad ACL token, sent as `X-Nomad-Token`. Secret: never logged or printed.",
     },
-    KeySpec {
-        key: Key::NomadTokenFile,
+    NomadTokenFile {
         json: "nomad.token_file",
-        env: &["NOMAD_TOKEN_FILE"],
-        flag: Some("--nomad-token-file"),
-        default: "(none)",
+        env: ["NOMAD_TOKEN_FILE"],
+        flag: "--nomad-token-file" <PATH> "File holding the Nomad ACL token",
+        default: Absent("(none)"),
         doc: "Read the Nomad token from this file (trailing whitespace trimmed). Exclusive with `nomad.token` in the same source.",
     },
-    KeySpec {
-        key: Key::NomadRegion,
+    NomadRegion {
         json: "nomad.region",
-        env: &["NOMAD_REGION"],
-        flag: Some("--nomad-region"),
-        default: "(the agent's region)",
+        env: ["NOMAD_REGION"],
+        flag: "--nomad-region" <REGION> "Nomad region",
+        default: Absent("(the agent's region)"),
         doc: "Nomad region to query.",
     },
-    KeySpec {
-        key: Key::NomadNamespaces,
+    NomadNamespaces {
         json: "nomad.namespaces",
-        env: &["NOMAD_NAMESPACE"],
-        flag: Some("--nomad-namespaces"),
-        default: "*",
+        env: ["NOMAD_NAMESPACE"],
+        flag: "--nomad-namespaces" <LIST> "Namespaces to watch: `*` or a comma-separated list",
+        default: Value("*"),
         doc: "Namespaces to watch: `*` for all, or a list (JSON array, or comma-separated in the environment and flag).",
     },
-    KeySpec {
-        key: Key::NomadNamespaceDeny,
+    NomadNamespaceDeny {
         json: "nomad.namespace_deny",
-        env: &["NOMAD_NAMESPACE_DENY"],
-        flag: Some("--nomad-namespace-deny"),
-        default: "(none)",
+        env: ["NOMAD_NAMESPACE_DENY"],
+        flag: "--nomad-namespace-deny" <LIST> "Namespaces never to watch: a comma-separated list",
+        default: Absent("(none)"),
         doc: "Namespaces never to watch, even when `nomad.namespaces` is `*` (JSON array, or comma-separated in the environment and flag).",
     },
-    KeySpec {
-        key: Key::NomadTagPrefix,
+    NomadTagPrefix {
         json: "nomad.tag_prefix",
-        env: &["HAPROXY_TAG_PREFIX"],
-        flag: Some("--tag-prefix"),
-        default: "haproxy",
+        env: ["HAPROXY_TAG_PREFIX"],
+        flag: "--tag-prefix" <PREFIX> "Tag prefix (`<prefix>.enable=true` selects a service)",
+        default: Value("haproxy"),
         doc: "Prefix of the service tags the connector reads; only services tagged `<prefix>.enable=true` (value case-insensitive) are taken.",
     },
-    KeySpec {
-        key: Key::NomadResyncInterval,
+    NomadResyncInterval {
         json: "nomad.resync_interval",
-        env: &["NOMAD_RESYNC_INTERVAL"],
-        flag: Some("--nomad-resync-interval"),
-        default: "60s",
+        env: ["NOMAD_RESYNC_INTERVAL"],
+        flag: "--nomad-resync-interval" <DURATION> "Full resync interval: whole seconds or a duration such as 60s",
+        default: Value("60s"),
         doc: "How often the whole catalog is checked against Nomad: the wait of the blocking list query (at most 300 s is sent) and the period of the full re-read when the index moved. Integer seconds or a duration.",
     },
-    KeySpec {
-        key: Key::NomadCaCert,
+    NomadCaCert {
         json: "nomad.ca_cert",
-        env: &["NOMAD_CACERT"],
-        flag: Some("--nomad-ca-cert"),
-        default: "(system roots)",
+        env: ["NOMAD_CACERT"],
+        flag: "--nomad-ca-cert" <PATH> "CA certificate (PEM) for Nomad's HTTPS",
+        default: Absent("(system roots)"),
         doc: "PEM file of the CA that signed Nomad's HTTPS certificate.",
     },
-    KeySpec {
-        key: Key::NomadClientCert,
+    NomadClientCert {
         json: "nomad.client_cert",
-        env: &["NOMAD_CLIENT_CERT"],
-        flag: Some("--nomad-client-cert"),
-        default: "(none)",
+        env: ["NOMAD_CLIENT_CERT"],
+        flag: "--nomad-client-cert" <PATH> "Client certificate (PEM) for mutual TLS with Nomad",
+        default: Absent("(none)"),
         doc: "PEM client certificate for mutual TLS (needs `nomad.client_key`).",
     },
-    KeySpec {
-        key: Key::NomadClientKey,
+    NomadClientKey {
         json: "nomad.client_key",
-        env: &["NOMAD_CLIENT_KEY"],
-        flag: Some("--nomad-client-key"),
-        default: "(none)",
+        env: ["NOMAD_CLIENT_KEY"],
+        flag: "--nomad-client-key" <PATH> "Client key (PEM) for mutual TLS with Nomad",
+        default: Absent("(none)"),
         doc: "PEM private key for mutual TLS (needs `nomad.client_cert`).",
     },
-    KeySpec {
-        key: Key::NomadTlsServerName,
+    NomadTlsServerName {
         json: "nomad.tls_server_name",
-        env: &["NOMAD_TLS_SERVER_NAME"],
-        flag: Some("--nomad-tls-server-name"),
-        default: "(host of `nomad.address`)",
+        env: ["NOMAD_TLS_SERVER_NAME"],
+        flag: "--nomad-tls-server-name" <NAME> "Server name to verify Nomad's certificate against",
+        default: Absent("(host of `nomad.address`)"),
         doc: "Server name to verify Nomad's certificate against.",
     },
-    KeySpec {
-        key: Key::NomadSkipVerify,
+    NomadSkipVerify {
         json: "nomad.skip_verify",
-        env: &["NOMAD_SKIP_VERIFY"],
-        flag: Some("--nomad-skip-verify"),
-        default: "false",
+        env: ["NOMAD_SKIP_VERIFY"],
+        flag: "--nomad-skip-verify" <BOOL> "Skip verification of Nomad's certificate (true/false)",
+        default: Value("false"),
         doc: "Do not verify Nomad's TLS certificate (testing only).",
     },
-    KeySpec {
-        key: Key::HaproxyAddress,
+    HaproxyAddress {
         json: "haproxy.address",
-        env: &["HAPROXY_DATAPLANE_URL"],
-        flag: Some("--haproxy-address"),
-        default: "http://127.0.0.1:5555",
+        env: ["HAPROXY_DATAPLANE_URL"],
+        flag: "--haproxy-address" <URL> "Data Plane API base URL",
+        default: Value("http://127.0.0.1:5555"),
         doc: "HAProxy Data Plane API base URL (`http://` or `https://`).",
     },
-    KeySpec {
-        key: Key::HaproxyUsername,
+    HaproxyUsername {
         json: "haproxy.username",
-        env: &["HAPROXY_USERNAME"],
-        flag: Some("--haproxy-username"),
-        default: "admin",
+        env: ["HAPROXY_USERNAME"],
+        flag: "--haproxy-username" <USER> "Data Plane API user",
+        default: Value("admin"),
         doc: "Data Plane API Basic-auth user.",
     },
-    KeySpec {
-        key: Key::HaproxyPassword,
+    HaproxyPassword {
         json: "haproxy.password",
-        env: &["HAPROXY_PASSWORD"],
-        flag: None,
-        default: "(none)",
+        env: ["HAPROXY_PASSWORD"],
+        default: Absent("(none)"),
         doc: "Data Plane API Basic-auth password. Secret: never logged or printed.",
     },
-    KeySpec {
-        key: Key::HaproxyPasswordFile,
+    HaproxyPasswordFile {
         json: "haproxy.password_file",
-        env: &["HAPROXY_PASSWORD_FILE"],
-        flag: Some("--haproxy-password-file"),
-        default: "(none)",
+        env: ["HAPROXY_PASSWORD_FILE"],
+        flag: "--haproxy-password-file" <PATH> "File holding the Data Plane API password",
+        default: Absent("(none)"),
         doc: "Read the Data Plane API password from this file (trailing whitespace trimmed). Exclusive with `haproxy.password` in the same source.",
     },
-    KeySpec {
-        key: Key::HaproxyBackendStrategy,
+    HaproxyBackendStrategy {
         json: "haproxy.backend_strategy",
-        env: &["HAPROXY_BACKEND_STRATEGY"],
-        flag: Some("--haproxy-backend-strategy"),
-        default: "use_existing",
+        env: ["HAPROXY_BACKEND_STRATEGY"],
+        flag: "--haproxy-backend-strategy" <STRATEGY> "use_existing, create_new or fail_on_conflict",
+        default: Value("use_existing"),
         doc: "What to do when a service's backend name exists but is not ours: `use_existing`, `create_new` or `fail_on_conflict`.",
     },
-    KeySpec {
-        key: Key::HaproxyDrainTimeout,
+    HaproxyDrainTimeout {
         json: "haproxy.drain_timeout_sec",
-        env: &["HAPROXY_DRAIN_TIMEOUT_SEC"],
-        flag: Some("--haproxy-drain-timeout"),
-        default: "30s",
+        env: ["HAPROXY_DRAIN_TIMEOUT_SEC"],
+        flag: "--haproxy-drain-timeout" <DURATION> "Drain timeout: whole seconds or a duration such as 30s",
+        default: Value("30s"),
         doc: "How long a removed instance drains before it is removed even with open sessions. Integer seconds or a duration such as `45s`, `2m`.",
     },
-    KeySpec {
-        key: Key::HaproxyFrontend,
+    HaproxyFrontend {
         json: "haproxy.frontend",
-        env: &["HAPROXY_FRONTEND"],
-        flag: Some("--haproxy-frontend"),
-        default: "(none)",
+        env: ["HAPROXY_FRONTEND"],
+        flag: "--haproxy-frontend" <NAME> "Frontend that receives the connector's host-map rule",
+        default: Absent("(none)"),
         doc: "Frontend into which the connector inserts its one host-map `use_backend` rule. Unset: you add the rule yourself.",
     },
-    KeySpec {
-        key: Key::HaproxyAllowRegexDomains,
+    HaproxyAllowRegexDomains {
         json: "haproxy.allow_regex_domains",
-        env: &["HAPROXY_ALLOW_REGEX_DOMAINS"],
-        flag: Some("--haproxy-allow-regex-domains"),
-        default: "true",
+        env: ["HAPROXY_ALLOW_REGEX_DOMAINS"],
+        flag: "--haproxy-allow-regex-domains" <BOOL> "Serve regex domains (true/false)",
+        default: Value("true"),
         doc: "Serve `domain.type=regex` routes. `false`: services asking for one are skipped with a diagnostic (regexes are always checked with PCRE2 and refused when they could backtrack without bound).",
     },
-    KeySpec {
-        key: Key::HaproxyDenyAddressRanges,
+    HaproxyDenyAddressRanges {
         json: "haproxy.deny_address_ranges",
-        env: &["HAPROXY_DENY_ADDRESS_RANGES"],
-        flag: Some("--haproxy-deny-address-ranges"),
-        default: "(none)",
+        env: ["HAPROXY_DENY_ADDRESS_RANGES"],
+        flag: "--haproxy-deny-address-ranges" <CIDRS> "CIDR ranges no server address may be in (comma-separated)",
+        default: Absent("(none)"),
         doc: "CIDR ranges no server address may be in, on top of the always-denied link-local, unspecified, multicast and broadcast addresses (JSON array, or comma-separated in the environment and flag), e.g. `127.0.0.0/8,10.0.0.0/8`.",
     },
-    KeySpec {
-        key: Key::ReconcileResyncInterval,
+    ReconcileResyncInterval {
         json: "reconcile.resync_interval",
-        env: &["RECONCILE_RESYNC_INTERVAL"],
-        flag: Some("--resync-interval"),
-        default: "30s",
+        env: ["RECONCILE_RESYNC_INTERVAL"],
+        flag: "--resync-interval" <DURATION> "Full reconcile interval (repairs drift), e.g. 30s",
+        default: Value("30s"),
         doc: "Full pass against live HAProxy even when Nomad is quiet: how fast drift (restarts, manual edits) is repaired.",
     },
-    KeySpec {
-        key: Key::ReconcileDebounce,
+    ReconcileDebounce {
         json: "reconcile.debounce",
-        env: &["RECONCILE_DEBOUNCE"],
-        flag: Some("--debounce"),
-        default: "50ms",
+        env: ["RECONCILE_DEBOUNCE"],
+        flag: "--debounce" <DURATION> "Quiet period after a catalog change, e.g. 50ms",
+        default: Value("50ms"),
         doc: "Quiet period after a catalog change before a pass starts (bursts cost one pass).",
     },
-    KeySpec {
-        key: Key::ReconcileDebounceMax,
+    ReconcileDebounceMax {
         json: "reconcile.debounce_max",
-        env: &["RECONCILE_DEBOUNCE_MAX"],
-        flag: Some("--debounce-max"),
-        default: "500ms",
+        env: ["RECONCILE_DEBOUNCE_MAX"],
+        flag: "--debounce-max" <DURATION> "Longest delay of a pass under a steady stream of changes, e.g. 500ms",
+        default: Value("500ms"),
         doc: "Longest a steady stream of changes can delay a pass.",
     },
-    KeySpec {
-        key: Key::ReconcileMaxDeleteRatio,
+    ReconcileMaxDeleteRatio {
         json: "reconcile.max_delete_ratio",
-        env: &["RECONCILE_MAX_DELETE_RATIO"],
-        flag: Some("--max-delete-ratio"),
-        default: "0.5",
+        env: ["RECONCILE_MAX_DELETE_RATIO"],
+        flag: "--max-delete-ratio" <RATIO> "Share of serving servers above which removals need confirmation (0-1]",
+        default: Value("0.5"),
         doc: "A pass that would take out more than this share of the connector's serving servers is held until confirmed (0 < ratio ≤ 1).",
     },
-    KeySpec {
-        key: Key::ReconcileMassDeleteHold,
+    ReconcileMassDeleteHold {
         json: "reconcile.mass_delete_hold",
-        env: &["RECONCILE_MASS_DELETE_HOLD"],
-        flag: Some("--mass-delete-hold"),
-        default: "60s",
+        env: ["RECONCILE_MASS_DELETE_HOLD"],
+        flag: "--mass-delete-hold" <DURATION> "Real time a mass removal must stand (with a fresh Nomad relist) before it applies, e.g. 60s",
+        default: Value("60s"),
         doc: "Real time a mass removal must be planned unchanged, with at least one fresh full Nomad relist completed meanwhile, before it is applied.",
     },
-    KeySpec {
-        key: Key::ReconcileMassDeleteConfirmations,
+    ReconcileMassDeleteConfirmations {
         json: "reconcile.mass_delete_confirmations",
-        env: &["RECONCILE_MASS_DELETE_CONFIRMATIONS"],
-        flag: Some("--mass-delete-confirmations"),
-        default: "3",
+        env: ["RECONCILE_MASS_DELETE_CONFIRMATIONS"],
+        flag: "--mass-delete-confirmations" <N> "Minimum number of passes confirming a mass removal (on top of the hold)",
+        default: Value("3"),
         doc: "Minimum number of consecutive passes that must reach the same mass removal, on top of `reconcile.mass_delete_hold`.",
     },
-    KeySpec {
-        key: Key::HaproxyDriver,
+    HaproxyDriver {
         json: "haproxy.driver",
-        env: &["HAPROXY_DRIVER"],
-        flag: Some("--haproxy-driver"),
-        default: "dataplane",
+        env: ["HAPROXY_DRIVER"],
+        flag: "--haproxy-driver" <DRIVER> "HAProxy driver: dataplane or runtime",
+        default: Value("dataplane"),
         doc: "How HAProxy is driven: `dataplane` (the Data Plane API) or `runtime` (its master and admin sockets plus a config fragment; see \"Runtime driver\").",
     },
-    KeySpec {
-        key: Key::HaproxyMasterSocket,
+    HaproxyMasterSocket {
         json: "haproxy.master_socket",
-        env: &["HAPROXY_MASTER_SOCKET"],
-        flag: Some("--haproxy-master-socket"),
-        default: "/run/haproxy-master.sock",
+        env: ["HAPROXY_MASTER_SOCKET"],
+        flag: "--haproxy-master-socket" <PATH> "Runtime driver: HAProxy master CLI socket",
+        default: Value("/run/haproxy-master.sock"),
         doc: "Runtime driver: HAProxy's master CLI socket (`haproxy -W -S <path>`), used for `reload` and `show proc`.",
     },
-    KeySpec {
-        key: Key::HaproxyAdminSocket,
+    HaproxyAdminSocket {
         json: "haproxy.admin_socket",
-        env: &["HAPROXY_ADMIN_SOCKET"],
-        flag: Some("--haproxy-admin-socket"),
-        default: "(none: through the master with `@1`)",
+        env: ["HAPROXY_ADMIN_SOCKET"],
+        flag: "--haproxy-admin-socket" <PATH> "Runtime driver: HAProxy admin stats socket",
+        default: Absent("(none: through the master with `@1`)"),
         doc: "Runtime driver: the admin stats socket (`stats socket <path> level admin`). Unset: worker commands go through the master CLI.",
     },
-    KeySpec {
-        key: Key::HaproxyFragment,
+    HaproxyFragment {
         json: "haproxy.fragment",
-        env: &["HAPROXY_FRAGMENT"],
-        flag: Some("--haproxy-fragment"),
-        default: "/etc/haproxy/conf.d/haproxy-nomad-connector.cfg",
+        env: ["HAPROXY_FRAGMENT"],
+        flag: "--haproxy-fragment" <PATH> "Runtime driver: the config fragment the connector owns",
+        default: Value("/etc/haproxy/conf.d/haproxy-nomad-connector.cfg"),
         doc: "Runtime driver: the config file the connector owns and rewrites (its backends and servers), loaded by HAProxy with an extra `-f` (the file or its directory).",
     },
-    KeySpec {
-        key: Key::HaproxyMapsDir,
+    HaproxyMapsDir {
         json: "haproxy.maps_dir",
-        env: &["HAPROXY_MAPS_DIR"],
-        flag: Some("--haproxy-maps-dir"),
-        default: "/etc/haproxy/maps",
+        env: ["HAPROXY_MAPS_DIR"],
+        flag: "--haproxy-maps-dir" <DIR> "Runtime driver: directory of the host-route maps",
+        default: Value("/etc/haproxy/maps"),
         doc: "Directory of the host-route map files, written exactly as in the frontend rules (runtime driver: where it writes them; Data Plane API driver: its `--maps-dir`).",
     },
-    KeySpec {
-        key: Key::HaproxyBinary,
+    HaproxyBinary {
         json: "haproxy.binary",
-        env: &["HAPROXY_BINARY"],
-        flag: Some("--haproxy-binary"),
-        default: "haproxy",
+        env: ["HAPROXY_BINARY"],
+        flag: "--haproxy-binary" <PATH> "Runtime driver: HAProxy binary for `haproxy -c`",
+        default: Value("haproxy"),
         doc: "Runtime driver: the HAProxy binary used to check candidate configurations (`haproxy -c`).",
     },
-    KeySpec {
-        key: Key::HaproxyConfig,
+    HaproxyConfig {
         json: "haproxy.config",
-        env: &["HAPROXY_CONFIG"],
-        flag: Some("--haproxy-config"),
-        default: "/etc/haproxy/haproxy.cfg",
+        env: ["HAPROXY_CONFIG"],
+        flag: "--haproxy-config" <PATHS> "Runtime driver: HAProxy's other config files, comma-separated",
+        default: Value("/etc/haproxy/haproxy.cfg"),
         doc: "Runtime driver: the config files HAProxy loads besides the fragment, in order (JSON array, or comma-separated in the environment and flag); checked together with each candidate fragment.",
     },
-    KeySpec {
-        key: Key::LogLevel,
+    LogLevel {
         json: "log.level",
-        env: &["RUST_LOG", "LOG_LEVEL"],
-        flag: Some("--log-level"),
-        default: "info",
+        env: ["RUST_LOG", "LOG_LEVEL"],
+        flag: "--log-level" <FILTER> "Log level or tracing filter directive",
+        default: Value("info"),
         doc: "Log filter: a level (`error`, `warn`, `info`, `debug`, `trace`) or a `tracing` filter directive. `RUST_LOG` wins over `LOG_LEVEL`.",
     },
-    KeySpec {
-        key: Key::LogFormat,
+    LogFormat {
         json: "log.format",
-        env: &["LOG_FORMAT"],
-        flag: Some("--log-format"),
-        default: "text",
+        env: ["LOG_FORMAT"],
+        flag: "--log-format" <FORMAT> "Log format: text or json",
+        default: Value("text"),
         doc: "Log output format on stderr: `text` or `json`.",
     },
-    KeySpec {
-        key: Key::HttpListen,
+    // Port 4650: outside Prometheus's exporter range (9100-9999, fully allocated) and Nomad's
+    // dynamic port range (20000-32000); next to Nomad's own 4646-4648. All interfaces, so Nomad
+    // checks and Prometheus reach it from outside the allocation; nothing served is secret.
+    HttpListen {
         json: "http.listen",
-        env: &["HTTP_LISTEN"],
-        flag: Some("--http-listen"),
-        default: "0.0.0.0:4650",
+        env: ["HTTP_LISTEN"],
+        flag: "--http-listen" <ADDR> "Listen address (IP:port) of the health, readiness, status and metrics server",
+        default: Value("0.0.0.0:4650"),
         doc: "Address (IP:port) of the HTTP server for `/healthz`, `/readyz`, `/status` and `/metrics`. Port 0 picks a free port (logged).",
     },
-];
+}
 
 impl Key {
     /// The registry entry of this key.
@@ -453,5 +447,105 @@ mod tests {
         assert_eq!(suggest("haproxy.adress"), Some("haproxy.address"));
         assert_eq!(suggest("nomad.tokn"), Some("nomad.token"));
         assert_eq!(suggest("completely.different"), None);
+    }
+
+    #[test]
+    fn the_documented_default_is_the_default_used() {
+        use crate::config::{Config, Layer, Raw, Source};
+        let defaults = Config::from_layer(&Layer::default()).expect("the defaults are valid");
+        let shown = defaults.to_redacted_json();
+        let default_layer = Layer::defaults();
+        for spec in KEYS {
+            let (section, name) = spec.json.split_once('.').expect("a dotted JSON path");
+            match spec.default_value() {
+                Some(text) => {
+                    // Set explicitly to its documented default, the key changes nothing.
+                    let mut layer = Layer::default();
+                    layer.set(spec.key, Raw::Text(text.to_string()), Source::Env("TEST"));
+                    let explicit = Config::from_layer(&layer).unwrap_or_else(|e| {
+                        panic!("{}: default `{text}` is invalid: {e}", spec.json)
+                    });
+                    assert_eq!(explicit, defaults, "{}", spec.json);
+                    assert!(default_layer.get(spec.key).is_some(), "{}", spec.json);
+                }
+                None => {
+                    // A described default leaves the key unset: nothing shows in check-config.
+                    assert!(default_layer.get(spec.key).is_none(), "{}", spec.json);
+                    if let Some(value) = shown[section].get(name) {
+                        assert!(
+                            value.is_null() || value == &serde_json::json!([]),
+                            "{} is documented as {} but defaults to {value}",
+                            spec.json,
+                            spec.default
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_flag_has_a_value_name_and_help_and_no_other_key_does() {
+        for spec in KEYS {
+            assert_eq!(
+                spec.flag.is_some(),
+                !spec.value_name.is_empty(),
+                "{}",
+                spec.json
+            );
+            assert_eq!(
+                spec.flag.is_some(),
+                !spec.flag_help.is_empty(),
+                "{}",
+                spec.json
+            );
+            assert!(!spec.flag_help.ends_with('.'), "{}", spec.json);
+        }
+    }
+
+    /// Keys that name a file holding a secret: resolved into the secret key while loading.
+    const SECRET_FILES: [Key; 2] = [Key::NomadTokenFile, Key::HaproxyPasswordFile];
+
+    #[test]
+    fn every_key_is_validated() {
+        use crate::config::{Config, Layer};
+        for spec in KEYS {
+            let (section, name) = spec.json.split_once('.').expect("a dotted JSON path");
+            let text = format!(r#"{{"{section}":{{"{name}":{{"not":"a value"}}}}}}"#);
+            let result = Layer::from_json_text(&text, std::path::Path::new("t.json"))
+                .and_then(|layer| Config::from_layer(&layer));
+            match result {
+                Ok(_) => panic!("{}: an object was accepted", spec.json),
+                Err(e) => assert!(e.to_string().contains(spec.json), "{}: {e}", spec.json),
+            }
+        }
+    }
+
+    #[test]
+    fn check_config_shows_every_key_but_the_secret_files() {
+        use crate::config::{Config, Layer};
+        let shown = Config::from_layer(&Layer::default())
+            .expect("the defaults are valid")
+            .to_redacted_json();
+        let mut expected = 0;
+        for spec in KEYS.iter().filter(|s| !SECRET_FILES.contains(&s.key)) {
+            let (section, name) = spec.json.split_once('.').expect("a dotted JSON path");
+            assert!(
+                shown[section].get(name).is_some(),
+                "{} not shown",
+                spec.json
+            );
+            expected += 1;
+        }
+        let count: usize = shown
+            .as_object()
+            .expect("an object")
+            .values()
+            .map(|s| s.as_object().map_or(0, serde_json::Map::len))
+            .sum();
+        assert_eq!(
+            count, expected,
+            "check-config shows a key the registry lacks"
+        );
     }
 }

@@ -72,6 +72,19 @@ impl Layer {
         self
     }
 
+    /// The built-in defaults: every key whose registry default is a value, as text from
+    /// [`Source::Default`]. The lowest layer; validated like any other, so the default that is
+    /// documented (README, `--help`) is the default that is used.
+    pub fn defaults() -> Layer {
+        let mut layer = Layer::default();
+        for spec in keys::KEYS {
+            if let Some(value) = spec.default_value() {
+                layer.set(spec.key, Raw::Text(value.to_string()), Source::Default);
+            }
+        }
+        layer
+    }
+
     /// A layer from the JSON configuration file at `path`.
     pub fn from_file(path: &Path) -> Result<Layer, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {

@@ -2,11 +2,14 @@
 //!
 //! Two layers, as in ripgrep's low/high args: [`layer`] holds what the user wrote and where;
 //! [`Config::from_layer`] validates everything in one place and produces the typed [`Config`].
-//! The key registry in [`keys`] is the single list of keys, shared by loading, `check-config`
-//! and the README table.
+//! Every key is declared once, in [`keys`]: the flags, the environment lookup, the file's key
+//! names, the built-in defaults ([`Layer::defaults`], validated like any other layer) and the
+//! README table (checked by a unit test) all come from that declaration. The typed readers live
+//! in `validate`.
 
 pub mod keys;
 pub mod layer;
+mod validate;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -18,6 +21,7 @@ use url::Url;
 
 use keys::Key;
 pub use layer::{Layer, Raw, Source, Sourced};
+use validate::{Validator, check_log_filter, is_tag_prefix};
 
 /// A configuration problem. Every variant names the key or file and says why; the CLI maps all
 /// of them to exit code 2.
@@ -285,23 +289,6 @@ impl LogFormat {
     }
 }
 
-const DEFAULT_NOMAD_ADDRESS: &str = "http://127.0.0.1:4646";
-const DEFAULT_HAPROXY_ADDRESS: &str = "http://127.0.0.1:5555";
-const DEFAULT_HAPROXY_USERNAME: &str = "admin";
-const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-const DEFAULT_TAG_PREFIX: &str = "haproxy";
-const DEFAULT_RESYNC_INTERVAL: Duration = Duration::from_secs(60);
-const DEFAULT_LOG_FILTER: &str = "info";
-/// Outside Prometheus's exporter range (9100-9999, fully allocated) and Nomad's dynamic port
-/// range (20000-32000); next to Nomad's own 4646-4648.
-const DEFAULT_HTTP_LISTEN: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 4650);
-const DEFAULT_MASTER_SOCKET: &str = "/run/haproxy-master.sock";
-const DEFAULT_FRAGMENT: &str = "/etc/haproxy/conf.d/haproxy-nomad-connector.cfg";
-const DEFAULT_MAPS_DIR: &str = "/etc/haproxy/maps";
-const DEFAULT_HAPROXY_BINARY: &str = "haproxy";
-const DEFAULT_HAPROXY_CONFIG: &str = "/etc/haproxy/haproxy.cfg";
-
 impl Config {
     /// Loads the configuration from all sources: an optional JSON file, the environment (through
     /// `env`), and the command-line flag layer.
@@ -318,18 +305,20 @@ impl Config {
         Config::from_layer(&merged)
     }
 
-    /// Validates a merged layer; keys it does not set take their defaults. All invalid values are
+    /// Validates a merged layer; keys it does not set take their registry defaults (the lowest
+    /// layer, [`Layer::defaults`], validated like any other value). All invalid values are
     /// reported together.
     pub fn from_layer(layer: &Layer) -> Result<Config, ConfigError> {
+        let layer = &Layer::defaults().merged(layer.clone());
         let mut errors = Vec::new();
         let mut v = Validator {
             layer,
             errors: &mut errors,
         };
 
-        let nomad_address = v
-            .url(Key::NomadAddress, &["http", "https", "unix"])
-            .unwrap_or_else(|| Url::parse(DEFAULT_NOMAD_ADDRESS).expect("default URL parses"));
+        // Keys with a default value are always set, so a `None` below means the value was
+        // invalid and an error has been recorded.
+        let nomad_address = v.url(Key::NomadAddress, &["http", "https", "unix"]);
         let token = v.string(Key::NomadToken).map(Secret::new);
         let region = v.string(Key::NomadRegion);
         if let Some(r) = &region {
@@ -339,13 +328,11 @@ impl Config {
                 || "a region name cannot contain whitespace or control characters".to_string(),
             );
         }
-        let namespaces = v
-            .namespaces(Key::NomadNamespaces)
-            .unwrap_or(Namespaces::All);
+        let namespaces = v.namespaces(Key::NomadNamespaces);
         let namespace_deny = v
             .namespace_deny(Key::NomadNamespaceDeny)
             .unwrap_or_default();
-        if let Namespaces::List(list) = &namespaces {
+        if let Some(Namespaces::List(list)) = &namespaces {
             if list.iter().all(|n| namespace_deny.contains(n)) {
                 v.fail(
                     Key::NomadNamespaceDeny,
@@ -357,24 +344,20 @@ impl Config {
                 );
             }
         }
-        let tag_prefix = v
-            .string(Key::NomadTagPrefix)
-            .unwrap_or_else(|| DEFAULT_TAG_PREFIX.to_string());
-        v.check(Key::NomadTagPrefix, is_tag_prefix(&tag_prefix), || {
-            format!("`{tag_prefix}` is not a valid tag prefix (1-64 letters, digits, `-`, `_` or `.`, not ending in `.`)")
-        });
-        let resync_interval = v
-            .duration(Key::NomadResyncInterval)
-            .unwrap_or(DEFAULT_RESYNC_INTERVAL);
-        let tls = NomadTls {
-            ca_cert: v.readable_path(Key::NomadCaCert),
-            client_cert: v.readable_path(Key::NomadClientCert),
-            client_key: v.readable_path(Key::NomadClientKey),
-            server_name: v.string(Key::NomadTlsServerName),
-            skip_verify: v.bool(Key::NomadSkipVerify).unwrap_or(false),
-        };
-        if tls.client_cert.is_some() != tls.client_key.is_some() {
-            let (set, missing) = if tls.client_cert.is_some() {
+        let tag_prefix = v.string(Key::NomadTagPrefix);
+        if let Some(tag_prefix) = &tag_prefix {
+            v.check(Key::NomadTagPrefix, is_tag_prefix(tag_prefix), || {
+                format!("`{tag_prefix}` is not a valid tag prefix (1-64 letters, digits, `-`, `_` or `.`, not ending in `.`)")
+            });
+        }
+        let resync_interval = v.duration(Key::NomadResyncInterval);
+        let ca_cert = v.readable_path(Key::NomadCaCert);
+        let client_cert = v.readable_path(Key::NomadClientCert);
+        let client_key = v.readable_path(Key::NomadClientKey);
+        let server_name = v.string(Key::NomadTlsServerName);
+        let skip_verify = v.bool(Key::NomadSkipVerify);
+        if client_cert.is_some() != client_key.is_some() {
+            let (set, missing) = if client_cert.is_some() {
                 (Key::NomadClientCert, Key::NomadClientKey)
             } else {
                 (Key::NomadClientKey, Key::NomadClientCert)
@@ -382,24 +365,18 @@ impl Config {
             v.fail(set, format!("mutual TLS needs {} as well", missing.json()));
         }
 
-        let haproxy_address = v
-            .url(Key::HaproxyAddress, &["http", "https"])
-            .unwrap_or_else(|| Url::parse(DEFAULT_HAPROXY_ADDRESS).expect("default URL parses"));
-        let username = v
-            .string(Key::HaproxyUsername)
-            .unwrap_or_else(|| DEFAULT_HAPROXY_USERNAME.to_string());
-        v.check(Key::HaproxyUsername, !username.contains(':'), || {
-            "a Basic-auth user name cannot contain `:`".to_string()
-        });
+        let haproxy_address = v.url(Key::HaproxyAddress, &["http", "https"]);
+        let username = v.string(Key::HaproxyUsername);
+        if let Some(username) = &username {
+            v.check(Key::HaproxyUsername, !username.contains(':'), || {
+                "a Basic-auth user name cannot contain `:`".to_string()
+            });
+        }
         let password = v.string(Key::HaproxyPassword).map(Secret::new);
-        let backend_strategy = v
-            .strategy(Key::HaproxyBackendStrategy)
-            .unwrap_or(BackendStrategy::UseExisting);
-        let drain_timeout = v
-            .duration(Key::HaproxyDrainTimeout)
-            .unwrap_or(DEFAULT_DRAIN_TIMEOUT);
+        let backend_strategy = v.strategy(Key::HaproxyBackendStrategy);
+        let drain_timeout = v.duration(Key::HaproxyDrainTimeout);
         let frontend = v.string(Key::HaproxyFrontend);
-        let allow_regex_domains = v.bool(Key::HaproxyAllowRegexDomains).unwrap_or(true);
+        let allow_regex_domains = v.bool(Key::HaproxyAllowRegexDomains);
         let deny_address_ranges = v
             .cidr_list(Key::HaproxyDenyAddressRanges)
             .unwrap_or_default();
@@ -409,113 +386,123 @@ impl Config {
             });
         }
 
-        let reconcile = ReconcileConfig {
-            resync_interval: v
-                .duration(Key::ReconcileResyncInterval)
-                .unwrap_or(Duration::from_secs(30)),
-            debounce: v
-                .duration(Key::ReconcileDebounce)
-                .unwrap_or(Duration::from_millis(50)),
-            debounce_max: v
-                .duration(Key::ReconcileDebounceMax)
-                .unwrap_or(Duration::from_millis(500)),
-            max_delete_ratio: v.ratio(Key::ReconcileMaxDeleteRatio).unwrap_or(0.5),
-            mass_delete_hold: v
-                .duration(Key::ReconcileMassDeleteHold)
-                .unwrap_or(Duration::from_secs(60)),
-            mass_delete_confirmations: v.count(Key::ReconcileMassDeleteConfirmations).unwrap_or(3),
-        };
-        if reconcile.debounce_max < reconcile.debounce {
-            v.fail(
-                Key::ReconcileDebounceMax,
-                format!(
-                    "must not be shorter than reconcile.debounce ({})",
-                    humantime::format_duration(reconcile.debounce)
-                ),
-            );
+        let reconcile_resync_interval = v.duration(Key::ReconcileResyncInterval);
+        let debounce = v.duration(Key::ReconcileDebounce);
+        let debounce_max = v.duration(Key::ReconcileDebounceMax);
+        let max_delete_ratio = v.ratio(Key::ReconcileMaxDeleteRatio);
+        let mass_delete_hold = v.duration(Key::ReconcileMassDeleteHold);
+        let mass_delete_confirmations = v.count(Key::ReconcileMassDeleteConfirmations);
+        if let (Some(debounce), Some(debounce_max)) = (debounce, debounce_max) {
+            if debounce_max < debounce {
+                v.fail(
+                    Key::ReconcileDebounceMax,
+                    format!(
+                        "must not be shorter than reconcile.debounce ({})",
+                        humantime::format_duration(debounce)
+                    ),
+                );
+            }
         }
 
         let driver = match v.string(Key::HaproxyDriver).as_deref() {
-            None | Some("dataplane") => DriverKind::Dataplane,
-            Some("runtime") => DriverKind::Runtime,
+            Some("dataplane") => Some(DriverKind::Dataplane),
+            Some("runtime") => Some(DriverKind::Runtime),
             Some(other) => {
                 v.fail(
                     Key::HaproxyDriver,
                     format!("unknown driver `{other}`; accepted: dataplane, runtime"),
                 );
-                DriverKind::Dataplane
+                None
             }
+            None => None,
         };
-        let runtime = crate::haproxy::runtime::RuntimeConfig {
-            master_socket: v
-                .path(Key::HaproxyMasterSocket)
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_MASTER_SOCKET)),
-            admin_socket: v.path(Key::HaproxyAdminSocket),
-            fragment: v
-                .path(Key::HaproxyFragment)
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_FRAGMENT)),
-            maps_dir: v
-                .path(Key::HaproxyMapsDir)
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|| DEFAULT_MAPS_DIR.to_string()),
-            binary: v
-                .path(Key::HaproxyBinary)
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_HAPROXY_BINARY)),
-            configs: v
-                .paths(Key::HaproxyConfig)
-                .unwrap_or_else(|| vec![PathBuf::from(DEFAULT_HAPROXY_CONFIG)]),
-        };
-        if runtime.fragment.file_name().is_none() {
+        let master_socket = v.path(Key::HaproxyMasterSocket);
+        let admin_socket = v.path(Key::HaproxyAdminSocket);
+        let fragment = v.path(Key::HaproxyFragment);
+        let maps_dir = v.path(Key::HaproxyMapsDir).map(|p| p.display().to_string());
+        let binary = v.path(Key::HaproxyBinary);
+        let configs = v.paths(Key::HaproxyConfig);
+        if let Some(fragment) = fragment.as_ref().filter(|f| f.file_name().is_none()) {
             v.fail(
                 Key::HaproxyFragment,
-                format!("`{}` names no file", runtime.fragment.display()),
+                format!("`{}` names no file", fragment.display()),
             );
         }
 
-        let filter = v
-            .string(Key::LogLevel)
-            .unwrap_or_else(|| DEFAULT_LOG_FILTER.to_string());
-        if let Err(e) = check_log_filter(&filter) {
-            v.fail(
-                Key::LogLevel,
-                format!("`{filter}` is not a log level or filter directive: {e}"),
-            );
+        let filter = v.string(Key::LogLevel);
+        if let Some(filter) = &filter {
+            if let Err(e) = check_log_filter(filter) {
+                v.fail(
+                    Key::LogLevel,
+                    format!("`{filter}` is not a log level or filter directive: {e}"),
+                );
+            }
         }
-        let format = v.log_format(Key::LogFormat).unwrap_or(LogFormat::Text);
+        let format = v.log_format(Key::LogFormat);
+        let listen = v.socket_addr(Key::HttpListen);
 
-        let listen = v
-            .socket_addr(Key::HttpListen)
-            .unwrap_or(DEFAULT_HTTP_LISTEN);
-
-        match errors.len() {
-            0 => Ok(Config {
+        let config = (|| {
+            Some(Config {
                 nomad: NomadConfig {
-                    address: nomad_address,
+                    address: nomad_address?,
                     token,
                     region,
-                    namespaces,
+                    namespaces: namespaces?,
                     namespace_deny,
-                    tag_prefix,
-                    resync_interval,
-                    tls,
+                    tag_prefix: tag_prefix?,
+                    resync_interval: resync_interval?,
+                    tls: NomadTls {
+                        ca_cert,
+                        client_cert,
+                        client_key,
+                        server_name,
+                        skip_verify: skip_verify?,
+                    },
                 },
                 haproxy: HaproxyConfig {
-                    address: haproxy_address,
-                    username,
+                    address: haproxy_address?,
+                    username: username?,
                     password,
-                    backend_strategy,
-                    drain_timeout,
+                    backend_strategy: backend_strategy?,
+                    drain_timeout: drain_timeout?,
                     frontend,
-                    allow_regex_domains,
+                    allow_regex_domains: allow_regex_domains?,
                     deny_address_ranges,
-                    driver,
-                    runtime,
+                    driver: driver?,
+                    runtime: crate::haproxy::runtime::RuntimeConfig {
+                        master_socket: master_socket?,
+                        admin_socket,
+                        fragment: fragment?,
+                        maps_dir: maps_dir?,
+                        binary: binary?,
+                        configs: configs?,
+                    },
                 },
-                reconcile,
-                log: LogConfig { filter, format },
-                http: HttpConfig { listen },
+                reconcile: ReconcileConfig {
+                    resync_interval: reconcile_resync_interval?,
+                    debounce: debounce?,
+                    debounce_max: debounce_max?,
+                    max_delete_ratio: max_delete_ratio?,
+                    mass_delete_hold: mass_delete_hold?,
+                    mass_delete_confirmations: mass_delete_confirmations?,
+                },
+                log: LogConfig {
+                    filter: filter?,
+                    format: format?,
+                },
+                http: HttpConfig { listen: listen? },
+            })
+        })();
+        match (config, errors.len()) {
+            (Some(config), 0) => Ok(config),
+            // Only a registry mistake gets here: a required key declared `Absent`
+            // (`the_documented_default_is_the_default_used` guards against it).
+            (None, 0) => Err(ConfigError::Invalid {
+                key: "(key registry)",
+                origin: Source::Default,
+                reason: "a required key has no default value in the key registry".to_string(),
             }),
-            1 => Err(errors.remove(0)),
+            (_, 1) => Err(errors.remove(0)),
             _ => Err(ConfigError::Many(errors)),
         }
     }
@@ -590,467 +577,6 @@ pub fn is_haproxy_name(s: &str) -> bool {
     !s.is_empty()
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
-}
-
-/// Reads each key from the merged layer and records every problem instead of stopping at the
-/// first one.
-struct Validator<'a> {
-    layer: &'a Layer,
-    errors: &'a mut Vec<ConfigError>,
-}
-
-impl Validator<'_> {
-    fn fail(&mut self, key: Key, reason: String) {
-        let source = self
-            .layer
-            .get(key)
-            .map(|s| s.source.clone())
-            .unwrap_or(Source::Default);
-        self.errors.push(ConfigError::Invalid {
-            key: key.json(),
-            origin: source,
-            reason,
-        });
-    }
-
-    fn check(&mut self, key: Key, ok: bool, reason: impl FnOnce() -> String) {
-        if !ok {
-            self.fail(key, reason());
-        }
-    }
-
-    /// The text of a key whose value must be a string (file) or any text (env, flag).
-    fn string(&mut self, key: Key) -> Option<String> {
-        let entry = self.layer.get(key)?;
-        match &entry.raw {
-            Raw::Text(s) => Some(s.clone()),
-            Raw::Json(Value::String(s)) => Some(s.clone()),
-            Raw::Json(other) => {
-                let found = layer::json_kind(other);
-                self.fail(key, format!("expected a string, found {found}"));
-                None
-            }
-        }
-    }
-
-    fn url(&mut self, key: Key, schemes: &[&str]) -> Option<Url> {
-        let raw = self.string(key)?;
-        // Errors echo the value: never its user-info.
-        let text = redact_url(&raw);
-        match Url::parse(&raw) {
-            Ok(url) if !schemes.contains(&url.scheme()) => {
-                let accepted = schemes
-                    .iter()
-                    .map(|s| format!("{s}://"))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                self.fail(
-                    key,
-                    format!(
-                        "`{text}` has scheme `{}`; accepted: {accepted}",
-                        url.scheme()
-                    ),
-                );
-                None
-            }
-            Ok(url) if url.scheme() != "unix" && url.host_str().is_none_or(str::is_empty) => {
-                self.fail(key, format!("`{text}` has no host"));
-                None
-            }
-            Ok(url) if url.scheme() == "unix" && url.path().len() <= 1 => {
-                self.fail(
-                    key,
-                    format!("`{text}` names no socket path (expected unix:///path/to/socket)"),
-                );
-                None
-            }
-            Ok(url) => Some(url),
-            Err(e) => {
-                self.fail(key, format!("`{text}` is not a valid URL: {e}"));
-                None
-            }
-        }
-    }
-
-    /// A file-system path as text: no whitespace or control characters, since it also appears in
-    /// HAProxy configuration lines and CLI commands.
-    fn path(&mut self, key: Key) -> Option<PathBuf> {
-        let text = self.string(key)?;
-        if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            self.fail(
-                key,
-                format!(
-                    "`{text}` contains whitespace or control characters, which HAProxy would split"
-                ),
-            );
-            return None;
-        }
-        Some(PathBuf::from(text))
-    }
-
-    /// A list of texts: a JSON array of strings, or comma-separated text; entries trimmed and
-    /// empty ones dropped. `what` names the items in messages.
-    fn list(&mut self, key: Key, what: &str) -> Option<Vec<String>> {
-        let entry = self.layer.get(key)?;
-        let items: Vec<String> = match &entry.raw {
-            Raw::Text(s) | Raw::Json(Value::String(s)) => {
-                s.split(',').map(|p| p.trim().to_string()).collect()
-            }
-            Raw::Json(Value::Array(items)) => {
-                let mut out = Vec::new();
-                for item in items {
-                    match item {
-                        Value::String(s) => out.push(s.trim().to_string()),
-                        other => {
-                            let found = layer::json_kind(other);
-                            self.fail(
-                                key,
-                                format!("expected a list of {what}, found {found} in it"),
-                            );
-                            return None;
-                        }
-                    }
-                }
-                out
-            }
-            Raw::Json(other) => {
-                let found = layer::json_kind(other);
-                self.fail(key, format!("expected a list of {what}, found {found}"));
-                return None;
-            }
-        };
-        Some(items.into_iter().filter(|s| !s.is_empty()).collect())
-    }
-
-    /// A list of paths: a JSON array, or comma-separated text.
-    fn paths(&mut self, key: Key) -> Option<Vec<PathBuf>> {
-        let items = self.list(key, "paths")?;
-        if items.is_empty() {
-            self.fail(key, "no path given".to_string());
-            return None;
-        }
-        if let Some(bad) = items
-            .iter()
-            .find(|p| p.chars().any(|c| c.is_whitespace() || c.is_control()))
-        {
-            self.fail(
-                key,
-                format!("`{bad}` contains whitespace or control characters"),
-            );
-            return None;
-        }
-        Some(items.into_iter().map(PathBuf::from).collect())
-    }
-
-    fn bool(&mut self, key: Key) -> Option<bool> {
-        let entry = self.layer.get(key)?;
-        let parsed = match &entry.raw {
-            Raw::Json(Value::Bool(b)) => Ok(*b),
-            Raw::Json(Value::String(s)) | Raw::Text(s) => {
-                parse_bool(s).ok_or_else(|| format!("`{s}` is not a boolean"))
-            }
-            Raw::Json(other) => Err(format!(
-                "expected a boolean, found {}",
-                layer::json_kind(other)
-            )),
-        };
-        parsed
-            .map_err(|reason| self.fail(key, format!("{reason} (accepted: true, false, 1, 0)")))
-            .ok()
-    }
-
-    fn duration(&mut self, key: Key) -> Option<Duration> {
-        let entry = self.layer.get(key)?;
-        let parsed = match &entry.raw {
-            Raw::Json(Value::Number(n)) => match n.as_i64() {
-                Some(secs) if secs > 0 => Ok(Duration::from_secs(secs.unsigned_abs())),
-                Some(secs) => Err(format!("must be greater than zero, got {secs}")),
-                None => Err(format!("expected whole seconds, got {n}")),
-            },
-            Raw::Json(Value::String(s)) | Raw::Text(s) => parse_duration(s),
-            Raw::Json(other) => Err(format!(
-                "expected seconds or a duration string such as \"30s\", found {}",
-                layer::json_kind(other)
-            )),
-        };
-        parsed.map_err(|reason| self.fail(key, reason)).ok()
-    }
-
-    /// A share in (0, 1].
-    fn ratio(&mut self, key: Key) -> Option<f64> {
-        let entry = self.layer.get(key)?;
-        let parsed = match &entry.raw {
-            Raw::Json(Value::Number(n)) => {
-                n.as_f64().ok_or_else(|| format!("`{n}` is not a number"))
-            }
-            Raw::Json(Value::String(s)) | Raw::Text(s) => s
-                .trim()
-                .parse::<f64>()
-                .map_err(|_| format!("`{s}` is not a number")),
-            Raw::Json(other) => Err(format!(
-                "expected a number, found {}",
-                layer::json_kind(other)
-            )),
-        };
-        match parsed {
-            Ok(r) if r > 0.0 && r <= 1.0 => Some(r),
-            Ok(r) => {
-                self.fail(
-                    key,
-                    format!("must be greater than 0 and at most 1, got {r}"),
-                );
-                None
-            }
-            Err(reason) => {
-                self.fail(key, reason);
-                None
-            }
-        }
-    }
-
-    /// A whole number ≥ 1.
-    fn count(&mut self, key: Key) -> Option<u32> {
-        let entry = self.layer.get(key)?;
-        let parsed = match &entry.raw {
-            Raw::Json(Value::Number(n)) => n
-                .as_u64()
-                .and_then(|n| u32::try_from(n).ok())
-                .ok_or_else(|| format!("`{n}` is not a whole number")),
-            Raw::Json(Value::String(s)) | Raw::Text(s) => s
-                .trim()
-                .parse::<u32>()
-                .map_err(|_| format!("`{s}` is not a whole number")),
-            Raw::Json(other) => Err(format!(
-                "expected a number, found {}",
-                layer::json_kind(other)
-            )),
-        };
-        match parsed {
-            Ok(n) if n >= 1 => Some(n),
-            Ok(n) => {
-                self.fail(key, format!("must be at least 1, got {n}"));
-                None
-            }
-            Err(reason) => {
-                self.fail(key, reason);
-                None
-            }
-        }
-    }
-
-    fn strategy(&mut self, key: Key) -> Option<BackendStrategy> {
-        let text = self.string(key)?;
-        match BackendStrategy::ALL
-            .into_iter()
-            .find(|s| s.as_str() == text)
-        {
-            Some(s) => Some(s),
-            None => {
-                let accepted: Vec<_> = BackendStrategy::ALL.iter().map(|s| s.as_str()).collect();
-                self.fail(
-                    key,
-                    format!(
-                        "unknown strategy `{text}`; accepted: {}",
-                        accepted.join(", ")
-                    ),
-                );
-                None
-            }
-        }
-    }
-
-    fn log_format(&mut self, key: Key) -> Option<LogFormat> {
-        let text = self.string(key)?;
-        match text.as_str() {
-            "text" => Some(LogFormat::Text),
-            "json" => Some(LogFormat::Json),
-            _ => {
-                self.fail(
-                    key,
-                    format!("unknown log format `{text}`; accepted: text, json"),
-                );
-                None
-            }
-        }
-    }
-
-    /// A list of namespace names in which `*` makes no sense (a deny-list).
-    fn namespace_deny(&mut self, key: Key) -> Option<Vec<String>> {
-        match self.namespace_items(key)? {
-            items if items.iter().any(|n| n == "*") => {
-                self.fail(
-                    key,
-                    "`*` would deny every namespace; list namespace names".to_string(),
-                );
-                None
-            }
-            items => {
-                if let Some(bad) = items.iter().find(|n| !is_nomad_namespace(n)) {
-                    self.fail(
-                        key,
-                        format!("`{bad}` is not a valid Nomad namespace name (1-128 letters, digits or `-`)"),
-                    );
-                    return None;
-                }
-                Some(items)
-            }
-        }
-    }
-
-    /// An `IP:port` listen address (`[::1]:4650` for IPv6); no host names, so what is bound is
-    /// exactly what was written.
-    fn socket_addr(&mut self, key: Key) -> Option<SocketAddr> {
-        let text = self.string(key)?;
-        match text.trim().parse::<SocketAddr>() {
-            Ok(addr) => Some(addr),
-            Err(_) => {
-                self.fail(
-                    key,
-                    format!(
-                        "`{text}` is not an IP address and port (for example 0.0.0.0:4650, 127.0.0.1:4650 or [::]:4650)"
-                    ),
-                );
-                None
-            }
-        }
-    }
-
-    fn namespaces(&mut self, key: Key) -> Option<Namespaces> {
-        let items = self.namespace_items(key)?;
-        if items.is_empty() {
-            self.fail(key, "no namespace given (use `*` for all)".to_string());
-            return None;
-        }
-        if items.iter().any(|n| n == "*") {
-            if items.len() > 1 {
-                self.fail(
-                    key,
-                    "`*` (all namespaces) cannot be combined with named namespaces".to_string(),
-                );
-                return None;
-            }
-            return Some(Namespaces::All);
-        }
-        if let Some(bad) = items.iter().find(|n| !is_nomad_namespace(n)) {
-            self.fail(
-                key,
-                format!(
-                    "`{bad}` is not a valid Nomad namespace name (1-128 letters, digits or `-`)"
-                ),
-            );
-            return None;
-        }
-        Some(Namespaces::List(items))
-    }
-
-    /// The names of a namespace-list key, trimmed, sorted and de-duplicated (empty entries
-    /// dropped); the callers decide what an empty list or `*` means.
-    /// A list of CIDR ranges (`10.0.0.0/8`; a bare address is its own /32 or /128).
-    fn cidr_list(&mut self, key: Key) -> Option<Vec<ipnet::IpNet>> {
-        let items = self.list(key, "CIDR ranges")?;
-        let mut nets = Vec::with_capacity(items.len());
-        for item in items {
-            let parsed = item
-                .parse::<ipnet::IpNet>()
-                .or_else(|_| item.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
-            match parsed {
-                Ok(net) => nets.push(net.trunc()),
-                Err(_) => {
-                    self.fail(
-                        key,
-                        format!(
-                            "`{item}` is not a CIDR range (for example 127.0.0.0/8 or fd00::/8)"
-                        ),
-                    );
-                    return None;
-                }
-            }
-        }
-        nets.sort();
-        nets.dedup();
-        Some(nets)
-    }
-
-    fn namespace_items(&mut self, key: Key) -> Option<Vec<String>> {
-        let mut items = self.list(key, "namespace names")?;
-        items.sort();
-        items.dedup();
-        Some(items)
-    }
-
-    /// A path that must name a readable file (TLS material is read when the client is built; a
-    /// bad path should fail `check-config`, not the first request).
-    fn readable_path(&mut self, key: Key) -> Option<PathBuf> {
-        let path = PathBuf::from(self.string(key)?);
-        match std::fs::File::open(&path) {
-            Ok(_) => Some(path),
-            Err(e) => {
-                self.fail(key, format!("cannot read {}: {e}", path.display()));
-                None
-            }
-        }
-    }
-}
-
-/// `tracing`'s filter parser takes any bare word as a target name, so a typo such as `verbose`
-/// would silently disable logging. Require a level, or `target=level` directives.
-fn check_log_filter(filter: &str) -> Result<(), String> {
-    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
-    for directive in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
-        let level = directive.rsplit_once('=').map_or(directive, |(_, l)| l);
-        if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
-            return Err(format!(
-                "`{directive}` is not a level (accepted: off, error, warn, info, debug, trace, or target=level)"
-            ));
-        }
-    }
-    tracing_subscriber::EnvFilter::builder()
-        .parse(filter)
-        .map(|_| ())
-        .map_err(|e| e.to_string())
-}
-
-/// Go's `strconv.ParseBool`, which Nomad's own tools use for `NOMAD_SKIP_VERIFY`.
-fn parse_bool(s: &str) -> Option<bool> {
-    match s {
-        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
-        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
-        _ => None,
-    }
-}
-
-/// Whole seconds (`30`) or a humane duration (`30s`, `5m`, `1h 30m`); must be greater than zero.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if let Ok(secs) = s.parse::<i64>() {
-        return if secs > 0 {
-            Ok(Duration::from_secs(secs.unsigned_abs()))
-        } else {
-            Err(format!("must be greater than zero, got {secs}"))
-        };
-    }
-    if s.starts_with('-') {
-        return Err(format!("must be greater than zero, got `{s}`"));
-    }
-    match humantime::parse_duration(s) {
-        Ok(d) if d.is_zero() => Err(format!("must be greater than zero, got `{s}`")),
-        Ok(d) => Ok(d),
-        Err(e) => Err(format!(
-            "`{s}` is not a duration ({e}); use whole seconds or a value such as 30s, 5m, 1h"
-        )),
-    }
-}
-
-/// A tag prefix: the part before `.enable=true`.
-fn is_tag_prefix(s: &str) -> bool {
-    (1..=64).contains(&s.len())
-        && !s.ends_with('.')
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-}
-
-fn is_nomad_namespace(s: &str) -> bool {
-    (1..=128).contains(&s.len()) && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
 }
 
 #[cfg(test)]
