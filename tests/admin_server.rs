@@ -10,31 +10,11 @@ use haproxy_nomad_connector::metrics::{Metrics, PassResult};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::support::limits::raise_open_files;
+
 const IDLE: usize = 2_000;
 /// How quickly a probe must be answered while the idle connections are open.
 const PROMPT: Duration = Duration::from_secs(2);
-
-/// Raises this process's soft limit on open files: the test holds both ends of its connections.
-fn raise_open_files(want: u64) {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
-    let got = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
-    assert_eq!(got, 0, "getrlimit: {}", std::io::Error::last_os_error());
-    assert!(
-        limit.rlim_max >= want,
-        "this test needs {want} open files; the hard limit is {}",
-        limit.rlim_max
-    );
-    if limit.rlim_cur < want {
-        limit.rlim_cur = want;
-        // SAFETY: as above.
-        let set = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
-        assert_eq!(set, 0, "setrlimit: {}", std::io::Error::last_os_error());
-    }
-}
 
 /// One `GET` with `Connection: close`: the status line and the body.
 async fn get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
@@ -56,6 +36,7 @@ fn open(stream: &TcpStream) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_thousand_idle_connections_do_not_stop_readyz_or_metrics() {
+    // This process holds both ends of the connections.
     raise_open_files(8_192);
     let status = Arc::new(Status::new(Duration::from_secs(30), Instant::now()));
     status.record_pass(

@@ -1,13 +1,12 @@
 //! The Data Plane API double behaves like the real API (CONTRACTS §2.1–2.13), checked over HTTP
 //! with reqwest, the way the driver will talk to it.
-mod support;
 
 use std::time::Duration;
 
+use crate::support::dataplane::{BaseConfig, DataplaneDouble, FrontendSpec, Options};
 use reqwest::Method;
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
-use support::dataplane::{BaseConfig, DataplaneDouble, FrontendSpec, Options};
 
 const CONF: &str = "/services/haproxy/configuration";
 const HOSTS_MAP: &str = "%[req.hdr(host),lower,map(/etc/haproxy/maps/hosts.map)]";

@@ -1,11 +1,12 @@
 //! The Data Plane API driver against the DPAPI double, with exact request, commit and reload
 //! counts.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::dataplane::{
+    BaseConfig, DataplaneDouble, FrontendSpec, Options as DoubleOptions,
+};
 use haproxy_nomad_connector::catalog::{Instance, Service, ServiceKey, Snapshot};
 use haproxy_nomad_connector::desired::{Desired, Policy};
 use haproxy_nomad_connector::haproxy::dataplane::{DataplaneDriver, Options};
@@ -16,7 +17,6 @@ use haproxy_nomad_connector::plan::{Action, Op, Plan};
 use haproxy_nomad_connector::reconcile::drains::DrainClock;
 use haproxy_nomad_connector::reconcile::pass::{PassOutcome, run_pass};
 use serde_json::{Value, json};
-use support::dataplane::{BaseConfig, DataplaneDouble, FrontendSpec, Options as DoubleOptions};
 
 const MAPS: &str = "/etc/haproxy/maps";
 const MAPS_FILES: [&str; 4] = [

@@ -1,14 +1,13 @@
 //! End to end: the real binary (`run`, `plan`) against the Nomad and Data Plane API doubles.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::connector::{BIN, Connector};
+use crate::support::dataplane::{BaseConfig, DataplaneDouble, FrontendSpec, Options as DpOptions};
+use crate::support::expo::Kind;
+use crate::support::nomad::{NomadDouble, Reg};
 use haproxy_nomad_connector::model::route_rules;
 use serde_json::{Value, json};
-use support::connector::{BIN, Connector};
-use support::dataplane::{BaseConfig, DataplaneDouble, FrontendSpec, Options as DpOptions};
-use support::nomad::{NomadDouble, Reg};
 
 /// The doubles run on their own runtime's threads, so the test thread can block while it
 /// waits (blocking a runtime worker would stall the doubles' tasks).
@@ -361,22 +360,22 @@ fn metrics_are_prometheus_text_with_the_key_series() {
     c.wait_settled();
     let m = c.metrics();
     for (name, kind) in [
-        ("hnc_passes_total", "counter"),
-        ("hnc_pass_duration_seconds", "histogram"),
-        ("hnc_event_to_applied_seconds", "histogram"),
-        ("hnc_plan_operations_total", "counter"),
-        ("hnc_haproxy_reloads_total", "counter"),
-        ("hnc_driver_requests_total", "counter"),
-        ("hnc_nomad_requests_total", "counter"),
-        ("hnc_nomad_stream_reconnects_total", "counter"),
-        ("hnc_catalog_services", "gauge"),
-        ("hnc_catalog_instances", "gauge"),
-        ("hnc_desired_backends", "gauge"),
-        ("hnc_desired_servers", "gauge"),
-        ("hnc_last_successful_pass_timestamp_seconds", "gauge"),
-        ("hnc_build_info", "gauge"),
+        ("hnc_passes_total", Kind::Counter),
+        ("hnc_pass_duration_seconds", Kind::Histogram),
+        ("hnc_event_to_applied_seconds", Kind::Histogram),
+        ("hnc_plan_operations_total", Kind::Counter),
+        ("hnc_haproxy_reloads_total", Kind::Counter),
+        ("hnc_driver_requests_total", Kind::Counter),
+        ("hnc_nomad_requests_total", Kind::Counter),
+        ("hnc_nomad_stream_reconnects_total", Kind::Counter),
+        ("hnc_catalog_services", Kind::Gauge),
+        ("hnc_catalog_instances", Kind::Gauge),
+        ("hnc_desired_backends", Kind::Gauge),
+        ("hnc_desired_servers", Kind::Gauge),
+        ("hnc_last_successful_pass_timestamp_seconds", Kind::Gauge),
+        ("hnc_build_info", Kind::Gauge),
     ] {
-        assert_eq!(m.types.get(name).map(String::as_str), Some(kind), "{name}");
+        assert_eq!(m.kind(name), Some(kind), "{name}");
     }
     assert!(m.sum("hnc_passes_total", &[("result", "success")]) >= 1.0);
     assert_eq!(
@@ -494,7 +493,7 @@ fn plan_exit_codes() {
     assert_eq!(v["summary"]["create_backend"], 1);
     assert_eq!(dp.commit_count(), 0, "plan applies nothing");
 
-    let dead = format!("http://127.0.0.1:{}", support::haproxy::free_port());
+    let dead = format!("http://127.0.0.1:{}", crate::support::haproxy::free_port());
     let (code, _, err) = plan_cmd(&nomad, &dead, "admin", "x", false);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("cannot observe HAProxy"), "{err}");
@@ -505,7 +504,7 @@ fn an_unreachable_dataplane_api_makes_it_unready_with_that_reason() {
     let rt = runtime();
     let nomad = rt.block_on(NomadDouble::start());
     let dp = rt.block_on(DataplaneDouble::start(base(), DpOptions::fast()));
-    let dead = format!("http://127.0.0.1:{}", support::haproxy::free_port());
+    let dead = format!("http://127.0.0.1:{}", crate::support::haproxy::free_port());
     let c = Connector::start(&env(&nomad, &dp, &[("HAPROXY_DATAPLANE_URL", &dead)]));
     c.wait_for("not ready: HAProxy unreachable", WAIT, |c| {
         c.get("/readyz")

@@ -2,17 +2,15 @@
 //! the Nomad double, real HAProxy started by the harness (2.6 and 3.0 in CI) and small HTTP
 //! instances, with real traffic through HAProxy.
 
-mod support;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::support::connector::Connector;
+use crate::support::haproxy::{self, Haproxy};
+use crate::support::http::{self, Instance};
+use crate::support::nomad::{NomadDouble, Reg};
 use haproxy_nomad_connector::model::route_rules;
-use support::connector::Connector;
-use support::haproxy::{self, Haproxy};
-use support::http::{self, Instance};
-use support::nomad::{NomadDouble, Reg};
 
 const WAIT: Duration = Duration::from_secs(20);
 const DOMAIN: &str = "app.example.test";

@@ -1,9 +1,7 @@
 //! The real-HAProxy harness, proven against the binary under test (2.6 and 3.0 in CI).
 
-mod support;
-
-use support::haproxy::{self, Haproxy};
-use support::http::{self, Instance};
+use crate::support::haproxy::{self, Haproxy};
+use crate::support::http::{self, Instance};
 
 fn config(frontend_port: u16) -> String {
     format!(
@@ -118,7 +116,11 @@ fn dropping_the_harness_leaves_no_process() {
 fn a_missing_binary_fails_with_install_instructions() {
     // Re-run the version test in a child with no usable HAProxy: it must fail, not skip.
     let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
-        .args(["--exact", "binary_is_the_expected_version", "--nocapture"])
+        .args([
+            "--exact",
+            "haproxy_harness::binary_is_the_expected_version",
+            "--nocapture",
+        ])
         .env("HAPROXY_BIN", "/nonexistent/haproxy")
         .output()
         .expect("run child test");
@@ -127,6 +129,10 @@ fn a_missing_binary_fails_with_install_instructions() {
     assert!(
         !out.status.success(),
         "the test passed without HAProxy:\n{text}"
+    );
+    assert!(
+        text.contains("running 1 test"),
+        "the child ran no test:\n{text}"
     );
     assert!(text.contains("HAProxy is required by this test"), "{text}");
     assert!(text.contains("apt-get install haproxy"), "{text}");

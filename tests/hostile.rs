@@ -8,8 +8,6 @@
 //! - `cases`, `regex_keys`, `watch_safety`: one end-to-end test per defect, on both drivers;
 //! - `admin_flood`: a hostile client of the admin port (2,000 idle connections).
 
-mod support;
-
 #[path = "hostile/admin_flood.rs"]
 mod admin_flood;
 #[path = "hostile/cases.rs"]

@@ -1,11 +1,9 @@
 //! The Nomad double itself answers as CONTRACTS.md §1 says Nomad does: a double that accepts what
 //! Nomad rejects would hide bugs.
 
-mod support;
-
 use std::time::Duration;
 
-use support::nomad::{NomadDouble, Options, RESUBSCRIBE, Reg};
+use crate::support::nomad::{NomadDouble, Options, RESUBSCRIBE, Reg};
 use tokio::time::Instant;
 
 async fn get(double: &NomadDouble, path: &str) -> (u16, Option<u64>, String) {

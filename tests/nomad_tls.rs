@@ -2,15 +2,13 @@
 //! the server name Nomad's certificates carry (`server.global.nomad`), mutual TLS, and the
 //! failures a wrong setting must produce.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::nomad::{NomadDouble, Options, Reg};
 use haproxy_nomad_connector::config::{Config, Layer};
 use haproxy_nomad_connector::nomad::{NomadClient, NomadStats};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-use support::nomad::{NomadDouble, Options, Reg};
 use tokio_rustls::rustls;
 
 struct Pki {

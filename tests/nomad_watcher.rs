@@ -2,19 +2,17 @@
 //! event stream, survives lossy streams, permission errors and index resets, and costs little on
 //! an idle cluster (issue 3's acceptance list).
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::nomad::{NomadDouble, Options, RESUBSCRIBE, Reg};
 use haproxy_nomad_connector::catalog::{NomadCheckKind, ServiceKey, Snapshot, is_enabled};
 use haproxy_nomad_connector::config::{Config, Layer, Namespaces, NomadConfig, Secret};
 use haproxy_nomad_connector::nomad::{
     Endpoint, NomadClient, NomadError, NomadStats, Tuning, Watcher, WatcherSettings,
 };
 use serde_json::json;
-use support::nomad::{NomadDouble, Options, RESUBSCRIBE, Reg};
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep, timeout};
 
@@ -768,9 +766,9 @@ async fn same_name_in_two_namespaces_null_tags_and_ipv6() {
 #[tokio::test]
 async fn index_moving_backwards_resets_and_relists() {
     // Indexes from 1, so the restore below can go back to 2.
-    let double = NomadDouble::start_with(support::nomad::Options {
+    let double = NomadDouble::start_with(crate::support::nomad::Options {
         first_raft_index: 0,
-        ..support::nomad::Options::default()
+        ..crate::support::nomad::Options::default()
     })
     .await;
     for n in 0..5u16 {

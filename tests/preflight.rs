@@ -2,15 +2,13 @@
 //! real HAProxy for the runtime driver), one line per check, exit 0 only when `run` has
 //! everything it needs.
 
-mod support;
-
 use std::process::Command;
 
+use crate::support::connector::BIN;
+use crate::support::dataplane::{BaseConfig, DataplaneDouble, FrontendSpec, Options as DpOptions};
+use crate::support::haproxy::Haproxy;
+use crate::support::nomad::{NomadDouble, Reg};
 use serde_json::json;
-use support::connector::BIN;
-use support::dataplane::{BaseConfig, DataplaneDouble, FrontendSpec, Options as DpOptions};
-use support::haproxy::Haproxy;
-use support::nomad::{NomadDouble, Reg};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -161,7 +159,7 @@ fn a_data_plane_api_2x_is_named() {
 #[test]
 fn nomad_unreachable_is_named() {
     let w = World::start(DpOptions::fast());
-    let port = support::haproxy::free_port();
+    let port = crate::support::haproxy::free_port();
     let (code, out) = connect(&w.env(&[("NOMAD_ADDR", &format!("http://127.0.0.1:{port}"))]));
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("FAIL  Nomad http://127.0.0.1"), "{out}");

@@ -4,14 +4,14 @@
 //! `model::route_rules`, a hand-written backend), empty maps and an empty fragment directory, and
 //! drives `reconcile::pass::run_pass` with hand-built catalog snapshots.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::support::haproxy::{self, Haproxy};
+use crate::support::http::{self, Instance};
 use haproxy_nomad_connector::catalog::{Instance as Registration, Service, ServiceKey, Snapshot};
 use haproxy_nomad_connector::desired::{Desired, Policy};
 use haproxy_nomad_connector::haproxy::Driver;
@@ -21,8 +21,6 @@ use haproxy_nomad_connector::model::{MatchKind, RouteKey, route_rules};
 use haproxy_nomad_connector::plan::{Action, Op, OpKind, Plan};
 use haproxy_nomad_connector::reconcile::drains::DrainClock;
 use haproxy_nomad_connector::reconcile::pass::{PassOutcome, run_pass};
-use support::haproxy::{self, Haproxy};
-use support::http::{self, Instance};
 
 /// The main configuration: the frontend with a hand-written rule first, then the connector's four
 /// map rules; a hand-written default backend, a hand-written backend with a static server, and an

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::harness::{Driver, Lab};
 use crate::both_drivers;
+use crate::support::limits::{raise_open_files, set_open_files_of};
 
 const IDLE: usize = 2_000;
 /// How quickly a probe must be answered while the idle connections are open.
@@ -17,38 +18,11 @@ const PROMPT: Duration = Duration::from_secs(2);
 /// The connector's open-file limit for the test.
 const CONNECTOR_FILES: u64 = 1_024;
 
-fn rlimit(pid: libc::pid_t) -> libc::rlimit {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: prlimit reads the limit of `pid` into the struct passed; nothing is set.
-    let got = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut limit) };
-    assert_eq!(got, 0, "prlimit: {}", std::io::Error::last_os_error());
-    limit
-}
-
-/// Sets the soft open-file limit of process `pid` (0: this process) to `soft`.
-fn set_open_files(pid: libc::pid_t, soft: u64) {
-    let mut limit = rlimit(pid);
-    assert!(
-        limit.rlim_max >= soft,
-        "this test needs {soft} open files; the hard limit is {}",
-        limit.rlim_max
-    );
-    limit.rlim_cur = soft;
-    // SAFETY: prlimit sets the limit of `pid` from the struct passed; nothing is read back.
-    let set = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &limit, std::ptr::null_mut()) };
-    assert_eq!(set, 0, "prlimit: {}", std::io::Error::last_os_error());
-}
-
 both_drivers!(idle_admin_connections_cost_only_themselves, |lab: &Lab| {
     let pid = libc::pid_t::try_from(lab.connector.pid()).expect("pid");
-    set_open_files(pid, CONNECTOR_FILES);
+    set_open_files_of(pid, CONNECTOR_FILES);
     // This process holds the client ends.
-    if rlimit(0).rlim_cur < IDLE as u64 + 1_024 {
-        set_open_files(0, IDLE as u64 + 1_024);
-    }
+    raise_open_files(IDLE as u64 + 1_024);
     let mut idle = Vec::with_capacity(IDLE);
     for i in 0..IDLE {
         let stream = TcpStream::connect(("127.0.0.1", lab.connector.port))

@@ -11,7 +11,7 @@
 //!   the debounce pace; then it is applied.
 
 mod namespace_loss {
-    use crate::harness::{Driver, Lab};
+    use crate::hostile::harness::{Driver, Lab};
     use crate::support::nomad::Reg;
 
     const TENANT_TAGS: &[&str] = &["haproxy.enable=true", "haproxy.domain=tenant.test"];
@@ -104,7 +104,7 @@ mod namespace_loss {
 mod mass_delete_hold {
     use std::time::{Duration, Instant};
 
-    use crate::harness::{Driver, Lab};
+    use crate::hostile::harness::{Driver, Lab};
 
     fn a_mass_removal_waits_for_the_hold_in_real_time(driver: Driver) {
         let lab = Lab::start(driver, &[("RECONCILE_MASS_DELETE_HOLD", "3s")]);

@@ -1,11 +1,13 @@
 //! The connector binary as a process, for end-to-end tests: started with a clean environment
 //! plus what the test gives, stopped (SIGTERM, then SIGKILL) on drop, with its log kept for
-//! failure messages. Also a strict parser for the Prometheus text format.
+//! failure messages; its `/metrics` read with the strict parser of [`super::expo`].
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use super::expo::{self, Family, Kind, Sample};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_haproxy-nomad-connector");
 
@@ -102,7 +104,8 @@ impl Connector {
     pub fn metrics(&self) -> Metrics {
         let (status, body) = self.get("/metrics").expect("metrics answer");
         assert_eq!(status, 200);
-        parse_metrics(&body)
+        expo::parse(&body)
+            .map(|families| Metrics { families })
             .unwrap_or_else(|e| panic!("/metrics is not valid Prometheus text: {e}\n{body}"))
     }
 
@@ -134,51 +137,63 @@ impl Drop for Connector {
     }
 }
 
-/// A sample's labels.
-pub type Labels = BTreeMap<String, String>;
-
-/// Samples by series name, each with its labels.
-#[derive(Debug, Default)]
+/// The parsed `/metrics`: families by name, as [`expo::parse`] reads them.
+#[derive(Debug)]
 pub struct Metrics {
-    pub types: BTreeMap<String, String>,
-    pub samples: BTreeMap<String, Vec<(Labels, f64)>>,
+    pub families: BTreeMap<String, Family>,
 }
 
 impl Metrics {
+    /// The samples named `name` (a family's own name, or `…_bucket`, `…_sum`, `…_count`).
+    fn samples<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Sample> + 'a {
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| {
+                name.strip_suffix(suffix)
+                    .filter(|f| self.families.contains_key(*f))
+            })
+            .unwrap_or(name);
+        self.families
+            .get(family)
+            .into_iter()
+            .flat_map(|f| &f.samples)
+            .filter(move |s| s.name == name)
+    }
+
     /// The sum of a series over the samples whose labels include `labels`.
     pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.samples
-            .get(name)
-            .map(|v| {
-                v.iter()
-                    .filter(|(l, _)| {
-                        labels
-                            .iter()
-                            .all(|(k, val)| l.get(*k).map(String::as_str) == Some(*val))
-                    })
-                    .map(|(_, x)| x)
-                    .sum()
+        self.samples(name)
+            .filter(|s| {
+                labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
             })
-            .unwrap_or(0.0)
+            .map(|s| s.value)
+            .sum()
     }
 
     pub fn has(&self, name: &str) -> bool {
-        self.samples.contains_key(name)
+        self.samples(name).next().is_some()
+    }
+
+    /// The declared type of the family `name`.
+    pub fn kind(&self, name: &str) -> Option<Kind> {
+        self.families.get(name).map(|f| f.kind)
     }
 
     /// A quantile estimated from a histogram's buckets (upper bound of the bucket it falls in).
     pub fn histogram_quantile(&self, name: &str, q: f64) -> Option<f64> {
-        let buckets = self.samples.get(&format!("{name}_bucket"))?;
-        let mut bounds: Vec<(f64, f64)> = buckets
-            .iter()
-            .filter_map(|(l, v)| {
-                let le = l.get("le")?;
+        let bucket = format!("{name}_bucket");
+        let mut bounds: Vec<(f64, f64)> = self
+            .samples(&bucket)
+            .filter_map(|s| {
+                let le = s.labels.get("le")?;
                 let le = if le == "+Inf" {
                     f64::INFINITY
                 } else {
                     le.parse().ok()?
                 };
-                Some((le, *v))
+                Some((le, s.value))
             })
             .collect();
         bounds.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -193,92 +208,46 @@ impl Metrics {
     }
 }
 
-/// Parses the Prometheus text exposition format strictly: `# HELP`/`# TYPE` lines, then
-/// `name{label="value",…} number` samples; every sample's family must have a known type.
-pub fn parse_metrics(text: &str) -> Result<Metrics, String> {
-    let mut m = Metrics::default();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim_end();
-        if line.is_empty() {
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix("# ") {
-            let mut parts = rest.splitn(3, ' ');
-            match (parts.next(), parts.next(), parts.next()) {
-                (Some("TYPE"), Some(name), Some(kind)) => {
-                    if !["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind) {
-                        return Err(format!("line {}: unknown type {kind}", n + 1));
-                    }
-                    m.types.insert(name.to_string(), kind.to_string());
-                }
-                (Some("HELP"), Some(_), _) => {}
-                _ => return Err(format!("line {}: bad comment {line:?}", n + 1)),
-            }
-            continue;
-        }
-        let (series, value) = line
-            .rsplit_once(' ')
-            .ok_or_else(|| format!("line {}: no value in {line:?}", n + 1))?;
-        let value: f64 = match value {
-            "+Inf" => f64::INFINITY,
-            "-Inf" => f64::NEG_INFINITY,
-            "NaN" => f64::NAN,
-            v => v
-                .parse()
-                .map_err(|_| format!("line {}: bad value {v:?}", n + 1))?,
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = "\
+# HELP hnc_passes_total Passes.
+# TYPE hnc_passes_total counter
+hnc_passes_total{result=\"success\"} 2
+hnc_passes_total{result=\"noop\"} 3
+# HELP hnc_pass_duration_seconds Pass duration.
+# TYPE hnc_pass_duration_seconds histogram
+hnc_pass_duration_seconds_bucket{le=\"0.1\"} 1
+hnc_pass_duration_seconds_bucket{le=\"1\"} 4
+hnc_pass_duration_seconds_bucket{le=\"+Inf\"} 5
+hnc_pass_duration_seconds_sum 2.5
+hnc_pass_duration_seconds_count 5
+";
+
+    #[test]
+    fn metrics_read_series_by_sample_name_through_the_strict_parser() {
+        let m = Metrics {
+            families: expo::parse(TEXT).expect("valid"),
         };
-        let (name, labels) = match series.split_once('{') {
-            None => (series.to_string(), BTreeMap::new()),
-            Some((name, rest)) => {
-                let body = rest
-                    .strip_suffix('}')
-                    .ok_or_else(|| format!("line {}: unclosed labels in {line:?}", n + 1))?;
-                let mut labels = BTreeMap::new();
-                let mut rest = body;
-                while !rest.is_empty() {
-                    let (k, after) = rest
-                        .split_once("=\"")
-                        .ok_or_else(|| format!("line {}: bad label in {line:?}", n + 1))?;
-                    let mut value = String::new();
-                    let mut chars = after.char_indices();
-                    let mut end = None;
-                    while let Some((i, c)) = chars.next() {
-                        match c {
-                            '\\' => {
-                                if let Some((_, e)) = chars.next() {
-                                    value.push(match e {
-                                        'n' => '\n',
-                                        other => other,
-                                    });
-                                }
-                            }
-                            '"' => {
-                                end = Some(i);
-                                break;
-                            }
-                            c => value.push(c),
-                        }
-                    }
-                    let end =
-                        end.ok_or_else(|| format!("line {}: unterminated label value", n + 1))?;
-                    labels.insert(k.trim_start_matches(',').to_string(), value);
-                    rest = after[end + 1..].trim_start_matches(',');
-                }
-                (name.to_string(), labels)
-            }
-        };
-        let family = ["_bucket", "_sum", "_count"]
-            .iter()
-            .find_map(|suffix| {
-                name.strip_suffix(suffix)
-                    .filter(|f| m.types.contains_key(*f))
-            })
-            .unwrap_or(&name)
-            .to_string();
-        if !m.types.contains_key(&family) {
-            return Err(format!("line {}: sample {name} has no # TYPE", n + 1));
-        }
-        m.samples.entry(name).or_default().push((labels, value));
+        assert_eq!(m.sum("hnc_passes_total", &[]), 5.0);
+        assert_eq!(m.sum("hnc_passes_total", &[("result", "noop")]), 3.0);
+        assert_eq!(m.sum("hnc_passes_total", &[("result", "error")]), 0.0);
+        assert_eq!(m.sum("hnc_pass_duration_seconds_count", &[]), 5.0);
+        assert!(m.has("hnc_pass_duration_seconds_sum"));
+        assert!(!m.has("hnc_pass_duration_seconds"));
+        assert_eq!(m.kind("hnc_pass_duration_seconds"), Some(Kind::Histogram));
+        assert_eq!(m.kind("hnc_passes_total"), Some(Kind::Counter));
+        assert_eq!(
+            m.histogram_quantile("hnc_pass_duration_seconds", 0.5),
+            Some(1.0)
+        );
+        assert_eq!(
+            m.histogram_quantile("hnc_pass_duration_seconds", 0.2),
+            Some(0.1)
+        );
+        // What the old ad-hoc parser let through: a sample without `# TYPE`.
+        assert!(expo::parse("hnc_passes_total 1\n").is_err());
     }
-    Ok(m)
 }

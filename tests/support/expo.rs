@@ -1,6 +1,10 @@
 //! A small, strict parser of the Prometheus text exposition format (version 0.0.4), for tests:
 //! it rejects what a Prometheus server would reject, plus a few things it would merely tolerate
 //! (samples without a `# TYPE`, a family split in two, histograms whose buckets do not add up).
+//!
+//! The one parser of the tests: the integration tests read the connector's `/metrics` with it
+//! (through `support::connector::Metrics`), and the library's unit tests include this file from
+//! `src/metrics.rs` (`#[path]`, under `cfg(test)`), so it must depend on `std` alone.
 
 use std::collections::BTreeMap;
 
