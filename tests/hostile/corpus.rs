@@ -10,6 +10,7 @@ use std::time::Duration;
 use haproxy_nomad_connector::catalog::{
     Instance, NomadCheck, NomadCheckKind, Service, ServiceKey, Snapshot,
 };
+use haproxy_nomad_connector::desired::tags::KEYS;
 use haproxy_nomad_connector::live::{Live, LiveBackend, LiveServer};
 use haproxy_nomad_connector::model::{AdminState, Mode, OpState};
 use proptest::prelude::*;
@@ -208,28 +209,6 @@ pub const DURATIONS: &[&str] = &[
     "-1s",
 ];
 
-const KEYS: &[&str] = &[
-    "enable",
-    "backend",
-    "backend.name",
-    "domain",
-    "domain.type",
-    "check.path",
-    "check.method",
-    "check.host",
-    "check.type",
-    "check.disabled",
-    "check.interval",
-    "check.timeout",
-    "check.rise",
-    "check.fall",
-    "check.expect",
-    "balance",
-    "mode",
-    "maxconn",
-    "weight",
-];
-
 /// Any text, weighted towards what breaks parsers: control characters, bidi marks, NUL,
 /// multi-byte characters at byte offsets where slicing would panic, syntax characters.
 fn nasty_text() -> impl Strategy<Value = String> {
@@ -245,7 +224,7 @@ fn nasty_text() -> impl Strategy<Value = String> {
 /// One tag of a hostile registration.
 fn hostile_tag() -> impl Strategy<Value = String> {
     prop_oneof![
-        3 => (proptest::sample::select(KEYS), nasty_text()).prop_map(|(k, v)| format!("haproxy.{k}={v}")),
+        3 => (proptest::sample::select(&KEYS[..]), nasty_text()).prop_map(|(k, v)| format!("haproxy.{k}={v}")),
         2 => proptest::sample::select(REGEXES).prop_map(|r| format!("haproxy.domain={r}")),
         1 => Just("haproxy.domain.type=regex".to_string()),
         1 => Just("haproxy.domain.type=prefix".to_string()),

@@ -24,6 +24,14 @@ pub struct Answer {
     pub body: Value,
 }
 
+/// A request body.
+enum Body<'a> {
+    None,
+    Json(&'a Value),
+    Text(String),
+    Multipart(reqwest::multipart::Form),
+}
+
 pub struct Client {
     http: reqwest::Client,
     base: Url,
@@ -96,7 +104,8 @@ impl Client {
         Ok(url)
     }
 
-    /// Sends one request. `endpoint` is a short stable label for metrics (e.g. `backends`).
+    /// Sends one request with a JSON body (or none). `endpoint` is a short stable label for
+    /// metrics (e.g. `backends`).
     pub async fn call(
         &self,
         method: Method,
@@ -105,36 +114,14 @@ impl Client {
         query: &[(&str, String)],
         body: Option<&Value>,
     ) -> Result<Answer, DataplaneError> {
-        let url = self.url(segments, query)?;
-        let mut req = self
-            .http
-            .request(method.clone(), url)
-            .basic_auth(&self.user, self.password.as_ref().map(Secret::expose));
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let resp = match req.send().await {
-            Ok(r) => r,
-            Err(e) => {
-                self.count(endpoint, "error".to_string());
-                return Err(DataplaneError::from_reqwest(e));
-            }
-        };
-        let status = resp.status().as_u16();
-        self.count(endpoint, status.to_string());
+        let body = body.map_or(Body::None, Body::Json);
+        let (status, headers, text) = self.send(method, endpoint, segments, query, body).await?;
         let header = |name: &str| {
-            resp.headers()
+            headers
                 .get(name)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string)
         };
-        let version = header("Configuration-Version").and_then(|v| v.parse().ok());
-        let reload_id = header("Reload-ID");
-        let text = resp.text().await.map_err(DataplaneError::from_reqwest)?;
-        if !(200..300).contains(&status) {
-            tracing::debug!(%method, endpoint, status, body = %text, "Data Plane API refused a request");
-            return Err(DataplaneError::from_status(status, &text));
-        }
         let body = if text.trim().is_empty() {
             Value::Null
         } else {
@@ -144,14 +131,14 @@ impl Client {
         };
         Ok(Answer {
             status,
-            version,
-            reload_id,
+            version: header("Configuration-Version").and_then(|v| v.parse().ok()),
+            reload_id: header("Reload-ID"),
             body,
         })
     }
 
     /// Uploads `content` as the file `filename` in the multipart form field `field` (storage
-    /// creation, `multipart/form-data`).
+    /// creation, `multipart/form-data`); returns the status.
     pub async fn upload(
         &self,
         endpoint: &'static str,
@@ -160,37 +147,19 @@ impl Client {
         filename: &str,
         content: String,
     ) -> Result<u16, DataplaneError> {
-        let url = self.url(segments, &[])?;
         let part = reqwest::multipart::Part::text(content)
             .file_name(filename.to_string())
             .mime_str("text/plain")
             .map_err(DataplaneError::from_reqwest)?;
         let form = reqwest::multipart::Form::new().part(field, part);
-        let resp = match self
-            .http
-            .post(url)
-            .basic_auth(&self.user, self.password.as_ref().map(Secret::expose))
-            .multipart(form)
-            .send()
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                self.count(endpoint, "error".to_string());
-                return Err(DataplaneError::from_reqwest(e));
-            }
-        };
-        let status = resp.status().as_u16();
-        self.count(endpoint, status.to_string());
-        let text = resp.text().await.map_err(DataplaneError::from_reqwest)?;
-        if !(200..300).contains(&status) {
-            tracing::debug!(endpoint, status, body = %text, "Data Plane API refused an upload");
-            return Err(DataplaneError::from_status(status, &text));
-        }
+        let body = Body::Multipart(form);
+        let (status, ..) = self
+            .send(Method::POST, endpoint, segments, &[], body)
+            .await?;
         Ok(status)
     }
 
-    /// Sends one request with a `text/plain` body (storage files).
+    /// Sends one request with a `text/plain` body (storage files); returns the status.
     pub async fn call_text(
         &self,
         method: Method,
@@ -199,16 +168,36 @@ impl Client {
         query: &[(&str, String)],
         body: String,
     ) -> Result<u16, DataplaneError> {
+        let (status, ..) = self
+            .send(method, endpoint, segments, query, Body::Text(body))
+            .await?;
+        Ok(status)
+    }
+
+    /// The one request path: credentials, counting by endpoint and status, and a typed error
+    /// for any non-2xx answer. Returns the status, headers and body text.
+    async fn send(
+        &self,
+        method: Method,
+        endpoint: &'static str,
+        segments: &[&str],
+        query: &[(&str, String)],
+        body: Body<'_>,
+    ) -> Result<(u16, reqwest::header::HeaderMap, String), DataplaneError> {
         let url = self.url(segments, query)?;
-        let resp = match self
+        let req = self
             .http
             .request(method.clone(), url)
-            .basic_auth(&self.user, self.password.as_ref().map(Secret::expose))
-            .header(reqwest::header::CONTENT_TYPE, "text/plain")
-            .body(body)
-            .send()
-            .await
-        {
+            .basic_auth(&self.user, self.password.as_ref().map(Secret::expose));
+        let req = match body {
+            Body::None => req,
+            Body::Json(v) => req.json(v),
+            Body::Text(t) => req
+                .header(reqwest::header::CONTENT_TYPE, "text/plain")
+                .body(t),
+            Body::Multipart(form) => req.multipart(form),
+        };
+        let resp = match req.send().await {
             Ok(r) => r,
             Err(e) => {
                 self.count(endpoint, "error".to_string());
@@ -217,12 +206,13 @@ impl Client {
         };
         let status = resp.status().as_u16();
         self.count(endpoint, status.to_string());
+        let headers = resp.headers().clone();
         let text = resp.text().await.map_err(DataplaneError::from_reqwest)?;
         if !(200..300).contains(&status) {
             tracing::debug!(%method, endpoint, status, body = %text, "Data Plane API refused a request");
             return Err(DataplaneError::from_status(status, &text));
         }
-        Ok(status)
+        Ok((status, headers, text))
     }
 
     fn count(&self, endpoint: &'static str, status: String) {
