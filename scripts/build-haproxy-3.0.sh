@@ -7,7 +7,7 @@
 set -euo pipefail
 cache=${1:-$HOME/.cache/haproxy-nomad-connector/haproxy-3.0}
 mkdir -p "$cache"
-if [ -x "$cache/haproxy" ] && "$cache/haproxy" -v 2>/dev/null | grep -q 'version 3\.0\.'; then
+if [ -x "$cache/haproxy" ] && "$cache/haproxy" -v 2>/dev/null | grep 'version 3\.0\.' >/dev/null; then
   echo "$cache/haproxy"
   exit 0
 fi

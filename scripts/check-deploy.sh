@@ -92,7 +92,7 @@ step "binary as the image builds it"
 grep -q 'libpcre2-dev' Dockerfile || fail "the Dockerfile's builder no longer installs libpcre2-dev: update this step"
 if grep -q 'PCRE2_SYS_STATIC' Dockerfile; then fail "the Dockerfile builds a bundled PCRE2: it must link the one HAProxy uses"; fi
 cargo build --locked --quiet --bin haproxy-nomad-connector
-ldd "$root/target/debug/haproxy-nomad-connector" | grep -q 'libpcre2-8.so.0 => /' \
+ldd "$root/target/debug/haproxy-nomad-connector" | grep 'libpcre2-8.so.0 => /' >/dev/null \
   || fail "the binary does not link the system libpcre2-8 (install libpcre2-dev before building)"
 binary=$root/target/debug/haproxy-nomad-connector
 scripts/check-image-libs.sh "$binary" Dockerfile || fail "shared libraries of the binary against the Dockerfile's runtime stage"

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 run() {
-  echo "==> cargo test against $("$1" -v | head -n1) ($1)"
+  echo "==> cargo test against $("$1" -v | sed -n 1p) ($1)"
   HAPROXY_BIN="$1" cargo test --locked --all-targets
 }
 if [ -n "${HAPROXY_BIN:-}" ]; then
