@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::model::{Balance, MatchKind, Mode};
+use crate::model::{Balance, MAX_TIMER_MS, MatchKind, Mode};
 
 /// Characters no value may contain, whatever its field.
 fn forbidden(c: char) -> bool {
@@ -204,7 +204,7 @@ pub fn duration_ms(value: &str) -> Result<u32, String> {
         return Err("needs a unit, e.g. 5s or 500ms".into());
     }
     let d = humantime::parse_duration(value).map_err(|e| format!("is not a duration ({e})"))?;
-    if d < Duration::from_millis(10) || d > Duration::from_secs(86_400) {
+    if d < Duration::from_millis(10) || d > Duration::from_millis(u64::from(MAX_TIMER_MS)) {
         return Err("must be between 10ms and 24h".into());
     }
     if d.subsec_nanos() % 1_000_000 != 0 {

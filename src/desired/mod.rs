@@ -31,7 +31,7 @@ pub struct Policy {
     pub drain_timeout: Duration,
     /// Whether `domain.type=regex` is served (`haproxy.allow_regex_domains`).
     pub allow_regex_domains: bool,
-    /// Server addresses no registration may use, on top of [`ALWAYS_DENIED`] ranges
+    /// Server addresses no registration may use, on top of those [`always_denied`] refuses
     /// (`haproxy.deny_address_ranges`).
     pub denied_ranges: Vec<ipnet::IpNet>,
 }
@@ -64,17 +64,6 @@ pub fn always_denied(addr: IpAddr) -> Option<&'static str> {
         _ => None,
     }
 }
-
-/// The ranges [`always_denied`] refuses, for documentation.
-pub const ALWAYS_DENIED: [&str; 7] = [
-    "0.0.0.0/32",
-    "169.254.0.0/16",
-    "224.0.0.0/4",
-    "255.255.255.255/32",
-    "::/128",
-    "fe80::/10",
-    "ff00::/8",
-];
 
 impl Policy {
     /// Why `addr` may not be a server address, if it may not.

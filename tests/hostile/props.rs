@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use haproxy_nomad_connector::catalog::{Instance, ServiceKey};
+use haproxy_nomad_connector::desired::grammar::{is_safe_regex, is_safe_token};
 use haproxy_nomad_connector::desired::{Desired, Ownership, Policy, build};
 use haproxy_nomad_connector::haproxy::runtime::fragment::{self, FragmentBackend};
 use haproxy_nomad_connector::live::Live;
@@ -127,18 +128,16 @@ fn assert_safe(d: &Desired) -> Result<(), TestCaseError> {
         prop_assert!(route.key != "." && route.key != "..");
         prop_assert!(!route.key.ends_with("<<"));
         prop_assert!(route.key.is_ascii(), "{:?}", route.key);
-        prop_assert!(
-            !route
-                .key
-                .chars()
-                .any(|c| c.is_whitespace() || c.is_control())
-        );
+        // The grammar's own notion of a value safe anywhere in HAProxy's syntax.
         if route.kind == MatchKind::Regex {
+            prop_assert!(is_safe_regex(&route.key), "{:?}", route.key);
             prop_assert!(
                 pcre2::bytes::RegexBuilder::new().build(&route.key).is_ok(),
                 "{} does not compile with PCRE2",
                 route.key
             );
+        } else {
+            prop_assert!(is_safe_token(&route.key), "{:?}", route.key);
         }
     }
     Ok(())
