@@ -940,10 +940,7 @@ impl DataplaneDriver {
 
     /// Creates an empty map file in DPAPI's storage; one that exists already is left as it is.
     async fn create_map_file(&self, kind: MatchKind) -> Result<(), DataplaneError> {
-        let text = format!(
-            "# Managed by haproxy-nomad-connector: {} host routes.\n",
-            kind.as_str()
-        );
+        let text = map_file_text(kind, &BTreeMap::new());
         match self
             .client
             .upload(
@@ -1058,22 +1055,15 @@ fn addressable_in_file(key: &str) -> bool {
         && !key.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
-/// The map file of one kind holding exactly the desired routes of that kind: `key value` lines
-/// (a map file is read as it is: no CLI unescaping applies).
-fn map_file_text(kind: MatchKind, routes: &std::collections::BTreeMap<RouteKey, String>) -> String {
-    let mut out = format!(
-        "# Managed by haproxy-nomad-connector: {} host routes.\n",
-        kind.as_str()
-    );
-    for (route, backend) in routes.iter().filter(|(r, _)| r.kind == kind) {
-        if addressable_in_file(&route.key) {
-            out.push_str(&route.key);
-            out.push(' ');
-            out.push_str(backend);
-            out.push('\n');
-        }
-    }
-    out
+/// The map file of one kind holding exactly the desired routes of that kind, rendered as the
+/// runtime driver renders its own (a map file is read as it is: no CLI unescaping applies).
+fn map_file_text(kind: MatchKind, routes: &BTreeMap<RouteKey, String>) -> String {
+    let fit: BTreeMap<RouteKey, String> = routes
+        .iter()
+        .filter(|(r, _)| addressable_in_file(&r.key))
+        .map(|(r, b)| (r.clone(), b.clone()))
+        .collect();
+    crate::haproxy::runtime::fragment::render_map(kind, &fit)
 }
 
 /// The settings a slot carries itself: only in backends that are not the connector's.
