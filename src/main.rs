@@ -2,7 +2,8 @@ use std::process::ExitCode;
 
 use haproxy_nomad_connector::app::{self, PlanExit};
 use haproxy_nomad_connector::cli::{Cli, Command};
-use haproxy_nomad_connector::config::Config;
+use haproxy_nomad_connector::config::{Config, DriverKind};
+use haproxy_nomad_connector::haproxy::runtime::RuntimeDriver;
 use haproxy_nomad_connector::logging;
 use haproxy_nomad_connector::preflight;
 use tokio::sync::watch;
@@ -90,6 +91,15 @@ fn main() -> ExitCode {
         }
         Command::Version => ExitCode::SUCCESS,
         Command::Run => {
+            // The runtime driver's map files and fragment must exist for HAProxy to start with
+            // the frontend rules and the extra `-f`: created empty before anything else runs.
+            if config.haproxy.driver == DriverKind::Runtime
+                && let Err(e) = RuntimeDriver::new(config.haproxy.runtime.clone()).ensure_files()
+            {
+                tracing::error!(error = %e, "cannot create the runtime driver's files");
+                eprintln!("error: cannot create the runtime driver's files: {e}");
+                return ExitCode::FAILURE;
+            }
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(r) => r,
                 Err(e) => {

@@ -401,3 +401,53 @@ fn run_logs_one_start_line_with_version_driver_nomad_namespaces_and_haproxy() {
         "{text}"
     );
 }
+
+#[test]
+fn run_with_the_runtime_driver_creates_its_missing_files_empty() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let maps = dir.path().join("maps");
+    let fragment = dir.path().join("conf.d").join("hnc.cfg");
+    let mut child = Command::new(BIN)
+        .arg("run")
+        .env_clear()
+        .env("HAPROXY_DRIVER", "runtime")
+        .env("HAPROXY_MASTER_SOCKET", dir.path().join("none.sock"))
+        .env("HAPROXY_MAPS_DIR", &maps)
+        .env("HAPROXY_FRAGMENT", &fragment)
+        .env("NOMAD_ADDR", "http://127.0.0.1:1")
+        .env("HTTP_LISTEN", "127.0.0.1:0")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start");
+    let files: Vec<std::path::PathBuf> = [
+        "hnc_exact.map",
+        "hnc_prefix.map",
+        "hnc_suffix.map",
+        "hnc_regex.map",
+    ]
+    .iter()
+    .map(|f| maps.join(f))
+    .chain([fragment.clone()])
+    .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !files.iter().all(|f| f.exists()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "missing: {:?}",
+            files.iter().filter(|f| !f.exists()).collect::<Vec<_>>()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    for f in &files {
+        let text = std::fs::read_to_string(f).expect("read");
+        assert!(
+            text.lines()
+                .all(|l| l.starts_with('#') || l.trim().is_empty()),
+            "{} is not empty: {text}",
+            f.display()
+        );
+    }
+}
