@@ -59,23 +59,23 @@ impl<T: Driver> Driver for Arc<T> {
 /// The one line an operator reads first: what runs, against what. Addresses come from the
 /// redacted configuration, so no credential can reach the log.
 fn log_start(config: &Config) {
-    let redacted = config.to_redacted_json();
-    let text = |v: &serde_json::Value| match v {
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
+    use crate::config::{Namespaces, redact_url};
     let haproxy = match config.haproxy.driver {
-        crate::config::DriverKind::Dataplane => text(&redacted["haproxy"]["address"]),
-        crate::config::DriverKind::Runtime => format!(
+        DriverKind::Dataplane => redact_url(config.haproxy.address.as_str()),
+        DriverKind::Runtime => format!(
             "master socket {}",
-            text(&redacted["haproxy"]["master_socket"])
+            config.haproxy.runtime.master_socket.display()
         ),
+    };
+    let namespaces = match &config.nomad.namespaces {
+        Namespaces::All => "*".to_string(),
+        Namespaces::List(list) => list.join(","),
     };
     tracing::info!(
         version = %crate::cli::VERSION,
         driver = %config.haproxy.driver.as_str(),
-        nomad = %text(&redacted["nomad"]["address"]),
-        namespaces = %text(&redacted["nomad"]["namespaces"]),
+        nomad = %redact_url(config.nomad.address.as_str()),
+        namespaces = %namespaces,
         haproxy = %haproxy,
         "starting"
     );

@@ -76,6 +76,15 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 impl NomadError {
+    /// A transport error for `what`, without the request URL (which can carry user-info): every
+    /// `Transport` is built here.
+    pub fn transport(what: impl Into<String>, source: reqwest::Error) -> NomadError {
+        NomadError::Transport {
+            what: what.into(),
+            source: source.without_url(),
+        }
+    }
+
     pub fn is_permission_denied(&self) -> bool {
         matches!(self, NomadError::PermissionDenied { .. })
     }
@@ -332,11 +341,7 @@ impl NomadClient {
             Ok(r) => r,
             Err(source) => {
                 self.stats.record_request(endpoint, None);
-                return Err(NomadError::Transport {
-                    what: what.to_string(),
-                    // The URL can carry user-info (`http://user:pass@…`): `what` names the request.
-                    source: source.without_url(),
-                });
+                return Err(NomadError::transport(what, source));
             }
         };
         let status = response.status();
@@ -406,10 +411,7 @@ async fn json<T: serde::de::DeserializeOwned>(
     let bytes = response
         .bytes()
         .await
-        .map_err(|source| NomadError::Transport {
-            what: what.to_string(),
-            source: source.without_url(),
-        })?;
+        .map_err(|source| NomadError::transport(what, source))?;
     serde_json::from_slice(&bytes).map_err(|e| NomadError::Protocol {
         what: what.to_string(),
         reason: format!("the body is not the expected JSON: {e}"),

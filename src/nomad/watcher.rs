@@ -527,6 +527,9 @@ impl Core {
     /// Lists every scope and reads every enabled service, then swaps the result in. Scopes and
     /// services whose read failed keep their last good data.
     async fn relist(&mut self) {
+        // This relist serves every request made so far: a stored request permit would start a
+        // second, redundant one right after it.
+        let _ = futures::FutureExt::now_or_never(self.relist_request.notified());
         self.relist_due = None;
         self.generation += 1;
         self.stats.record_full_relist();
@@ -1026,10 +1029,7 @@ impl StreamTask {
                     ));
                 }
                 Ok(Err(source)) => {
-                    break End::Failed(NomadError::Transport {
-                        what: "reading the event stream".into(),
-                        source: source.without_url(),
-                    });
+                    break End::Failed(NomadError::transport("reading the event stream", source));
                 }
                 Ok(Ok(None)) => {
                     break match lines.finish() {

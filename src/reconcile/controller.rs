@@ -220,6 +220,9 @@ impl<D: Driver> Controller<D> {
             let change = first_change.take();
             last_change = None;
             retry_at = None;
+            // The relist count first: the watcher publishes a relist's catalog before counting
+            // it, so a count read first never belongs to a newer catalog than the one passed.
+            let relists = *self.relists.completed.borrow_and_update();
             let snapshot = self.catalog.borrow_and_update().clone();
             seen = snapshot.clone();
             let drift = change.is_none()
@@ -232,7 +235,6 @@ impl<D: Driver> Controller<D> {
                 synced = snapshot.synced,
                 "pass starting"
             );
-            let relists = *self.relists.completed.borrow_and_update();
             let outcome = {
                 let pass = run_guarded_pass(
                     &self.driver,

@@ -188,6 +188,10 @@ impl Cluster {
     }
 
     fn can_read(&self, token: Option<&str>, namespace: &str) -> bool {
+        // A management token cannot be restricted in Nomad: the denial applies to policies.
+        if self.acl.is_some() && self.is_management(token) {
+            return true;
+        }
         if self.denied_namespaces.contains(namespace) {
             return false;
         }
@@ -552,7 +556,8 @@ impl NomadDouble {
             .send(StreamMsg::Cut(Some(RESUBSCRIBE.to_string())));
     }
 
-    /// Every token loses `read-job` on `namespace` (`deny` false undoes it): a policy change,
+    /// Every policy token loses `read-job` on `namespace` (`deny` false undoes it; management
+    /// tokens, granted `*`, cannot be restricted, as in Nomad): a policy change,
     /// so open streams re-check their token. Only possible with ACLs enabled, as in Nomad
     /// (without ACLs every read is allowed).
     pub fn deny_namespace(&self, namespace: &str, deny: bool) {
