@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Arg, ArgAction, ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{Arg, ArgAction, ArgMatches, Args, FromArgMatches, Parser, Subcommand};
 
 use crate::config::keys::{self, Key, KeySpec};
 use crate::config::{ConfigError, Layer};
@@ -27,21 +27,6 @@ pub struct Cli {
     /// What to do; `run` when omitted.
     #[command(subcommand)]
     pub command: Option<Command>,
-}
-
-impl Cli {
-    /// The command line. Each configuration flag's help already ends in its environment
-    /// variables and default, taken from the key registry (see [`ConfigFlags`]); kept as the
-    /// one entry point `main` and tests use.
-    pub fn command_with_registry() -> clap::Command {
-        Cli::command()
-    }
-
-    /// Parses the process's arguments (exits with clap's usage error on bad ones).
-    pub fn parse_with_registry() -> Cli {
-        let matches = Cli::command_with_registry().get_matches();
-        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
-    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,5 +1,7 @@
 use std::process::ExitCode;
 
+use clap::Parser;
+
 use haproxy_nomad_connector::app::{self, PlanExit};
 use haproxy_nomad_connector::cli::{Cli, Command};
 use haproxy_nomad_connector::config::{Config, DriverKind};
@@ -18,7 +20,7 @@ const EXIT_INVALID: u8 = 2;
 const EXIT_CHANGES: u8 = 2;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse_with_registry();
+    let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Run);
     let config_error = if matches!(command, Command::CheckConfig { .. }) {
         EXIT_INVALID
@@ -63,12 +65,9 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::CheckConfig { connect: true } => {
-            let runtime = match tokio::runtime::Runtime::new() {
+            let runtime = match async_runtime() {
                 Ok(r) => r,
-                Err(e) => {
-                    eprintln!("error: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
             let results = runtime.block_on(preflight::run(&config));
             let mut problems = 0;
@@ -100,12 +99,9 @@ fn main() -> ExitCode {
                 eprintln!("error: cannot create the runtime driver's files: {e}");
                 return ExitCode::FAILURE;
             }
-            let runtime = match tokio::runtime::Runtime::new() {
+            let runtime = match async_runtime() {
                 Ok(r) => r,
-                Err(e) => {
-                    eprintln!("error: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
             let result = runtime.block_on(async {
                 let (stop, stopped) = watch::channel(false);
@@ -125,12 +121,9 @@ fn main() -> ExitCode {
             }
         }
         Command::Plan { json } => {
-            let runtime = match tokio::runtime::Runtime::new() {
+            let runtime = match async_runtime() {
                 Ok(r) => r,
-                Err(e) => {
-                    eprintln!("error: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
             let mut out = std::io::stdout();
             match runtime.block_on(app::plan(config, json, &mut out)) {
@@ -143,6 +136,14 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The Tokio runtime of `run`, `plan` and `check-config --connect`.
+fn async_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Runtime::new().map_err(|e| {
+        eprintln!("error: cannot start the async runtime: {e}");
+        ExitCode::FAILURE
+    })
 }
 
 /// SIGTERM or SIGINT.

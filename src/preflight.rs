@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::app::AnyDriver;
 use crate::config::{Config, Namespaces, redact_url};
-use crate::nomad::{NomadClient, NomadError};
+use crate::nomad::NomadClient;
 
 /// The results, in order: `Ok` lines say what was found, `Err` lines what is wrong.
 pub async fn run(config: &Config) -> Vec<Result<String, String>> {
@@ -20,10 +20,6 @@ pub async fn run(config: &Config) -> Vec<Result<String, String>> {
         Err(e) => out.push(Err(format!("HAProxy driver: {e}"))),
     }
     out
-}
-
-fn denied(e: &NomadError) -> bool {
-    e.is_permission_denied()
 }
 
 async fn nomad(config: &Config) -> Vec<Result<String, String>> {
@@ -42,7 +38,7 @@ async fn nomad(config: &Config) -> Vec<Result<String, String>> {
         Ok(_) => out.push(Ok(format!(
             "Nomad {address}: reachable, a leader is elected"
         ))),
-        Err(e) if denied(&e) => {}
+        // The leader status needs no ACL: any refusal (a proxy in front, …) is a problem too.
         Err(e) => {
             out.push(Err(format!("Nomad {address}: {e}")));
             return out;
@@ -59,7 +55,7 @@ async fn nomad(config: &Config) -> Vec<Result<String, String>> {
                 ));
                 list.data.into_iter().map(|n| n.namespace).collect()
             }
-            Err(e) if denied(&e) => {
+            Err(e) if e.is_permission_denied() => {
                 out.push(Err(format!(
                     "the token cannot list services in any namespace (needs namespace:read-job): {e}"
                 )));
@@ -77,7 +73,7 @@ async fn nomad(config: &Config) -> Vec<Result<String, String>> {
     {
         let list = match client.list_services(ns, None).await {
             Ok(l) => l,
-            Err(e) if denied(&e) => {
+            Err(e) if e.is_permission_denied() => {
                 out.push(Err(format!(
                     "namespace `{ns}`: the token cannot list services (needs read-job on namespace {ns})"
                 )));
@@ -102,7 +98,7 @@ async fn nomad(config: &Config) -> Vec<Result<String, String>> {
         };
         let regs = match client.read_service(ns, &service).await {
             Ok(r) => r.data,
-            Err(e) if denied(&e) => {
+            Err(e) if e.is_permission_denied() => {
                 out.push(Err(format!(
                     "namespace `{ns}`: the token cannot read service `{service}` (needs read-job on namespace {ns})"
                 )));
@@ -123,7 +119,7 @@ async fn nomad(config: &Config) -> Vec<Result<String, String>> {
             Ok(_) => out.push(Ok(format!(
                 "namespace `{ns}`: services listed and read, job `{job}` read"
             ))),
-            Err(e) if denied(&e) => out.push(Err(format!(
+            Err(e) if e.is_permission_denied() => out.push(Err(format!(
                 "namespace `{ns}`: the token cannot read job `{job}` (needs read-job on namespace {ns})"
             ))),
             Err(e) => out.push(Err(format!("namespace `{ns}`: reading job `{job}`: {e}"))),

@@ -39,14 +39,15 @@ pub enum DataplaneError {
     /// sent.
     #[error("cannot build the request URL: {0}")]
     Segment(#[from] SegmentError),
-    /// Operations of the pass refused by the driver before any request (a key the URL or
-    /// HAProxy's CLI cannot carry); the other operations were applied.
-    #[error("operations refused before reaching the Data Plane API: {}", .0.join("; "))]
+    /// Route operations of the pass that were refused, each alone: by the driver before any
+    /// request (a key the URL or HAProxy's CLI cannot carry), or by the API or HAProxy (a pattern
+    /// PCRE2 rejects). The other operations were applied.
+    #[error("route operations refused: {}", .0.join("; "))]
     Skipped(Vec<String>),
-    /// A success answer that does not have the expected shape.
     /// The API is not a version the connector speaks (not 3.x).
     #[error("unsupported Data Plane API: {0}")]
     Unsupported(String),
+    /// A success answer that does not have the expected shape.
     #[error("unexpected answer from the Data Plane API: {0}")]
     Protocol(String),
 }

@@ -715,6 +715,7 @@ impl DataplaneDriver {
                         }
                     }
                     Err(m) => {
+                        tracing::warn!(driver = "dataplane", "{m}");
                         refused.push(m);
                         continue;
                     }
@@ -729,6 +730,7 @@ impl DataplaneDriver {
                             continue;
                         }
                         Err(m) => {
+                            tracing::warn!(driver = "dataplane", "{m}");
                             refused.push(m);
                             continue;
                         }
@@ -760,7 +762,12 @@ impl DataplaneDriver {
                     }
                 }
                 Action::RemoveRoute { route } => match route_args(route, "", true) {
-                    Ok(args) => self.remove_route(route, &args.key).await?,
+                    Ok(args) => {
+                        if let Err(e) = self.remove_route(route, &args.key).await {
+                            refused.push(route_refusal(route, e)?);
+                            continue;
+                        }
+                    }
                     Err(_) => {
                         // `{id}` cannot carry this key: write the map without it (any live key
                         // can go that way, even one no request could name).
@@ -1015,10 +1022,8 @@ struct RouteArgs {
 /// carried: by HAProxy's CLI, or (with `by_key`, for requests that address the entry by key) by a
 /// URL path segment the API accepts.
 fn route_args(route: &RouteKey, backend: &str, by_key: bool) -> Result<RouteArgs, String> {
-    let refuse = |e: &dyn std::fmt::Display| {
-        tracing::warn!(route = %route, error = %e, "route operation refused before reaching the Data Plane API");
-        format!("route {route}: not sent: {e}")
-    };
+    // No log here: the caller decides whether this is a refusal or a map rewrite.
+    let refuse = |e: &dyn std::fmt::Display| format!("route {route}: not sent: {e}");
     let key = socket::map_key(&route.key).map_err(|e| refuse(&e))?;
     let value = if backend.is_empty() {
         String::new()
