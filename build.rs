@@ -43,6 +43,8 @@ fn main() {
             // Rebuild when HEAD moves: HEAD itself, the branch it points to, packed refs.
             if let Some(dir) = git(&["rev-parse", "--git-dir"]).map(PathBuf::from) {
                 watch(dir.join("HEAD"));
+                // The reflog moves with every commit, even when the branch ref is packed.
+                watch(dir.join("logs").join("HEAD"));
                 if let Some(common) = git(&["rev-parse", "--git-common-dir"]).map(PathBuf::from) {
                     watch(common.join("packed-refs"));
                     if let Some(reference) = git(&["symbolic-ref", "-q", "HEAD"]) {
@@ -53,6 +55,17 @@ fn main() {
             git(&["rev-parse", "--short", "HEAD"])
         }
     };
+    // Regex domains must be checked with the PCRE2 HAProxy links: without the system library
+    // pcre2-sys silently builds its bundled, newer copy. Say so.
+    let system_pcre2 = Command::new("pkg-config")
+        .args(["--exists", "libpcre2-8"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !system_pcre2 {
+        println!(
+            "cargo:warning=libpcre2-8 not found by pkg-config: regex domains will be checked with pcre2-sys's bundled PCRE2, which may accept patterns your HAProxy's refuses (apt-get install libpcre2-dev pkg-config)"
+        );
+    }
     let version = env!("CARGO_PKG_VERSION");
     match commit.filter(|c| plausible_commit(c)) {
         Some(c) => println!("cargo:rustc-env=HNC_VERSION={version} ({c})"),

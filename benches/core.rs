@@ -62,7 +62,7 @@ fn bench(c: &mut Criterion) {
         let names: Vec<String> = b.servers.keys().cloned().collect();
         for name in names {
             n += 1;
-            if n % 200 == 0 {
+            if n.is_multiple_of(200) {
                 b.servers.remove(&name);
             } else if n % 200 == 100
                 && let Some(s) = b.servers.get_mut(&name)

@@ -230,7 +230,7 @@ keys! {
         env: ["HAPROXY_FRONTEND"],
         flag: "--haproxy-frontend" <NAME> "Frontend that receives the connector's host-map rule",
         default: Absent("(none)"),
-        doc: "Frontend into which the connector inserts its one host-map `use_backend` rule. Unset: you add the rule yourself.",
+        doc: "Frontend into which the connector inserts its four host-map `use_backend` rules (and for which it creates its map files through the Data Plane API). Unset: you add the rules and the map files yourself.",
     },
     HaproxyAllowRegexDomains {
         json: "haproxy.allow_regex_domains",
@@ -319,7 +319,7 @@ keys! {
     HaproxyMapsDir {
         json: "haproxy.maps_dir",
         env: ["HAPROXY_MAPS_DIR"],
-        flag: "--haproxy-maps-dir" <DIR> "Runtime driver: directory of the host-route maps",
+        flag: "--haproxy-maps-dir" <DIR> "Directory of the host-route maps (both drivers)",
         default: Value("/etc/haproxy/maps"),
         doc: "Directory of the host-route map files, written exactly as in the frontend rules (runtime driver: where it writes them; Data Plane API driver: its `--maps-dir`).",
     },

@@ -23,8 +23,8 @@ use keys::Key;
 pub use layer::{Layer, Raw, Source, Sourced};
 use validate::{Validator, check_log_filter, is_tag_prefix};
 
-/// A configuration problem. Every variant names the key or file and says why; the CLI maps all
-/// of them to exit code 2.
+/// A configuration problem. Every variant names the key or file and says why; the CLI exits with
+/// 78 (`run`, `plan`) or 2 (`check-config`).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file given with `--config` could not be read.
@@ -332,17 +332,17 @@ impl Config {
         let namespace_deny = v
             .namespace_deny(Key::NomadNamespaceDeny)
             .unwrap_or_default();
-        if let Some(Namespaces::List(list)) = &namespaces {
-            if list.iter().all(|n| namespace_deny.contains(n)) {
-                v.fail(
-                    Key::NomadNamespaceDeny,
-                    format!(
-                        "denies every namespace of {} ({}): nothing would be watched",
-                        Key::NomadNamespaces.json(),
-                        list.join(", ")
-                    ),
-                );
-            }
+        if let Some(Namespaces::List(list)) = &namespaces
+            && list.iter().all(|n| namespace_deny.contains(n))
+        {
+            v.fail(
+                Key::NomadNamespaceDeny,
+                format!(
+                    "denies every namespace of {} ({}): nothing would be watched",
+                    Key::NomadNamespaces.json(),
+                    list.join(", ")
+                ),
+            );
         }
         let tag_prefix = v.string(Key::NomadTagPrefix);
         if let Some(tag_prefix) = &tag_prefix {
@@ -392,16 +392,16 @@ impl Config {
         let max_delete_ratio = v.ratio(Key::ReconcileMaxDeleteRatio);
         let mass_delete_hold = v.duration(Key::ReconcileMassDeleteHold);
         let mass_delete_confirmations = v.count(Key::ReconcileMassDeleteConfirmations);
-        if let (Some(debounce), Some(debounce_max)) = (debounce, debounce_max) {
-            if debounce_max < debounce {
-                v.fail(
-                    Key::ReconcileDebounceMax,
-                    format!(
-                        "must not be shorter than reconcile.debounce ({})",
-                        humantime::format_duration(debounce)
-                    ),
-                );
-            }
+        if let (Some(debounce), Some(debounce_max)) = (debounce, debounce_max)
+            && debounce_max < debounce
+        {
+            v.fail(
+                Key::ReconcileDebounceMax,
+                format!(
+                    "must not be shorter than reconcile.debounce ({})",
+                    humantime::format_duration(debounce)
+                ),
+            );
         }
 
         let driver = match v.string(Key::HaproxyDriver).as_deref() {
@@ -430,13 +430,13 @@ impl Config {
         }
 
         let filter = v.string(Key::LogLevel);
-        if let Some(filter) = &filter {
-            if let Err(e) = check_log_filter(filter) {
-                v.fail(
-                    Key::LogLevel,
-                    format!("`{filter}` is not a log level or filter directive: {e}"),
-                );
-            }
+        if let Some(filter) = &filter
+            && let Err(e) = check_log_filter(filter)
+        {
+            v.fail(
+                Key::LogLevel,
+                format!("`{filter}` is not a log level or filter directive: {e}"),
+            );
         }
         let format = v.log_format(Key::LogFormat);
         let listen = v.socket_addr(Key::HttpListen);

@@ -385,7 +385,8 @@ fn unix(t: SystemTime) -> Option<f64> {
 }
 
 static URL_USERINFO: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)[^/?#\s@]+@").expect("valid regex")
+    // Up to the last `@` of the authority: a password may hold an `@` itself.
+    Regex::new(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)[^/?#\s]+@").expect("valid regex")
 });
 static SECRET_PARAM: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"(?i)(?P<key>[A-Za-z_\-]*(?:token|password|passwd|secret|api_key|apikey)[A-Za-z_\-]*)(?P<sep>\s*[=:]\s*)[^&\s,;]+")

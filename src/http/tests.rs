@@ -503,6 +503,11 @@ fn scrub_keeps_plain_text_and_removes_credentials() {
         scrub("https://u:p@h/x and unix://a@b"),
         "https://<redacted>@h/x and unix://<redacted>@b"
     );
+    // A password holding `@` is redacted whole, up to the authority's last `@`.
+    assert_eq!(
+        scrub("http://u:p@ss@h:1/x failed"),
+        "http://<redacted>@h:1/x failed"
+    );
     assert_eq!(scrub("?token=abc&x=1"), "?token=<redacted>&x=1");
     assert_eq!(scrub("NOMAD_TOKEN: abc def"), "NOMAD_TOKEN: <redacted> def");
     assert_eq!(scrub("basic Zm9vOmJhcg=="), "basic <redacted>");

@@ -348,19 +348,19 @@ impl Core {
                 self.relist().await;
                 continue;
             }
-            if let Some((target, at)) = self.explain {
-                if at <= now {
-                    self.explain = None;
-                    if self.seen_event_index < target && self.full_read_index < target {
-                        debug!(
-                            index = target,
-                            events_up_to = self.seen_event_index,
-                            "index moved without events explaining it: relisting"
-                        );
-                        self.relist_due = Some(now);
-                    }
-                    continue;
+            if let Some((target, at)) = self.explain
+                && at <= now
+            {
+                self.explain = None;
+                if self.seen_event_index < target && self.full_read_index < target {
+                    debug!(
+                        index = target,
+                        events_up_to = self.seen_event_index,
+                        "index moved without events explaining it: relisting"
+                    );
+                    self.relist_due = Some(now);
                 }
+                continue;
             }
             if self.next_resync <= now {
                 self.next_resync = now + self.settings.resync_interval;
@@ -718,10 +718,10 @@ impl Core {
 
     fn keep_scope(&self, scope: &str, next: &mut BTreeMap<ServiceKey, Service>) {
         for key in self.store.keys() {
-            if WatcherSettings::scope_covers(scope, &key.namespace) {
-                if let Some(service) = self.store.get(key) {
-                    next.insert(key.clone(), (**service).clone());
-                }
+            if WatcherSettings::scope_covers(scope, &key.namespace)
+                && let Some(service) = self.store.get(key)
+            {
+                next.insert(key.clone(), (**service).clone());
             }
         }
     }
@@ -878,10 +878,11 @@ impl Reader {
     ) -> Result<BTreeMap<String, Option<NomadCheck>>, NomadError> {
         let cache_key = (namespace.to_string(), job.to_string());
         let cached = self.jobs().get(&cache_key).cloned();
-        if let Some(c) = &cached {
-            if newest_registration <= c.covers && c.generation >= generation {
-                return Ok(c.checks.clone());
-            }
+        if let Some(c) = &cached
+            && newest_registration <= c.covers
+            && c.generation >= generation
+        {
+            return Ok(c.checks.clone());
         }
         if job.is_empty() {
             return Ok(BTreeMap::new());
@@ -1076,10 +1077,10 @@ impl StreamTask {
                             if event.topic != "Service" {
                                 continue;
                             }
-                            if let Some((namespace, name)) = event.service() {
-                                if self.settings.watches(&namespace) {
-                                    keys.insert(ServiceKey::new(namespace, name));
-                                }
+                            if let Some((namespace, name)) = event.service()
+                                && self.settings.watches(&namespace)
+                            {
+                                keys.insert(ServiceKey::new(namespace, name));
                             }
                         }
                         if self.tx.send(Input::Hints { index, keys }).is_err() {

@@ -695,28 +695,27 @@ impl Query {
                 Err(_) => return Err((StatusCode::BAD_REQUEST, "Invalid index".to_string())),
             },
         };
-        if let Some(stale) = get("stale") {
-            if !stale.is_empty()
-                && !matches!(
-                    stale.as_str(),
-                    "1" | "t"
-                        | "T"
-                        | "true"
-                        | "TRUE"
-                        | "True"
-                        | "0"
-                        | "f"
-                        | "F"
-                        | "false"
-                        | "FALSE"
-                        | "False"
-                )
-            {
-                return Err((
-                    StatusCode::BAD_REQUEST,
-                    "Expect `true` or `false` for `stale` query string parameter".to_string(),
-                ));
-            }
+        if let Some(stale) = get("stale")
+            && !stale.is_empty()
+            && !matches!(
+                stale.as_str(),
+                "1" | "t"
+                    | "T"
+                    | "true"
+                    | "TRUE"
+                    | "True"
+                    | "0"
+                    | "f"
+                    | "F"
+                    | "false"
+                    | "FALSE"
+                    | "False"
+            )
+        {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                "Expect `true` or `false` for `stale` query string parameter".to_string(),
+            ));
         }
         Ok(Query {
             pairs,
@@ -1113,10 +1112,10 @@ async fn event_stream(
             return;
         }
         for batch in &replay {
-            if let Some(line) = filter(batch) {
-                if tx.send(Ok(line)).await.is_err() {
-                    return;
-                }
+            if let Some(line) = filter(batch)
+                && tx.send(Ok(line)).await.is_err()
+            {
+                return;
             }
         }
         let mut ticker = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);

@@ -187,13 +187,13 @@ impl ConfigModel {
             }
         }
         for b in &self.backends {
-            if let Some(h) = &b.base.httpchk_params {
-                if let Some(host) = h.host.as_deref().filter(|h| !h.is_empty()) {
-                    alerts.push(format!(
+            if let Some(h) = &b.base.httpchk_params
+                && let Some(host) = h.host.as_deref().filter(|h| !h.is_empty())
+            {
+                alerts.push(format!(
                         "parsing [backend {}] : 'option httpchk' cannot handle unexpected argument '{host}'.",
                         b.name()
                     ));
-                }
             }
             // HAProxy's timers are at most 2^31-1 ms (CONTRACTS §5: `inter 600h` is refused with
             // "timer overflow", and the whole configuration with it).
@@ -236,13 +236,13 @@ impl ConfigModel {
             }
         }
         for f in &self.frontends {
-            if let Some(d) = &f.default_backend {
-                if self.backend(d).is_none() {
-                    alerts.push(format!(
-                        "Proxy '{}': unable to find required default_backend: '{d}'.",
-                        f.name
-                    ));
-                }
+            if let Some(d) = &f.default_backend
+                && self.backend(d).is_none()
+            {
+                alerts.push(format!(
+                    "Proxy '{}': unable to find required default_backend: '{d}'.",
+                    f.name
+                ));
             }
             let acl_names: Vec<&str> = f.acls.iter().map(|a| a.acl_name.as_str()).collect();
             for r in &f.rules {
