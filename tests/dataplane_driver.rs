@@ -894,3 +894,38 @@ async fn a_map_entry_haproxy_refuses_costs_only_its_route() {
         [("after.example.com".to_string(), "legacy".to_string())]
     );
 }
+
+/// The double reloads from the files as HAProxy does: a storage map rewritten with a pattern
+/// PCRE2 rejects fails the forced reload, and the running maps stay as they were.
+#[tokio::test]
+async fn a_regex_map_file_haproxy_cannot_compile_fails_the_reload() {
+    let dp = DataplaneDouble::start(base(), DoubleOptions::fast()).await;
+    let resp = reqwest::Client::new()
+        .put(dp.v3("/services/haproxy/storage/maps/hnc_regex.map?force_reload=true"))
+        .basic_auth(dp.user(), Some(dp.password()))
+        .header("Content-Type", "text/plain")
+        .body("(?u)x legacy\n")
+        .send()
+        .await
+        .expect("request");
+    let status = resp.status().as_u16();
+    let body = resp.text().await.unwrap_or_default();
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("Reload failed"), "{body}");
+    assert!(body.contains("(?u)x"), "{body}");
+    assert!(map_entries(&dp, "hnc_regex.map").is_empty());
+    // A pattern PCRE2 compiles reloads fine.
+    let resp = reqwest::Client::new()
+        .put(dp.v3("/services/haproxy/storage/maps/hnc_regex.map?force_reload=true"))
+        .basic_auth(dp.user(), Some(dp.password()))
+        .header("Content-Type", "text/plain")
+        .body("^a\\.example$ legacy\n")
+        .send()
+        .await
+        .expect("request");
+    assert!(resp.status().is_success(), "{:?}", resp.text().await);
+    assert_eq!(
+        map_entries(&dp, "hnc_regex.map"),
+        [("^a\\.example$".to_string(), "legacy".to_string())]
+    );
+}

@@ -418,7 +418,11 @@ impl State {
             .next()
             .and_then(|n| n.parse().ok())
             .unwrap_or(0);
-        let succeeded = !std::mem::take(&mut self.fail_next);
+        // HAProxy reloads from the files: a configuration or map file it refuses (a storage
+        // map rewritten with a pattern PCRE2 rejects) fails the reload like an injected failure.
+        let check = self.config.haproxy_check(&self.storage);
+        let injected = std::mem::take(&mut self.fail_next);
+        let succeeded = !injected && check.is_ok();
         let response = if succeeded {
             self.last_good = self.config.clone();
             self.runtime = Runtime::from_config(&self.config, &self.storage);
@@ -428,8 +432,11 @@ impl State {
             // DPAPI copies the last known good file back (and with it the version); HAProxy
             // keeps running the previous configuration.
             self.config = self.last_good.clone();
-            "[ALERT]    (1) : config : reload failed (injected by the test double's fail_next_reload)"
-                .to_string()
+            match check {
+                Err(alerts) if !injected => alerts,
+                _ => "[ALERT]    (1) : config : reload failed (injected by the test double's fail_next_reload)"
+                    .to_string(),
+            }
         };
         let rec = ReloadRecord {
             id: id.clone(),

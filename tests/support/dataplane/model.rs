@@ -178,11 +178,25 @@ impl ConfigModel {
                     .chars()
                     .take_while(|c| !matches!(c, ')' | ',' | ']' | '}') && !c.is_whitespace())
                     .collect();
-                if !storage.contains_key(&name) {
+                let Some(content) = storage.get(&name) else {
                     alerts.push(format!(
                         "parsing [frontend {}] : failed to open pattern file <{prefix}{name}>.",
                         f.name
                     ));
+                    continue;
+                };
+                // A map read with `map_reg` compiles every key with PCRE2 as it loads (no UTF
+                // mode): one pattern it rejects fails the whole configuration.
+                let regex_map = text[..i].ends_with("map_reg(");
+                if regex_map {
+                    for (key, _) in parse_map_file(content) {
+                        if let Err(e) = pcre2::bytes::RegexBuilder::new().utf(false).build(&key) {
+                            alerts.push(format!(
+                                "parsing [frontend {}] : failed to parse pattern file <{prefix}{name}>: regex '{key}' is invalid ({e}).",
+                                f.name
+                            ));
+                        }
+                    }
                 }
             }
         }
