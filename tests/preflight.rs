@@ -157,6 +157,32 @@ fn a_data_plane_api_2x_is_named() {
 }
 
 #[test]
+fn map_files_in_another_directory_than_haproxy_maps_dir_are_named() {
+    let rt = runtime();
+    let nomad = rt.block_on(NomadDouble::start());
+    let mut b = base();
+    for m in [
+        "hnc_exact.map",
+        "hnc_prefix.map",
+        "hnc_suffix.map",
+        "hnc_regex.map",
+    ] {
+        b = b.map_file(m, "");
+    }
+    let dp = rt.block_on(DataplaneDouble::start(b, DpOptions::fast()));
+    let w = World { _rt: rt, nomad, dp };
+    let (code, out) = connect(&w.env(&[]));
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("the four map files exist"), "{out}");
+    let (code, out) = connect(&w.env(&[("HAPROXY_MAPS_DIR", "/srv/other-maps")]));
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("another directory") && out.contains("/srv/other-maps"),
+        "{out}"
+    );
+}
+
+#[test]
 fn nomad_unreachable_is_named() {
     let w = World::start(DpOptions::fast());
     let port = crate::support::haproxy::free_port();

@@ -86,7 +86,32 @@ impl DataplaneDriver {
                     .map(|k| k.map_file())
                     .filter(|f| !names.contains(f))
                     .collect();
-                if missing.is_empty() {
+                // The rules name `<haproxy.maps_dir>/<file>`: a DPAPI keeping its maps elsewhere
+                // (`--maps-dir`) would create files HAProxy never reads.
+                let elsewhere: Vec<String> = a
+                    .body
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|m| m.get("file").and_then(Value::as_str))
+                    .filter(|f| {
+                        MatchKind::ALL
+                            .iter()
+                            .any(|k| f.ends_with(&format!("/{}", k.map_file())))
+                    })
+                    .filter(|f| {
+                        std::path::Path::new(f).parent()
+                            != Some(std::path::Path::new(&self.opts.maps_dir))
+                    })
+                    .map(str::to_string)
+                    .collect();
+                if !elsewhere.is_empty() {
+                    out.push(Err(format!(
+                        "the Data Plane API keeps the map files in another directory ({}) than haproxy.maps_dir ({}): set haproxy.maps_dir to DPAPI's --maps-dir",
+                        elsewhere.join(", "),
+                        self.opts.maps_dir
+                    )));
+                } else if missing.is_empty() {
                     out.push(Ok("the four map files exist".into()));
                 } else if self.opts.frontend.is_some() {
                     out.push(Ok(format!(
