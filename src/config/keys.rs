@@ -279,7 +279,7 @@ keys! {
         env: ["RECONCILE_MASS_DELETE_HOLD"],
         flag: "--mass-delete-hold" <DURATION> "Real time a mass removal must stand (with a fresh Nomad relist) before it applies, e.g. 60s",
         default: Value("60s"),
-        doc: "Real time a mass removal must be planned unchanged, with at least one fresh full Nomad relist completed meanwhile, before it is applied.",
+        doc: "Real time a mass removal must be planned unchanged before it is applied, after one more full Nomad relist that completes once this time is up.",
     },
     ReconcileMassDeleteConfirmations {
         json: "reconcile.mass_delete_confirmations",

@@ -285,7 +285,9 @@ impl<D: Driver> Controller<D> {
                         until, relisted, ..
                     }) = &record.held_mass_delete
                     {
-                        if !relisted && relist_asked_at != Some(relists) {
+                        let until = Instant::from_std(*until);
+                        // The hold's time is up: the relist that confirms it must start now.
+                        if until <= now && !relisted && relist_asked_at != Some(relists) {
                             tracing::info!(
                                 "mass removal held: asking Nomad for a fresh full relist"
                             );
@@ -294,7 +296,6 @@ impl<D: Driver> Controller<D> {
                         }
                         // Wake when the hold's time is up; past it, re-check soon (more passes
                         // needed) or when the relist it waits for completes.
-                        let until = Instant::from_std(*until);
                         let at = if until > now {
                             Some(until)
                         } else if *relisted {
@@ -519,9 +520,9 @@ mod tests {
         }
     }
 
-    /// Under paused time: the held mass removal asks for a relist, is re-checked when the
-    /// relist completes, and applies when the hold is up with no other trigger (no resync, no
-    /// catalog change), not at the debounce pace.
+    /// Under paused time: the held mass removal wakes the loop when the hold is up (no resync,
+    /// no catalog change, not at the debounce pace), asks then for the relist that confirms it,
+    /// and applies as soon as that relist completes.
     #[tokio::test(start_paused = true)]
     async fn a_held_mass_removal_waits_for_the_hold_and_a_relist_and_wakes_itself() {
         let driver = Arc::new(Fake::new());
@@ -553,7 +554,7 @@ mod tests {
         }));
         let t0 = Instant::now();
 
-        // The first pass (the interval's first tick) holds and asks for a relist.
+        // The first pass (the interval's first tick) holds; a relist now would confirm nothing.
         let (_, held) = records.recv().await.expect("first pass");
         assert!(
             matches!(
@@ -567,36 +568,38 @@ mod tests {
             ),
             "{held:?}"
         );
-        assert_eq!(asked.load(Ordering::SeqCst), 1, "a relist was asked for");
+        assert_eq!(asked.load(Ordering::SeqCst), 0, "no relist asked yet");
         assert_eq!(driver.removals_applied(), 0);
 
-        // Ten seconds later the relist completes: an immediate re-check, still held.
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        relists_tx.send_replace(1);
-        let (at, held) = records.recv().await.expect("re-check after the relist");
-        assert!(at - t0 < Duration::from_secs(11), "{:?}", at - t0);
+        // Nothing happens until the hold is up; then the loop wakes by itself, still holds,
+        // and asks for the relist that confirms the end of the hold.
+        let (at, held) = records.recv().await.expect("pass at the end of the hold");
+        assert!(
+            at - t0 >= Duration::from_secs(60) && at - t0 < Duration::from_secs(62),
+            "woke at {:?}",
+            at - t0
+        );
         assert!(
             matches!(
                 held,
                 Some(Verdict::Held {
-                    relisted: true,
+                    relisted: false,
                     seen: 2,
                     ..
                 })
             ),
             "{held:?}"
         );
-        assert_eq!(asked.load(Ordering::SeqCst), 1, "no second request");
+        assert_eq!(asked.load(Ordering::SeqCst), 1, "the relist was asked for");
         assert_eq!(driver.removals_applied(), 0);
 
-        // Nothing else happens until the hold is up; then the loop wakes by itself.
-        let (at, held) = records.recv().await.expect("pass at the end of the hold");
+        // Ten seconds later the relist completes: an immediate re-check, which proceeds.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        relists_tx.send_replace(1);
+        let (at, held) = records.recv().await.expect("re-check after the relist");
+        assert!(at - t0 < Duration::from_secs(72), "{:?}", at - t0);
         assert_eq!(held, None, "proceeded");
-        assert!(
-            at - t0 >= Duration::from_secs(60) && at - t0 < Duration::from_secs(62),
-            "woke at {:?}",
-            at - t0
-        );
+        assert_eq!(asked.load(Ordering::SeqCst), 1, "no second request");
         assert_eq!(driver.removals_applied(), 1, "the removals were applied");
 
         shutdown_tx.send_replace(true);

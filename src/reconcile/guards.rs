@@ -4,7 +4,7 @@
 //!   error, nothing owned is deleted: absence proves nothing then.
 //! - A plan that would take out more than `max_delete_ratio` of the connector's servers is held
 //!   until the same answer has stood for `mass_delete_hold` of real time, across at least
-//!   `mass_delete_confirmations` passes and at least one fresh full Nomad relist.
+//!   `mass_delete_confirmations` passes and a fresh full Nomad relist completed after the hold.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -36,7 +36,7 @@ pub fn hold_removals(plan: &mut Plan) -> usize {
 /// A mass removal (more than `max_ratio` of the connector's serving servers) proceeds only when
 /// the same set of servers has been planned out of service continuously, in every pass, for at
 /// least `hold` of real time, in at least `min_passes` passes, and at least one full Nomad
-/// relist has completed since the set was first seen. Time and the relist count are inputs, so
+/// relist has completed after the hold's time was up. Time and the relist count are inputs, so
 /// the guard stays pure.
 #[derive(Clone, Debug)]
 pub struct MassDeleteGuard {
@@ -53,8 +53,9 @@ pub struct MassDeleteGuard {
 struct Pending {
     leaving: BTreeSet<(String, String)>,
     since: Instant,
-    /// Completed relists when the set was first seen.
-    relists_at_start: u64,
+    /// Completed relists at the first pass after the hold's time was up: the confirming relist
+    /// must complete after that, so it sees Nomad as it is at the end of the hold.
+    relists_at_expiry: Option<u64>,
     passes: u32,
 }
 
@@ -77,7 +78,7 @@ pub enum Verdict {
         held_for: Duration,
         /// `reconcile.mass_delete_hold`.
         hold: Duration,
-        /// Whether a full Nomad relist has completed since the set was first seen.
+        /// Whether a full Nomad relist has completed since the hold's time was up.
         relisted: bool,
         /// When the hold's time is up (the controller wakes then).
         until: Instant,
@@ -104,8 +105,9 @@ impl MassDeleteGuard {
     /// removals of servers that were not draining yet) against the connector's serving servers
     /// in `live`. When too many, removals are dropped from `plan` unless the same set has been
     /// seen continuously for `hold` (up to `now`), in `min_passes` passes (this one included),
-    /// and the count of completed full Nomad relists (`relists`) has moved since it was first
-    /// seen. A different set starts the hold again.
+    /// and the count of completed full Nomad relists (`relists`) has moved since the hold's time
+    /// was up (a relist early in the hold confirms nothing about its end). A different set
+    /// starts the hold again.
     pub fn check(&mut self, plan: &mut Plan, live: &Live, now: Instant, relists: u64) -> Verdict {
         let owned = live
             .backends
@@ -133,7 +135,7 @@ impl MassDeleteGuard {
             self.pending = None;
             return Verdict::Proceed;
         }
-        let pending = match self.pending.take() {
+        let mut pending = match self.pending.take() {
             Some(mut p) if p.leaving == leaving => {
                 p.passes = p.passes.saturating_add(1);
                 p
@@ -141,13 +143,17 @@ impl MassDeleteGuard {
             _ => Pending {
                 leaving,
                 since: now,
-                relists_at_start: relists,
+                relists_at_expiry: None,
                 passes: 1,
             },
         };
         let held_for = now.saturating_duration_since(pending.since);
-        let relisted = relists > pending.relists_at_start;
-        if held_for >= self.hold && relisted && pending.passes >= self.min_passes {
+        let expired = held_for >= self.hold;
+        if expired && pending.relists_at_expiry.is_none() {
+            pending.relists_at_expiry = Some(relists);
+        }
+        let relisted = pending.relists_at_expiry.is_some_and(|r| relists > r);
+        if expired && relisted && pending.passes >= self.min_passes {
             return Verdict::Proceed;
         }
         let verdict = Verdict::Held {
@@ -316,7 +322,7 @@ mod tests {
     }
 
     #[test]
-    fn a_relist_early_in_the_hold_counts_once_the_time_is_up() {
+    fn a_relist_early_in_the_hold_confirms_nothing() {
         let t0 = Instant::now();
         let mut g = MassDeleteGuard::new(0.5, HOLD, 3);
         assert!(matches!(
@@ -326,12 +332,25 @@ mod tests {
                 ..
             }
         ));
+        // A relist two seconds in says nothing about Nomad at the end of the hold.
         assert!(matches!(
             g.check(&mut drains(10), &live(10), at(t0, 2), 1),
-            Verdict::Held { relisted: true, .. }
+            Verdict::Held {
+                relisted: false,
+                ..
+            }
+        ));
+        // Time is up: still held until a relist completes after it.
+        assert!(matches!(
+            g.check(&mut drains(10), &live(10), at(t0, 60), 1),
+            Verdict::Held {
+                relisted: false,
+                seen: 3,
+                ..
+            }
         ));
         assert_eq!(
-            g.check(&mut drains(10), &live(10), at(t0, 60), 1),
+            g.check(&mut drains(10), &live(10), at(t0, 61), 2),
             Verdict::Proceed
         );
     }
@@ -339,23 +358,30 @@ mod tests {
     #[test]
     fn confirmations_remain_a_minimum_count_of_passes() {
         let t0 = Instant::now();
-        let mut g = MassDeleteGuard::new(0.5, HOLD, 3);
+        let mut g = MassDeleteGuard::new(0.5, HOLD, 4);
         assert!(matches!(
             g.check(&mut drains(10), &live(10), t0, 0),
             Verdict::Held { .. }
         ));
-        // Hold elapsed and a relist done, but only the second pass.
         assert!(matches!(
-            g.check(&mut drains(10), &live(10), at(t0, 61), 1),
+            g.check(&mut drains(10), &live(10), at(t0, 61), 0),
             Verdict::Held {
-                seen: 2,
-                needed: 3,
+                relisted: false,
+                ..
+            }
+        ));
+        // Hold elapsed and a relist done after it, but only the third pass.
+        assert!(matches!(
+            g.check(&mut drains(10), &live(10), at(t0, 62), 1),
+            Verdict::Held {
+                seen: 3,
+                needed: 4,
                 relisted: true,
                 ..
             }
         ));
         assert_eq!(
-            g.check(&mut drains(10), &live(10), at(t0, 62), 1),
+            g.check(&mut drains(10), &live(10), at(t0, 63), 1),
             Verdict::Proceed
         );
     }
@@ -379,12 +405,23 @@ mod tests {
                 if held_for.is_zero() && until == at(t0, 115)),
             "{v:?}"
         );
+        // The first set's hold would have ended at 60 s: it counts for nothing now.
         assert!(matches!(
             g.check(&mut drains(9), &live(10), at(t0, 114), 2),
-            Verdict::Held { relisted: true, .. }
+            Verdict::Held {
+                relisted: false,
+                ..
+            }
+        ));
+        assert!(matches!(
+            g.check(&mut drains(9), &live(10), at(t0, 115), 2),
+            Verdict::Held {
+                relisted: false,
+                ..
+            }
         ));
         assert_eq!(
-            g.check(&mut drains(9), &live(10), at(t0, 115), 2),
+            g.check(&mut drains(9), &live(10), at(t0, 116), 3),
             Verdict::Proceed
         );
     }
