@@ -148,23 +148,20 @@ impl Registry {
     }
 
     /// Asks the connection idle the longest to close, unless one is closing already (its slot
-    /// is about to be free). Returns `false` when every connection has a request in flight.
-    fn make_room(&self) -> bool {
+    /// is about to be free, within the request timeout at worst). Does nothing while every
+    /// connection has a request in flight.
+    fn make_room(&self) {
         let conns = self.lock();
         if conns.values().any(|c| c.closing.load(Ordering::Acquire)) {
-            return true;
+            return;
         }
         let victim = conns
             .values()
             .filter(|c| c.in_flight.load(Ordering::Acquire) == 0)
             .min_by_key(|c| c.idle_since());
-        match victim {
-            Some(c) => {
-                c.closing.store(true, Ordering::Release);
-                c.close.notify_one();
-                true
-            }
-            None => false,
+        if let Some(c) = victim {
+            c.closing.store(true, Ordering::Release);
+            c.close.notify_one();
         }
     }
 }
@@ -257,6 +254,7 @@ pub(crate) async fn serve_router(
             next_id,
             stopping.clone(),
             limits.header_read_timeout,
+            limits.request_timeout,
             slot,
         ));
     }
@@ -292,6 +290,7 @@ async fn connection(
     id: u64,
     mut stopping: watch::Receiver<bool>,
     header_read_timeout: Duration,
+    close_grace: Duration,
     _slot: OwnedSemaphorePermit,
 ) {
     let on_request = Arc::clone(&conn);
@@ -323,8 +322,17 @@ async fn connection(
                 tracing::debug!("admin HTTP connection closed to make room");
                 Ok(())
             } else {
+                // Let the request in flight finish, within the request timeout: a client that
+                // stops reading its answer must not hold the slot (and every later eviction,
+                // which waits for a closing connection) forever.
                 http.as_mut().graceful_shutdown();
-                http.as_mut().await
+                match tokio::time::timeout(close_grace, http.as_mut()).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        tracing::debug!("admin HTTP connection closed after its grace to make room");
+                        Ok(())
+                    }
+                }
             }
         }
     };

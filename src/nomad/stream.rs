@@ -42,7 +42,8 @@ pub struct LineBuffer {
     pending: Vec<u8>,
     /// `pending[..scanned]` holds no newline.
     scanned: usize,
-    /// Bytes examined for a newline so far (for the linear-time test).
+    /// Bytes examined for a newline so far (only for the linear-time test).
+    #[cfg(test)]
     examined: u64,
 }
 
@@ -59,7 +60,10 @@ impl LineBuffer {
         let mut start = 0;
         let mut from = self.scanned;
         while let Some(pos) = self.pending[from..].iter().position(|b| *b == b'\n') {
-            self.examined += pos as u64 + 1;
+            #[cfg(test)]
+            {
+                self.examined += pos as u64 + 1;
+            }
             let end = from + pos;
             let line = trim(&self.pending[start..end]);
             if !line.is_empty() {
@@ -68,7 +72,10 @@ impl LineBuffer {
             start = end + 1;
             from = start;
         }
-        self.examined += (self.pending.len() - from) as u64;
+        #[cfg(test)]
+        {
+            self.examined += (self.pending.len() - from) as u64;
+        }
         self.pending.drain(..start);
         self.scanned = self.pending.len();
         if self.pending.len() > MAX_LINE {
@@ -78,6 +85,7 @@ impl LineBuffer {
     }
 
     /// How many bytes [`push`](Self::push) has examined for a newline so far: each byte once.
+    #[cfg(test)]
     pub fn bytes_examined(&self) -> u64 {
         self.examined
     }
