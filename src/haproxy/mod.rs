@@ -59,6 +59,10 @@ pub struct ApplyReport {
     pub applied: usize,
     /// Requests or socket commands sent.
     pub requests: usize,
+    /// Operations refused alone (by the driver before any request, or by HAProxy or its API),
+    /// with the reason; every other operation of the plan was applied. The pass then counts as
+    /// failed and is retried, and what it did apply (its reloads) is still reported.
+    pub refused: Vec<String>,
 }
 
 /// A driver failure. Variants are those a caller branches on.

@@ -387,10 +387,21 @@ fn record(
                 .iter()
                 .map(|op| (op.action.name(), op.kind))
                 .collect();
-            r.reloads = o.report.map(|rep| rep.reloads).unwrap_or_default();
+            let (reloads, refused) = o
+                .report
+                .map(|rep| (rep.reloads, rep.refused))
+                .unwrap_or_default();
+            r.reloads = reloads;
             r.drift = drift && !r.ops.is_empty();
-            r.change_to_applied = change.map(|c| c.elapsed());
-            r.result = if r.held_mass_delete.is_some() {
+            r.change_to_applied = change.filter(|_| refused.is_empty()).map(|c| c.elapsed());
+            r.result = if !refused.is_empty() {
+                // Refused operations fail the pass (retried with backoff); the rest was
+                // applied, and its reloads are recorded above.
+                let e = PassError::Apply(crate::haproxy::DriverError::Rejected(refused.join("; ")));
+                r.error_kind = Some(e.kind());
+                r.error = Some(e.to_string());
+                PassResult::Error
+            } else if r.held_mass_delete.is_some() {
                 PassResult::Held
             } else if r.ops.is_empty() {
                 PassResult::Noop
@@ -604,5 +615,46 @@ mod tests {
 
         shutdown_tx.send_replace(true);
         task.await.expect("controller stops");
+    }
+
+    /// A pass whose driver refused some operations alone is a failed pass (retried), and what
+    /// it did apply, its reloads included, is still recorded.
+    #[test]
+    fn refused_operations_fail_the_pass_and_keep_its_reloads() {
+        let report = ApplyReport {
+            reloads: vec![crate::haproxy::Reload::new(
+                crate::haproxy::ReloadKind::Structural,
+                "create backend web",
+            )],
+            applied: 2,
+            requests: 5,
+            refused: vec!["route regex (?u)x: refused".into()],
+        };
+        let outcome = PassOutcome {
+            desired: crate::desired::Desired::default(),
+            live: Live::default(),
+            plan: Plan::default(),
+            report: Some(report),
+            attempts: 1,
+            held_untrusted: 0,
+            held_mass_delete: None,
+        };
+        let started = Instant::now();
+        let r = record(
+            &Snapshot::default(),
+            Ok(outcome),
+            started,
+            false,
+            Some(started),
+        );
+        assert_eq!(r.result, PassResult::Error);
+        assert_eq!(r.error_kind, Some("apply"));
+        assert!(
+            r.error.as_deref().is_some_and(|e| e.contains("(?u)x")),
+            "{:?}",
+            r.error
+        );
+        assert_eq!(r.reloads.len(), 1, "the reload that happened is recorded");
+        assert_eq!(r.change_to_applied, None, "the change is not applied yet");
     }
 }

@@ -39,11 +39,6 @@ pub enum DataplaneError {
     /// sent.
     #[error("cannot build the request URL: {0}")]
     Segment(#[from] SegmentError),
-    /// Route operations of the pass that were refused, each alone: by the driver before any
-    /// request (a key the URL or HAProxy's CLI cannot carry), or by the API or HAProxy (a pattern
-    /// PCRE2 rejects). The other operations were applied.
-    #[error("route operations refused: {}", .0.join("; "))]
-    Skipped(Vec<String>),
     /// The API is not a version the connector speaks (not 3.x).
     #[error("unsupported Data Plane API: {0}")]
     Unsupported(String),
@@ -117,8 +112,7 @@ impl From<DataplaneError> for DriverError {
             DataplaneError::Invalid { .. }
             | DataplaneError::NotFound { .. }
             | DataplaneError::Server { .. }
-            | DataplaneError::Segment(_)
-            | DataplaneError::Skipped(_) => DriverError::Rejected(e.to_string()),
+            | DataplaneError::Segment(_) => DriverError::Rejected(e.to_string()),
             DataplaneError::Unauthorized { .. }
             | DataplaneError::TooManyTransactions { .. }
             | DataplaneError::Unsupported(_)

@@ -808,14 +808,8 @@ impl DataplaneDriver {
         }
         report.requests =
             usize::try_from(self.client.total_requests() - before).unwrap_or(usize::MAX);
-        if refused.is_empty() {
-            Ok(report)
-        } else {
-            for reload in &report.reloads {
-                tracing::info!(driver = "dataplane", kind = reload.kind.as_str(), reason = %reload.detail, "HAProxy reload");
-            }
-            Err(DataplaneError::Skipped(refused))
-        }
+        report.refused = refused;
+        Ok(report)
     }
 
     /// Runs `staged` in one transaction started from `version` and commits it with a synchronous

@@ -509,11 +509,8 @@ impl RuntimeDriver {
             }
         }
         report.applied += plan.ops.len();
-        if refused.is_empty() {
-            Ok(())
-        } else {
-            Err(DriverError::Rejected(refused.join("; ")))
-        }
+        report.refused.extend(refused);
+        Ok(())
     }
 
     /// `add server` (+ `enable health`) + `set server … state ready`. The inner error is a refusal
@@ -970,11 +967,8 @@ impl Driver for RuntimeDriver {
                     .map_err(file_error)?;
             }
         }
-        if refused.is_empty() {
-            Ok(report)
-        } else {
-            Err(DriverError::Rejected(refused.join("; ")))
-        }
+        report.refused.extend(refused);
+        Ok(report)
     }
 }
 
