@@ -23,9 +23,10 @@ use std::time::{Duration, Instant};
 
 use haproxy_nomad_connector::app;
 use haproxy_nomad_connector::catalog::{Instance, Service, ServiceKey, Snapshot};
+use haproxy_nomad_connector::config::RuntimeConfig;
 use haproxy_nomad_connector::config::{Config, Layer};
 use haproxy_nomad_connector::desired::Policy;
-use haproxy_nomad_connector::haproxy::runtime::{RuntimeConfig, RuntimeDriver, socket, state};
+use haproxy_nomad_connector::haproxy::runtime::{RuntimeDriver, socket, state};
 use haproxy_nomad_connector::model::{AdminState, OpState, route_rules};
 use haproxy_nomad_connector::reconcile::drains::DrainClock;
 use haproxy_nomad_connector::reconcile::pass::run_pass;

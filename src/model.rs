@@ -243,7 +243,9 @@ pub enum OpState {
 
 /// HAProxy's name grammar for sections (`^[A-Za-z0-9_.:-]+$`).
 pub fn is_haproxy_name(s: &str) -> bool {
-    crate::config::is_haproxy_name(s)
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
 }
 
 impl MatchKind {

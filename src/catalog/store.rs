@@ -25,7 +25,18 @@ impl Applied {
     }
 }
 
-pub use crate::desired::tags::is_enabled;
+/// Whether any tag enables the connector for this registration: `<prefix>.enable=true` (the key
+/// as written, the value in any case). The watcher applies it to the list's union of tags, the
+/// desired model to each registration.
+pub fn is_enabled<'a>(tags: impl IntoIterator<Item = &'a String>, prefix: &str) -> bool {
+    tags.into_iter().any(|tag| {
+        tag.split_once('=').is_some_and(|(key, value)| {
+            key.strip_prefix(prefix)
+                .is_some_and(|rest| rest == ".enable")
+                && value.eq_ignore_ascii_case("true")
+        })
+    })
+}
 
 /// The catalog's writer side. Readers get [`Snapshot`]s.
 #[derive(Debug)]

@@ -19,6 +19,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use url::Url;
 
+use crate::desired::BackendStrategy;
+use crate::model::{MatchKind, is_haproxy_name};
 use keys::Key;
 pub use layer::{Layer, Raw, Source, Sourced};
 use validate::{Validator, check_log_filter, is_tag_prefix};
@@ -211,7 +213,36 @@ pub struct HaproxyConfig {
     pub deny_address_ranges: Vec<ipnet::IpNet>,
     pub driver: DriverKind,
     /// Where the runtime driver finds HAProxy and its files (used when `driver` is `runtime`).
-    pub runtime: crate::haproxy::runtime::RuntimeConfig,
+    pub runtime: RuntimeConfig,
+}
+
+/// Where the runtime driver finds HAProxy and its files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    /// Master CLI socket (`haproxy -W -S <path>`).
+    pub master_socket: PathBuf,
+    /// Admin stats socket (`stats socket <path> level admin`); `None`: worker commands go through
+    /// the master CLI with `@1`.
+    pub admin_socket: Option<PathBuf>,
+    /// The fragment file the connector owns.
+    pub fragment: PathBuf,
+    /// The directory of the host maps, exactly as the frontend rules name it.
+    pub maps_dir: String,
+    /// HAProxy binary used for `haproxy -c`.
+    pub binary: PathBuf,
+    /// The configuration files HAProxy loads besides the fragment, in order.
+    pub configs: Vec<PathBuf>,
+}
+
+impl RuntimeConfig {
+    /// The map file of `kind`, as HAProxy knows it (the path written in the frontend rules).
+    pub fn map_path(&self, kind: MatchKind) -> String {
+        format!(
+            "{}/{}",
+            self.maps_dir.trim_end_matches('/'),
+            kind.map_file()
+        )
+    }
 }
 
 /// Which HAProxy driver the connector uses.
@@ -228,33 +259,6 @@ impl DriverKind {
         match self {
             DriverKind::Dataplane => "dataplane",
             DriverKind::Runtime => "runtime",
-        }
-    }
-}
-
-/// What to do with a dynamic service whose backend name already exists and is not ours.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BackendStrategy {
-    /// Adopt a compatible backend and manage only its servers.
-    UseExisting,
-    /// Skip the service with a diagnostic.
-    CreateNew,
-    /// Fail the whole pass.
-    FailOnConflict,
-}
-
-impl BackendStrategy {
-    pub const ALL: [BackendStrategy; 3] = [
-        BackendStrategy::UseExisting,
-        BackendStrategy::CreateNew,
-        BackendStrategy::FailOnConflict,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BackendStrategy::UseExisting => "use_existing",
-            BackendStrategy::CreateNew => "create_new",
-            BackendStrategy::FailOnConflict => "fail_on_conflict",
         }
     }
 }
@@ -469,7 +473,7 @@ impl Config {
                     allow_regex_domains: allow_regex_domains?,
                     deny_address_ranges,
                     driver: driver?,
-                    runtime: crate::haproxy::runtime::RuntimeConfig {
+                    runtime: RuntimeConfig {
                         master_socket: master_socket?,
                         admin_socket,
                         fragment: fragment?,
@@ -570,13 +574,6 @@ impl Config {
             },
         })
     }
-}
-
-/// HAProxy's section-name grammar.
-pub fn is_haproxy_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
 }
 
 #[cfg(test)]

@@ -104,19 +104,6 @@ pub struct TagError {
     pub reason: String,
 }
 
-/// Whether any tag enables the connector for this registration: `<prefix>.enable=true` (the key
-/// as written, the value in any case). The watcher applies it to the list's union of tags, the
-/// desired model to each registration.
-pub fn is_enabled<'a>(tags: impl IntoIterator<Item = &'a String>, prefix: &str) -> bool {
-    tags.into_iter().any(|tag| {
-        tag.split_once('=').is_some_and(|(key, value)| {
-            key.strip_prefix(prefix)
-                .is_some_and(|rest| rest == ".enable")
-                && value.eq_ignore_ascii_case("true")
-        })
-    })
-}
-
 /// Parses the prefixed tags of one registration. The first invalid tag rejects the registration.
 pub fn parse(tags: &[String], prefix: &str) -> Result<InstanceTags, TagError> {
     let lead = format!("{prefix}.");

@@ -4,8 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
-use crate::catalog::{NomadCheck, Service};
+use crate::catalog::{Instance, NomadCheck, NomadCheckKind, Service};
 use crate::live::LiveBackend;
+use crate::model::{Balance, CheckSpec, CheckTiming, MAX_TIMER_MS, Mode};
 
 pub(crate) fn mk_instance(id: &str, addr: &str, port: u16, tags: &[&str]) -> Instance {
     Instance {

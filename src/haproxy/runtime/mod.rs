@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 use super::{ApplyReport, Driver, DriverError, Reload, ReloadKind};
+use crate::config::RuntimeConfig;
 use crate::desired::{Desired, Ownership};
 use crate::live::{Live, LiveBackend, LiveServer};
 use crate::model::{
@@ -54,35 +55,6 @@ const RELOAD_TIMEOUT: Duration = Duration::from_secs(60);
 const VALIDATE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Poll interval while waiting for a reload to show.
 const POLL: Duration = Duration::from_millis(10);
-
-/// Where the runtime driver finds HAProxy and its files.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RuntimeConfig {
-    /// Master CLI socket (`haproxy -W -S <path>`).
-    pub master_socket: PathBuf,
-    /// Admin stats socket (`stats socket <path> level admin`); `None`: worker commands go through
-    /// the master CLI with `@1`.
-    pub admin_socket: Option<PathBuf>,
-    /// The fragment file the connector owns.
-    pub fragment: PathBuf,
-    /// The directory of the host maps, exactly as the frontend rules name it.
-    pub maps_dir: String,
-    /// HAProxy binary used for `haproxy -c`.
-    pub binary: PathBuf,
-    /// The configuration files HAProxy loads besides the fragment, in order.
-    pub configs: Vec<PathBuf>,
-}
-
-impl RuntimeConfig {
-    /// The map file of `kind`, as HAProxy knows it (the path written in the frontend rules).
-    pub fn map_path(&self, kind: MatchKind) -> String {
-        format!(
-            "{}/{}",
-            self.maps_dir.trim_end_matches('/'),
-            kind.map_file()
-        )
-    }
-}
 
 /// Counters since the driver was created.
 #[derive(Debug, Default)]
