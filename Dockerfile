@@ -19,6 +19,7 @@ RUN apt-get update \
 ENV CARGO_TERM_COLOR=never
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
+COPY crates ./crates
 COPY benches ./benches
 # The build context has no .git (see .dockerignore): pass the commit for `--version`.
 ARG GIT_COMMIT=""

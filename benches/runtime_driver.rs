@@ -28,8 +28,8 @@ use haproxy_nomad_connector::config::{Config, Layer};
 use haproxy_nomad_connector::desired::Policy;
 use haproxy_nomad_connector::haproxy::runtime::{RuntimeDriver, socket, state};
 use haproxy_nomad_connector::model::{AdminState, OpState, route_rules};
-use haproxy_nomad_connector::reconcile::drains::DrainClock;
 use haproxy_nomad_connector::reconcile::pass::run_pass;
+use hnc_core::drains::DrainClock;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 

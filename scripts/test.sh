@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 run() {
   echo "==> cargo test against $("$1" -v | sed -n 1p) ($1)"
-  HAPROXY_BIN="$1" cargo test --locked --all-targets
+  HAPROXY_BIN="$1" cargo test --locked --workspace --all-targets
 }
 if [ -n "${HAPROXY_BIN:-}" ]; then
   run "$HAPROXY_BIN"

@@ -19,8 +19,8 @@ use crate::metrics::{Metrics, PassResult, op_kind_label};
 use crate::nomad::{NomadClient, NomadStats, Watcher, WatcherSettings};
 use crate::plan::{Plan, render};
 use crate::reconcile::controller::{Controller, PassRecord, Relists, Settings};
-use crate::reconcile::drains::DrainClock;
 use crate::reconcile::pass::run_pass;
+use hnc_core::drains::DrainClock;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {

@@ -14,8 +14,8 @@ use haproxy_nomad_connector::haproxy::{ApplyReport, Driver, DriverError};
 use haproxy_nomad_connector::live::Live;
 use haproxy_nomad_connector::model::{MatchKind, RouteKey, route_rules};
 use haproxy_nomad_connector::plan::{Action, Op, Plan};
-use haproxy_nomad_connector::reconcile::drains::DrainClock;
 use haproxy_nomad_connector::reconcile::pass::{PassOutcome, run_pass};
+use hnc_core::drains::DrainClock;
 use serde_json::{Value, json};
 
 const MAPS: &str = "/etc/haproxy/maps";

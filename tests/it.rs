@@ -11,6 +11,7 @@
 mod support;
 
 mod admin_server;
+mod architecture;
 mod cli;
 mod dataplane_double;
 mod dataplane_driver;

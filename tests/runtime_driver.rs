@@ -20,8 +20,8 @@ use haproxy_nomad_connector::haproxy::runtime::socket::{self, Outcome};
 use haproxy_nomad_connector::haproxy::runtime::{RuntimeDriver, state};
 use haproxy_nomad_connector::model::{MatchKind, RouteKey, route_rules};
 use haproxy_nomad_connector::plan::{Action, Op, OpKind, Plan};
-use haproxy_nomad_connector::reconcile::drains::DrainClock;
 use haproxy_nomad_connector::reconcile::pass::{PassOutcome, run_pass};
+use hnc_core::drains::DrainClock;
 
 /// The main configuration: the frontend with a hand-written rule first, then the connector's four
 /// map rules; a hand-written default backend, a hand-written backend with a static server, and an

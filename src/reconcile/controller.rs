@@ -12,14 +12,14 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior, sleep_until};
 
-use super::drains::DrainClock;
-use super::guards::{MassDeleteGuard, Verdict};
 use super::pass::{MassCheck, PassError, PassOutcome, run_guarded_pass};
 use crate::catalog::Snapshot;
 use crate::desired::{Diagnostic, Policy};
 use crate::haproxy::Driver;
 pub use crate::metrics::PassResult;
 use crate::plan::{OpKind, PendingDrain};
+use hnc_core::drains::DrainClock;
+use hnc_core::guards::{MassDeleteGuard, Verdict};
 
 /// Loop settings (see the README's configuration table for defaults).
 #[derive(Clone, Debug)]

@@ -1,6 +1,4 @@
 //! Reconciliation: one pass = catalog snapshot → desired → observe → diff → apply.
 
 pub mod controller;
-pub mod drains;
-pub mod guards;
 pub mod pass;

@@ -5,13 +5,13 @@
 
 use std::time::Instant;
 
-use super::drains::DrainClock;
-use super::guards::{MassDeleteGuard, Verdict, hold_removals};
 use crate::catalog::Snapshot;
 use crate::desired::{BuildError, Desired, Policy, build};
 use crate::haproxy::{ApplyReport, Driver, DriverError};
 use crate::live::Live;
 use crate::plan::{Plan, diff};
+use hnc_core::drains::DrainClock;
+use hnc_core::guards::{MassDeleteGuard, Verdict, hold_removals};
 
 /// How many times a pass re-plans after losing a race before it reports the conflict.
 pub const MAX_CONFLICT_RETRIES: u32 = 3;
