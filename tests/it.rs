@@ -14,6 +14,7 @@ mod admin_server;
 mod cli;
 mod dataplane_double;
 mod dataplane_driver;
+mod dataplane_objects;
 mod e2e_dataplane;
 mod e2e_runtime;
 mod haproxy_harness;
