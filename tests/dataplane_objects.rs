@@ -222,3 +222,96 @@ fn the_double_s_stored_objects_read_as_the_driver_s_types() {
         "{answered}"
     );
 }
+
+/// A server answering every request with the fixed answer of its path (200, JSON, a
+/// `Configuration-Version`), or 404; one request per connection.
+async fn fixed_answers(answers: Vec<(&'static str, &'static str)>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let answers = answers.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf).to_string();
+                let path = head
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or("")
+                    .split('?')
+                    .next()
+                    .unwrap_or("")
+                    .to_string();
+                let (status, body) = answers.iter().find(|(p, _)| *p == path).map_or(
+                    ("404 Not Found", r#"{"code":404,"message":"no"}"#),
+                    |(_, b)| ("200 OK", *b),
+                );
+                let reply = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nConfiguration-Version: 3\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// An answer of another shape than the spec's fails the observation with an error naming the
+/// endpoint and the field, and nothing panics.
+#[tokio::test]
+async fn an_answer_of_the_wrong_shape_is_a_typed_error_naming_endpoint_and_field() {
+    use haproxy_nomad_connector::haproxy::Driver;
+    use haproxy_nomad_connector::haproxy::dataplane::{DataplaneDriver, Options};
+
+    let info = r#"{"api":{"version":"v3.2.1 abc"},"system":{}}"#;
+    for (backends, stats, want) in [
+        (
+            r#"[{"name":"web","servers":{"s1":{"name":"s1","address":"10.0.0.1","port":"80"}}}]"#,
+            r#"{"stats":[]}"#,
+            ["(backends)", "`[0].servers.s1.port`", "invalid type"],
+        ),
+        (
+            r#"{"name":"web"}"#,
+            r#"{"stats":[]}"#,
+            ["(backends)", "`.`", "expected a sequence"],
+        ),
+        (
+            "[]",
+            r#"{"stats":[{"name":"s1","backend_name":"web","stats":{"scur":"2"}}]}"#,
+            ["(stats)", "`stats[0].stats.scur`", "invalid type"],
+        ),
+    ] {
+        let base = fixed_answers(vec![
+            ("/v3/info", info),
+            ("/v3/services/haproxy/configuration/backends", backends),
+            ("/v3/services/haproxy/stats/native", stats),
+        ])
+        .await;
+        let d = DataplaneDriver::new(Options {
+            address: base.parse().expect("url"),
+            username: "admin".into(),
+            password: None,
+            frontend: None,
+            maps_dir: "/etc/haproxy/maps".into(),
+            timeout: std::time::Duration::from_secs(5),
+        })
+        .expect("driver");
+        let e = d.observe().await.expect_err("wrong shape");
+        let text = e.to_string();
+        for w in want {
+            assert!(text.contains(w), "{w:?} not in {text}");
+        }
+        assert_eq!(e.kind(), "other", "{text}");
+    }
+}

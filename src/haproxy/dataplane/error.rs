@@ -260,6 +260,11 @@ mod tests {
             .expect_err("times out");
         let e = DataplaneError::from_reqwest(e);
         assert!(matches!(e, DataplaneError::Timeout { .. }), "{e:?}");
+        // The reqwest error is kept as the source.
+        assert!(
+            std::error::Error::source(&e).is_some(),
+            "source kept: {e:?}"
+        );
         assert_eq!(kind(e), "unreachable");
         hold.abort();
 
@@ -275,6 +280,10 @@ mod tests {
             .expect_err("refused");
         let e = DataplaneError::from_reqwest(e);
         assert!(matches!(e, DataplaneError::Transport { .. }), "{e:?}");
+        assert!(
+            std::error::Error::source(&e).is_some(),
+            "source kept: {e:?}"
+        );
         // The request URL (which may carry user-info) is not in the message.
         assert!(!e.to_string().contains("s3cr3t"), "{e}");
         assert!(!format!("{e:?}").contains("s3cr3t"), "{e:?}");
