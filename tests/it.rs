@@ -15,6 +15,7 @@ mod architecture;
 mod cli;
 mod dataplane_double;
 mod dataplane_driver;
+mod dataplane_objects;
 mod e2e_dataplane;
 mod e2e_runtime;
 mod haproxy_harness;

@@ -7,27 +7,44 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use reqwest::Method;
-use serde_json::Value;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use url::Url;
 
 use super::error::DataplaneError;
+use super::objects::wire;
 use super::segment::{decode, url_segment};
 use crate::config::Secret;
 
 /// One answer.
 #[derive(Clone, Debug)]
 pub struct Answer {
+    /// The endpoint label of the request.
+    pub endpoint: &'static str,
     pub status: u16,
     /// `Configuration-Version`, present on every DPAPI answer.
     pub version: Option<i64>,
     pub reload_id: Option<String>,
-    pub body: Value,
+    /// The body as received; read it with [`Answer::parse`].
+    pub body: String,
 }
 
+impl Answer {
+    /// The body read as the API object `T` (`objects::wire`); a body of another shape is a
+    /// [`DataplaneError::Decode`] naming the endpoint and the field.
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, DataplaneError> {
+        wire::decode(self.endpoint, &self.body)
+    }
+}
+
+/// No request body, for [`Client::call`].
+pub const NO_BODY: Option<&()> = None;
+
 /// A request body.
-enum Body<'a> {
+enum Body {
     None,
-    Json(&'a Value),
+    /// Serialised JSON.
+    Json(Vec<u8>),
     Text(String),
     Multipart(reqwest::multipart::Form),
 }
@@ -52,7 +69,7 @@ impl Client {
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             .build()
-            .map_err(|e| DataplaneError::Transport(e.to_string()))?;
+            .map_err(DataplaneError::from_reqwest)?;
         Ok(Client {
             http,
             base: base.clone(),
@@ -104,17 +121,23 @@ impl Client {
         Ok(url)
     }
 
-    /// Sends one request with a JSON body (or none). `endpoint` is a short stable label for
-    /// metrics (e.g. `backends`).
-    pub async fn call(
+    /// Sends one request with a JSON body (an API object of `objects::wire`), or none
+    /// ([`NO_BODY`]). `endpoint` is a short stable label for metrics (e.g. `backends`).
+    pub async fn call<B: Serialize + ?Sized>(
         &self,
         method: Method,
         endpoint: &'static str,
         segments: &[&str],
         query: &[(&str, String)],
-        body: Option<&Value>,
+        body: Option<&B>,
     ) -> Result<Answer, DataplaneError> {
-        let body = body.map_or(Body::None, Body::Json);
+        let body = match body {
+            None => Body::None,
+            Some(b) => Body::Json(
+                serde_json::to_vec(b)
+                    .map_err(|source| DataplaneError::Encode { endpoint, source })?,
+            ),
+        };
         let (status, headers, text) = self.send(method, endpoint, segments, query, body).await?;
         let header = |name: &str| {
             headers
@@ -122,18 +145,12 @@ impl Client {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string)
         };
-        let body = if text.trim().is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).map_err(|e| {
-                DataplaneError::Protocol(format!("{endpoint}: answer is not JSON ({e})"))
-            })?
-        };
         Ok(Answer {
+            endpoint,
             status,
             version: header("Configuration-Version").and_then(|v| v.parse().ok()),
             reload_id: header("Reload-ID"),
-            body,
+            body: text,
         })
     }
 
@@ -182,7 +199,7 @@ impl Client {
         endpoint: &'static str,
         segments: &[&str],
         query: &[(&str, String)],
-        body: Body<'_>,
+        body: Body,
     ) -> Result<(u16, reqwest::header::HeaderMap, String), DataplaneError> {
         let url = self.url(segments, query)?;
         let req = self
@@ -191,7 +208,9 @@ impl Client {
             .basic_auth(&self.user, self.password.as_ref().map(Secret::expose));
         let req = match body {
             Body::None => req,
-            Body::Json(v) => req.json(v),
+            Body::Json(bytes) => req
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(bytes),
             Body::Text(t) => req
                 .header(reqwest::header::CONTENT_TYPE, "text/plain")
                 .body(t),
@@ -276,10 +295,10 @@ mod tests {
             (".", SegmentError::Dot(".".into())),
             ("", SegmentError::Empty),
         ] {
-            assert_eq!(
-                c.url(&["maps", "m", "entries", key], &[]),
-                Err(DataplaneError::Segment(want)),
-                "{key:?}"
+            let got = c.url(&["maps", "m", "entries", key], &[]);
+            assert!(
+                matches!(&got, Err(DataplaneError::Segment(e)) if *e == want),
+                "{key:?}: {got:?}"
             );
         }
     }

@@ -1,10 +1,13 @@
 //! Data Plane API errors: every answer that is not a success becomes a typed error carrying the
 //! API's own message (`{"code": …, "message": …}`), and maps onto the driver's error kinds.
+//! Transport failures and answers of the wrong shape keep the error that caused them as their
+//! source.
 
+use super::objects::wire::ApiError;
 use super::segment::SegmentError;
 use crate::haproxy::DriverError;
 
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
     /// 401: bad or missing credentials.
     #[error(
@@ -29,12 +32,21 @@ pub enum DataplaneError {
     /// 5xx.
     #[error("Data Plane API error ({status}): {message}")]
     Server { status: u16, message: String },
-    /// The request timed out.
-    #[error("request timed out: {0}")]
-    Timeout(String),
-    /// The API could not be reached.
-    #[error("cannot reach the Data Plane API: {0}")]
-    Transport(String),
+    /// The request timed out. `detail` is the whole chain of causes, without the request URL.
+    #[error("request timed out: {detail}")]
+    Timeout {
+        detail: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The API could not be reached. `detail` is the whole chain of causes, without the request
+    /// URL.
+    #[error("cannot reach the Data Plane API: {detail}")]
+    Transport {
+        detail: String,
+        #[source]
+        source: reqwest::Error,
+    },
     /// A request URL could not be built (a key or name no URL segment can carry); nothing was
     /// sent.
     #[error("cannot build the request URL: {0}")]
@@ -45,18 +57,30 @@ pub enum DataplaneError {
     /// A success answer that does not have the expected shape.
     #[error("unexpected answer from the Data Plane API: {0}")]
     Protocol(String),
+    /// A success answer whose body is not the object the spec gives for `endpoint`: `path` is the
+    /// field that does not fit (`.` for the body itself), the source says how.
+    #[error("unexpected answer from the Data Plane API ({endpoint}) at `{path}`: {source}")]
+    Decode {
+        endpoint: &'static str,
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A request body could not be serialised (nothing was sent).
+    #[error("cannot serialise the request body for {endpoint}: {source}")]
+    Encode {
+        endpoint: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 impl DataplaneError {
     /// The error for a non-success `status` with `body` (JSON `{"code","message"}`, or any text).
     pub fn from_status(status: u16, body: &str) -> DataplaneError {
-        let message = serde_json::from_str::<serde_json::Value>(body)
+        let message = serde_json::from_str::<ApiError>(body)
             .ok()
-            .and_then(|v| {
-                v.get("message")
-                    .and_then(|m| m.as_str())
-                    .map(str::to_string)
-            })
+            .and_then(|e| e.message)
             .unwrap_or_else(|| {
                 let t = body.trim();
                 if t.is_empty() {
@@ -79,12 +103,12 @@ impl DataplaneError {
     /// From a transport-level failure.
     /// The error's text without the request URL, which can carry user-info.
     pub fn from_reqwest(e: reqwest::Error) -> DataplaneError {
-        let e = e.without_url();
-        let text = error_chain(&e);
-        if e.is_timeout() {
-            DataplaneError::Timeout(text)
+        let source = e.without_url();
+        let detail = error_chain(&source);
+        if source.is_timeout() {
+            DataplaneError::Timeout { detail, source }
         } else {
-            DataplaneError::Transport(text)
+            DataplaneError::Transport { detail, source }
         }
     }
 }
@@ -106,7 +130,7 @@ impl From<DataplaneError> for DriverError {
             DataplaneError::Conflict { .. } | DataplaneError::Outdated { .. } => {
                 DriverError::Conflict(e.to_string())
             }
-            DataplaneError::Timeout(_) | DataplaneError::Transport(_) => {
+            DataplaneError::Timeout { .. } | DataplaneError::Transport { .. } => {
                 DriverError::Unreachable(e.to_string())
             }
             DataplaneError::Invalid { .. }
@@ -116,7 +140,9 @@ impl From<DataplaneError> for DriverError {
             DataplaneError::Unauthorized { .. }
             | DataplaneError::TooManyTransactions { .. }
             | DataplaneError::Unsupported(_)
-            | DataplaneError::Protocol(_) => DriverError::Other(e.to_string()),
+            | DataplaneError::Protocol(_)
+            | DataplaneError::Decode { .. }
+            | DataplaneError::Encode { .. } => DriverError::Other(e.to_string()),
         }
     }
 }
@@ -134,11 +160,10 @@ mod tests {
         let body = |code: u16, msg: &str| format!(r#"{{"code":{code},"message":"{msg}"}}"#);
         let e =
             DataplaneError::from_status(401, &body(401, "unauthenticated for invalid credentials"));
-        assert_eq!(
-            e,
-            DataplaneError::Unauthorized {
-                message: "unauthenticated for invalid credentials".into()
-            }
+        assert!(
+            matches!(&e, DataplaneError::Unauthorized { message }
+                if message == "unauthenticated for invalid credentials"),
+            "{e:?}"
         );
         assert!(
             e.to_string()
@@ -177,12 +202,10 @@ mod tests {
 
         let e =
             DataplaneError::from_status(422, r#"{"code":616,"message":"unknown field \"chek\""}"#);
-        assert_eq!(
-            e,
-            DataplaneError::Invalid {
-                status: 422,
-                message: "unknown field \"chek\"".into()
-            }
+        assert!(
+            matches!(&e, DataplaneError::Invalid { status: 422, message }
+                if message == "unknown field \"chek\""),
+            "{e:?}"
         );
         assert_eq!(kind(e), "rejected");
 
@@ -205,12 +228,9 @@ mod tests {
         assert_eq!(kind(e), "other");
 
         let e = DataplaneError::from_status(503, "upstream gone");
-        assert_eq!(
-            e,
-            DataplaneError::Server {
-                status: 503,
-                message: "upstream gone".into()
-            }
+        assert!(
+            matches!(&e, DataplaneError::Server { status: 503, message } if message == "upstream gone"),
+            "{e:?}"
         );
         let e = DataplaneError::from_status(500, "");
         assert_eq!(e.to_string(), "Data Plane API error (500): HTTP 500");
@@ -239,7 +259,12 @@ mod tests {
             .await
             .expect_err("times out");
         let e = DataplaneError::from_reqwest(e);
-        assert!(matches!(e, DataplaneError::Timeout(_)), "{e:?}");
+        assert!(matches!(e, DataplaneError::Timeout { .. }), "{e:?}");
+        // The reqwest error is kept as the source.
+        assert!(
+            std::error::Error::source(&e).is_some(),
+            "source kept: {e:?}"
+        );
         assert_eq!(kind(e), "unreachable");
         hold.abort();
 
@@ -254,7 +279,11 @@ mod tests {
             .await
             .expect_err("refused");
         let e = DataplaneError::from_reqwest(e);
-        assert!(matches!(e, DataplaneError::Transport(_)), "{e:?}");
+        assert!(matches!(e, DataplaneError::Transport { .. }), "{e:?}");
+        assert!(
+            std::error::Error::source(&e).is_some(),
+            "source kept: {e:?}"
+        );
         // The request URL (which may carry user-info) is not in the message.
         assert!(!e.to_string().contains("s3cr3t"), "{e}");
         assert!(!format!("{e:?}").contains("s3cr3t"), "{e:?}");

@@ -21,14 +21,17 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use reqwest::Method;
-use serde_json::{Value, json};
 use url::Url;
 
-use self::client::{Answer, Client};
+use self::client::{Answer, Client, NO_BODY};
 use self::error::DataplaneError;
+use self::objects::wire::{
+    self, BackendSwitchingRule, Cond, ConfigBody, MapEntry, MapEntryValue, NativeStats, ProxyMode,
+    RuntimeServer, StorageMap, Toggle, Transaction,
+};
 use self::objects::{
-    Slot, backend_body, http_checks, parse_settings, parse_slot, slot_body, slot_name, slot_number,
-    slot_target,
+    Slot, backend_body, http_checks, parse_settings, parse_slot, server_port, server_weight,
+    slot_body, slot_name, slot_number, slot_target,
 };
 use self::segment::url_segment;
 use super::runtime::socket;
@@ -120,7 +123,7 @@ impl DataplaneDriver {
     pub async fn api_version(&self) -> Result<String, DataplaneError> {
         let info = match self
             .client
-            .call(Method::GET, "info", &["info"], &[], None)
+            .call(Method::GET, "info", &["info"], &[], NO_BODY)
             .await
         {
             Ok(a) => a,
@@ -132,10 +135,11 @@ impl DataplaneDriver {
             }
             Err(e) => return Err(e),
         };
-        let version = info.body["api"]["version"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
+        let version = info
+            .parse::<wire::Info>()?
+            .api
+            .and_then(|a| a.version)
+            .unwrap_or_default();
         let major = version
             .trim_start_matches('v')
             .split(['.', ' '])
@@ -167,16 +171,13 @@ impl DataplaneDriver {
                 "backends",
                 &seg(&CONF, &["backends"]),
                 &[("full_section", "true".into())],
-                None,
+                NO_BODY,
             )
             .await?;
         let version = backends
             .version
             .ok_or_else(|| DataplaneError::Protocol("no Configuration-Version header".into()))?;
-        let list = backends
-            .body
-            .as_array()
-            .ok_or_else(|| DataplaneError::Protocol("backends: expected an array".into()))?;
+        let list: Vec<wire::Backend> = backends.parse()?;
 
         let stats = self
             .client
@@ -185,41 +186,21 @@ impl DataplaneDriver {
                 "stats",
                 &["services", "haproxy", "stats", "native"],
                 &[("type", "server".into())],
-                None,
+                NO_BODY,
             )
             .await?;
         // (backend, server) → (status, sessions)
         let mut runtime: BTreeMap<(String, String), (String, u64)> = BTreeMap::new();
         // One `native_stats` object (the spec's 200 schema); `stats` is omitted when empty.
-        if !stats.body.is_object() {
-            return Err(DataplaneError::Protocol(
-                "stats/native: expected an object".into(),
-            ));
-        }
-        for st in stats
-            .body
-            .get("stats")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let (Some(b), Some(s)) = (
-                st.get("backend_name").and_then(Value::as_str),
-                st.get("name").and_then(Value::as_str),
-            ) else {
+        let stats: NativeStats = stats.parse()?;
+        for st in stats.stats.into_iter().flatten() {
+            let (Some(b), Some(s)) = (st.backend_name, st.name) else {
                 continue;
             };
-            let inner = st.get("stats");
-            let status = inner
-                .and_then(|x| x.get("status"))
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string();
-            let scur = inner
-                .and_then(|x| x.get("scur"))
-                .and_then(Value::as_u64)
-                .unwrap_or(0);
-            runtime.insert((b.to_string(), s.to_string()), (status, scur));
+            let inner = st.stats.unwrap_or_default();
+            let status = inner.status.unwrap_or_default();
+            let scur = inner.scur.and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
+            runtime.insert((b, s), (status, scur));
         }
 
         let mut live = Live::default();
@@ -227,30 +208,21 @@ impl DataplaneDriver {
             version,
             ..Observed::default()
         };
-        for b in list {
-            let Some(name) = b.get("name").and_then(Value::as_str) else {
-                continue;
-            };
-            let owned = b.get("description").and_then(Value::as_str) == Some(OWNER_MARKER);
-            let mode = match b.get("mode").and_then(Value::as_str) {
-                Some("tcp") => Mode::Tcp,
+        for b in &list {
+            let name = b.name.as_str();
+            let owned = b.description.as_deref() == Some(OWNER_MARKER);
+            let mode = match b.mode {
+                Some(ProxyMode::Tcp) => Mode::Tcp,
                 // Unset: inherited from `defaults`, which DPAPI does not show here; http is the
                 // common case for a backend a service would be routed to.
                 _ => Mode::Http,
             };
-            let balance = b
-                .get("balance")
-                .and_then(|x| x.get("algorithm"))
-                .and_then(Value::as_str)
-                .map(str::to_string);
-            let default_check = b
-                .get("default_server")
-                .and_then(|d| d.get("check"))
-                .and_then(Value::as_str)
-                == Some("enabled");
+            let balance = b.balance.as_ref().map(|x| x.algorithm.clone());
+            let default_check =
+                b.default_server.as_ref().and_then(|d| d.check) == Some(Toggle::Enabled);
             let mut servers = BTreeMap::new();
             let mut slots = Vec::new();
-            if let Some(map) = b.get("servers").and_then(Value::as_object) {
+            if let Some(map) = &b.servers {
                 for (sname, sv) in map {
                     let (status, sessions) = runtime
                         .get(&(name.to_string(), sname.clone()))
@@ -276,14 +248,7 @@ impl DataplaneDriver {
                         }
                         slots.push(slot);
                     } else {
-                        let endpoint = match (
-                            sv.get("address")
-                                .and_then(Value::as_str)
-                                .and_then(|a| a.parse().ok()),
-                            sv.get("port")
-                                .and_then(Value::as_u64)
-                                .and_then(|p| u16::try_from(p).ok()),
-                        ) {
+                        let endpoint = match (sv.address.parse().ok(), server_port(sv)) {
                             (Some(a), Some(p)) => Some(Endpoint::new(a, p)),
                             _ => None,
                         };
@@ -294,13 +259,8 @@ impl DataplaneDriver {
                                 endpoint,
                                 admin,
                                 op,
-                                check_enabled: sv.get("check").and_then(Value::as_str)
-                                    == Some("enabled"),
-                                weight: sv
-                                    .get("weight")
-                                    .and_then(Value::as_u64)
-                                    .and_then(|w| u16::try_from(w).ok())
-                                    .unwrap_or(1),
+                                check_enabled: sv.check == Some(Toggle::Enabled),
+                                weight: server_weight(sv),
                                 sessions,
                                 drain_started: None,
                             },
@@ -335,16 +295,11 @@ impl DataplaneDriver {
                     "backend_switching_rules",
                     &seg(&CONF, &["frontends", fe, "backend_switching_rules"]),
                     &[],
-                    None,
+                    NO_BODY,
                 )
                 .await?;
-            let existing: Vec<&str> = rules
-                .body
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|r| r.get("name").and_then(Value::as_str))
-                .collect();
+            let rules: Vec<BackendSwitchingRule> = rules.parse()?;
+            let existing: Vec<&str> = rules.iter().map(|r| r.name.as_str()).collect();
             observed.frontend_rules = existing.len();
             observed.missing_rules = route_rules(&self.opts.maps_dir)
                 .into_iter()
@@ -362,15 +317,13 @@ impl DataplaneDriver {
                         "storage_maps",
                         &["services", "haproxy", "storage", "maps"],
                         &[],
-                        None,
+                        NO_BODY,
                     )
                     .await?;
+                let stored: Vec<StorageMap> = stored.parse()?;
                 let names: Vec<&str> = stored
-                    .body
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|m| m.get("storage_name").and_then(Value::as_str))
+                    .iter()
+                    .filter_map(|m| m.storage_name.as_deref())
                     .collect();
                 observed.missing_maps = MatchKind::ALL
                     .into_iter()
@@ -387,7 +340,7 @@ impl DataplaneDriver {
                     "map_entries",
                     &seg(&RUNTIME, &["maps", map_name(kind), "entries"]),
                     &[],
-                    None,
+                    NO_BODY,
                 )
                 .await;
             let entries = match entries {
@@ -405,18 +358,12 @@ impl DataplaneDriver {
                 }
                 Err(e) => return Err(e),
             };
-            for e in entries.body.as_array().into_iter().flatten() {
-                if let (Some(k), Some(v)) = (
-                    e.get("key").and_then(Value::as_str),
-                    e.get("value").and_then(Value::as_str),
-                ) {
+            for e in entries.parse::<Vec<MapEntry>>()? {
+                if let (Some(key), Some(v)) = (e.key, e.value) {
                     live.routes
-                        .entry(RouteKey {
-                            kind,
-                            key: k.to_string(),
-                        })
+                        .entry(RouteKey { kind, key })
                         .or_default()
-                        .push(v.to_string());
+                        .push(v);
                 }
             }
         }
@@ -470,7 +417,7 @@ impl DataplaneDriver {
             .collect();
 
         // Structural part: one transaction.
-        let mut staged: Vec<(Method, &'static str, Vec<String>, Value)> = Vec::new();
+        let mut staged: Vec<(Method, &'static str, Vec<String>, Option<ConfigBody>)> = Vec::new();
         let mut reasons: Vec<String> = Vec::new();
         // Adds placed in new slots inside the transaction (not to be written again after it).
         let mut placed: BTreeSet<(String, Endpoint)> = BTreeSet::new();
@@ -481,14 +428,14 @@ impl DataplaneDriver {
                         Method::POST,
                         "backends",
                         vec!["backends".into()],
-                        backend_body(backend, settings),
+                        Some(ConfigBody::Backend(backend_body(backend, settings))),
                     ));
                     if matches!(settings.check, crate::model::CheckSpec::Http { .. }) {
                         staged.push((
                             Method::PUT,
                             "http_checks",
                             vec!["backends".into(), backend.clone(), "http_checks".into()],
-                            http_checks(&settings.check),
+                            Some(ConfigBody::HttpChecks(http_checks(&settings.check))),
                         ));
                     }
                     reasons.push(format!("create backend {backend}"));
@@ -502,13 +449,13 @@ impl DataplaneDriver {
                         Method::PUT,
                         "backends",
                         vec!["backends".into(), backend.clone()],
-                        backend_body(backend, settings),
+                        Some(ConfigBody::Backend(backend_body(backend, settings))),
                     ));
                     staged.push((
                         Method::PUT,
                         "http_checks",
                         vec!["backends".into(), backend.clone(), "http_checks".into()],
-                        http_checks(&settings.check),
+                        Some(ConfigBody::HttpChecks(http_checks(&settings.check))),
                     ));
                     reasons.push(format!("update backend {backend} ({})", changed.join(", ")));
                 }
@@ -517,7 +464,7 @@ impl DataplaneDriver {
                         Method::DELETE,
                         "backends",
                         vec!["backends".into(), backend.clone()],
-                        Value::Null,
+                        None,
                     ));
                     slots.remove(backend);
                     reasons.push(format!("delete backend {backend}"));
@@ -534,7 +481,12 @@ impl DataplaneDriver {
                                 "backend_switching_rules".into(),
                                 (observed.frontend_rules + i).to_string(),
                             ],
-                            json!({"name": name, "cond": "if", "cond_test": cond}),
+                            Some(ConfigBody::BackendSwitchingRule(BackendSwitchingRule {
+                                name: name.clone(),
+                                cond: Some(Cond::If),
+                                cond_test: Some(cond.clone()),
+                                metadata: None,
+                            })),
                         ));
                     }
                     reasons.push(format!("insert host-map rules into frontend {fe}"));
@@ -568,12 +520,12 @@ impl DataplaneDriver {
                     Method::POST,
                     "servers",
                     vec!["backends".into(), (*backend).to_string(), "servers".into()],
-                    slot_body(
+                    Some(ConfigBody::Server(slot_body(
                         &name,
                         fill.map(|(e, _)| e),
                         fill.map_or(1, |(_, w)| *w),
                         own_check,
-                    ),
+                    ))),
                 ));
                 if let Some((e, _)) = fill {
                     placed.insert(((*backend).to_string(), *e));
@@ -670,10 +622,12 @@ impl DataplaneDriver {
                     }
                 }
                 Action::ReadyServer { backend, server } => {
-                    self.runtime_state(backend, server, "ready").await?
+                    self.runtime_state(backend, server, wire::AdminState::Ready)
+                        .await?
                 }
                 Action::DrainServer { backend, server } => {
-                    self.runtime_state(backend, server, "drain").await?
+                    self.runtime_state(backend, server, wire::AdminState::Drain)
+                        .await?
                 }
                 Action::EnableCheck { backend, server } => {
                     // DPAPI cannot run `enable health` (dataplaneapi#299); a reload rebuilds the
@@ -746,7 +700,9 @@ impl DataplaneDriver {
                                     &["maps", map_name(route.kind), "entries", &args.key],
                                 ),
                                 &[("force_sync", "true".into())],
-                                Some(&json!({"value": args.value})),
+                                Some(&MapEntryValue {
+                                    value: args.value.clone(),
+                                }),
                             )
                             .await
                             .map(|_| ())
@@ -817,7 +773,7 @@ impl DataplaneDriver {
     async fn transaction(
         &self,
         version: i64,
-        staged: &[(Method, &'static str, Vec<String>, Value)],
+        staged: &[(Method, &'static str, Vec<String>, Option<ConfigBody>)],
     ) -> Result<i64, DataplaneError> {
         let start = self
             .client
@@ -826,29 +782,26 @@ impl DataplaneDriver {
                 "transactions",
                 &["services", "haproxy", "transactions"],
                 &[("version", version.to_string())],
-                None,
+                NO_BODY,
             )
             .await?;
         let id = start
-            .body
-            .get("id")
-            .and_then(Value::as_str)
-            .ok_or_else(|| DataplaneError::Protocol("transaction without id".into()))?
-            .to_string();
+            .parse::<Transaction>()?
+            .id
+            .ok_or_else(|| DataplaneError::Protocol("transaction without id".into()))?;
         if let Ok(mut g) = self.open_transaction.lock() {
             *g = Some(id.clone());
         }
         let result: Result<Answer, DataplaneError> = async {
             for (method, endpoint, rest, body) in staged {
                 let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
-                let body = (!body.is_null()).then_some(body);
                 self.client
                     .call(
                         method.clone(),
                         endpoint,
                         &seg(&CONF, &rest),
                         &[("transaction_id", id.clone())],
-                        body,
+                        body.as_ref(),
                     )
                     .await?;
             }
@@ -858,7 +811,7 @@ impl DataplaneDriver {
                     "transactions",
                     &["services", "haproxy", "transactions", &id],
                     &[("force_reload", "true".into())],
-                    None,
+                    NO_BODY,
                 )
                 .await
         }
@@ -884,7 +837,7 @@ impl DataplaneDriver {
                 "transactions",
                 &["services", "haproxy", "transactions", id],
                 &[],
-                None,
+                NO_BODY,
             )
             .await
             && !matches!(abort, DataplaneError::NotFound { .. })
@@ -898,7 +851,7 @@ impl DataplaneDriver {
         version: i64,
         backend: &str,
         server: &str,
-        body: &Value,
+        body: &wire::Server,
         report: &mut ApplyReport,
     ) -> Result<i64, DataplaneError> {
         let a = self
@@ -925,7 +878,7 @@ impl DataplaneDriver {
         &self,
         backend: &str,
         server: &str,
-        state: &str,
+        state: wire::AdminState,
     ) -> Result<(), DataplaneError> {
         self.client
             .call(
@@ -933,7 +886,10 @@ impl DataplaneDriver {
                 "runtime_servers",
                 &seg(&RUNTIME, &["backends", backend, "servers", server]),
                 &[],
-                Some(&json!({"admin_state": state})),
+                Some(&RuntimeServer {
+                    admin_state: Some(state),
+                    operational_state: None,
+                }),
             )
             .await
             .map(|_| ())
@@ -973,7 +929,11 @@ impl DataplaneDriver {
                 "map_entries",
                 &seg(&RUNTIME, &["maps", map_name(route.kind), "entries"]),
                 &[("force_sync", "true".into())],
-                Some(&json!({"key": args.key, "value": args.value})),
+                Some(&MapEntry {
+                    id: None,
+                    key: Some(args.key.clone()),
+                    value: Some(args.value.clone()),
+                }),
             )
             .await
             .map(|_| ())
@@ -988,7 +948,7 @@ impl DataplaneDriver {
                 "map_entries",
                 &seg(&RUNTIME, &["maps", map_name(route.kind), "entries", key]),
                 &[("force_sync", "true".into())],
-                None,
+                NO_BODY,
             )
             .await
         {

@@ -2,9 +2,10 @@
 //! once, each result a line (`Ok`: what was found; `Err`: the problem and what to do).
 
 use reqwest::Method;
-use serde_json::Value;
 
+use super::client::NO_BODY;
 use super::error::DataplaneError;
+use super::objects::wire::StorageMap;
 use super::{CONF, DataplaneDriver, seg};
 use crate::model::MatchKind;
 
@@ -16,7 +17,13 @@ impl DataplaneDriver {
         // Credentials and reachability: the configuration version needs both.
         match self
             .client
-            .call(Method::GET, "version", &seg(&CONF, &["version"]), &[], None)
+            .call(
+                Method::GET,
+                "version",
+                &seg(&CONF, &["version"]),
+                &[],
+                NO_BODY,
+            )
             .await
         {
             Ok(_) => out.push(Ok(format!(
@@ -28,7 +35,7 @@ impl DataplaneDriver {
                 )));
                 return out;
             }
-            Err(e @ (DataplaneError::Timeout(_) | DataplaneError::Transport(_))) => {
+            Err(e @ (DataplaneError::Timeout { .. } | DataplaneError::Transport { .. })) => {
                 out.push(Err(format!("Data Plane API {address}: {e}")));
                 return out;
             }
@@ -51,7 +58,7 @@ impl DataplaneDriver {
                     "frontends",
                     &seg(&CONF, &["frontends", fe]),
                     &[],
-                    None,
+                    NO_BODY,
                 )
                 .await
             {
@@ -69,17 +76,15 @@ impl DataplaneDriver {
                 "storage_maps",
                 &["services", "haproxy", "storage", "maps"],
                 &[],
-                None,
+                NO_BODY,
             )
             .await
+            .and_then(|a| a.parse::<Vec<StorageMap>>())
         {
-            Ok(a) => {
-                let names: Vec<&str> = a
-                    .body
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|m| m.get("storage_name").and_then(Value::as_str))
+            Ok(stored) => {
+                let names: Vec<&str> = stored
+                    .iter()
+                    .filter_map(|m| m.storage_name.as_deref())
                     .collect();
                 let missing: Vec<&str> = MatchKind::ALL
                     .iter()
@@ -88,12 +93,9 @@ impl DataplaneDriver {
                     .collect();
                 // The rules name `<haproxy.maps_dir>/<file>`: a DPAPI keeping its maps elsewhere
                 // (`--maps-dir`) would create files HAProxy never reads.
-                let elsewhere: Vec<String> = a
-                    .body
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|m| m.get("file").and_then(Value::as_str))
+                let elsewhere: Vec<String> = stored
+                    .iter()
+                    .filter_map(|m| m.file.as_deref())
                     .filter(|f| {
                         MatchKind::ALL
                             .iter()

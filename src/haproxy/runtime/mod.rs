@@ -463,7 +463,7 @@ impl RuntimeDriver {
                 }
                 let Some(endpoint) = s.endpoint else { continue };
                 let check = d.settings.check.is_enabled();
-                if let Err(m) = self
+                if let OpOutcome::Refused(m) = self
                     .add_server(
                         name,
                         &s.name,
@@ -485,7 +485,7 @@ impl RuntimeDriver {
         Ok(())
     }
 
-    /// `add server` (+ `enable health`) + `set server … state ready`. The inner error is a refusal
+    /// `add server` (+ `enable health`) + `set server … state ready`. A refusal carries its
     /// message (the next pass retries).
     #[allow(clippy::too_many_arguments)]
     async fn add_server(
@@ -498,7 +498,7 @@ impl RuntimeDriver {
         maxconn: Option<u32>,
         spec: &CheckSpec,
         report: &mut ApplyReport,
-    ) -> Result<Result<(), String>, DriverError> {
+    ) -> Result<OpOutcome, DriverError> {
         let target = match args(
             "add_server",
             backend,
@@ -506,7 +506,7 @@ impl RuntimeDriver {
             [Arg::Plain(&format!("{backend}/{server}"))],
         ) {
             Ok([t]) => t,
-            Err(m) => return Ok(Err(m)),
+            Err(m) => return Ok(OpOutcome::Refused(m)),
         };
         let mut cmd = format!("add server {target} {endpoint}");
         if check {
@@ -530,27 +530,28 @@ impl RuntimeDriver {
         for (cmd, success) in &steps {
             if let Some(m) = self.change(cmd, success, report).await?.failure(cmd) {
                 warn!(backend, object = server, op = "add_server", message = %m, "HAProxy refused");
-                return Ok(Err(m));
+                return Ok(OpOutcome::Refused(m));
             }
         }
         info!(backend, server, op = "add_server", %endpoint, weight, check, "server added");
-        Ok(Ok(()))
+        Ok(OpOutcome::Applied)
     }
 
-    /// One runtime operation. `Ok(Err(message))` is a refusal: by HAProxy, or by the driver before
-    /// sending anything when an argument cannot be carried by the CLI (see [`socket::cli_arg`]).
+    /// One runtime operation. [`OpOutcome::Refused`] is a refusal: by HAProxy, or by the driver
+    /// before sending anything when an argument cannot be carried by the CLI (see
+    /// [`socket::cli_arg`]).
     async fn apply_runtime_op(
         &self,
         action: &Action,
         live: &Live,
         desired: &Desired,
         report: &mut ApplyReport,
-    ) -> Result<Result<(), String>, DriverError> {
+    ) -> Result<OpOutcome, DriverError> {
         macro_rules! args {
             ($op:expr, $backend:expr, $object:expr, [$($arg:expr),+]) => {
                 match args($op, $backend, $object, [$($arg),+]) {
                     Ok(a) => a,
-                    Err(m) => return Ok(Err(m)),
+                    Err(m) => return Ok(OpOutcome::Refused(m)),
                 }
             };
         }
@@ -629,17 +630,17 @@ impl RuntimeDriver {
                     [Arg::Plain(&format!("{backend}/{server}"))]
                 );
                 let maint = format!("set server {t} state maint");
-                if let Err(m) = self
+                if let OpOutcome::Refused(m) = self
                     .refusal(&maint, &[], report, "remove_server", backend, server)
                     .await?
                 {
-                    return Ok(Err(m));
+                    return Ok(OpOutcome::Refused(m));
                 }
                 let del = format!("del server {t}");
                 match self.change(&del, &["Server deleted."], report).await? {
                     Outcome::Done => {
                         info!(backend = %backend, server = %server, op = "remove_server", "server deleted");
-                        Ok(Ok(()))
+                        Ok(OpOutcome::Applied)
                     }
                     Outcome::Refused(m) if m.contains("still has connections") => {
                         // The diff asks for removal when sessions are gone or the drain timed
@@ -647,15 +648,17 @@ impl RuntimeDriver {
                         let shut = format!("shutdown sessions server {t}");
                         let _ = self.change(&shut, &[], report).await?;
                         match self.change(&del, &["Server deleted."], report).await? {
-                            Outcome::Done => Ok(Ok(())),
+                            Outcome::Done => Ok(OpOutcome::Applied),
                             Outcome::Refused(m) => {
                                 info!(backend = %backend, server = %server, op = "remove_server", reason = %m, "server still busy; left for the next pass");
-                                Ok(Ok(()))
+                                Ok(OpOutcome::Applied)
                             }
-                            other => Ok(Err(other.failure(&del).unwrap_or_default())),
+                            other => {
+                                Ok(OpOutcome::Refused(other.failure(&del).unwrap_or_default()))
+                            }
                         }
                     }
-                    other => Ok(Err(other.failure(&del).unwrap_or_default())),
+                    other => Ok(OpOutcome::Refused(other.failure(&del).unwrap_or_default())),
                 }
             }
             Action::AddRoute { route, backend } => {
@@ -690,11 +693,11 @@ impl RuntimeDriver {
                         .await
                 } else {
                     let del = format!("del map {file} {key}");
-                    if let Err(m) = self
+                    if let OpOutcome::Refused(m) = self
                         .refusal(&del, &[], report, "set_route", backend, &route.key)
                         .await?
                     {
-                        return Ok(Err(m));
+                        return Ok(OpOutcome::Refused(m));
                     }
                     let add = format!("add map {file} {key} {value}");
                     self.refusal(&add, &[], report, "set_route", backend, &route.key)
@@ -716,7 +719,7 @@ impl RuntimeDriver {
                     .await
             }
             // This driver never reports the rules missing: the frontend is the user's file.
-            Action::InsertRouteRules => Ok(Ok(())),
+            Action::InsertRouteRules => Ok(OpOutcome::Applied),
             Action::CreateBackend { backend, .. }
             | Action::UpdateBackend { backend, .. }
             | Action::DeleteBackend { backend } => Err(DriverError::Other(format!(
@@ -733,19 +736,29 @@ impl RuntimeDriver {
         op: &'static str,
         backend: &str,
         object: &str,
-    ) -> Result<Result<(), String>, DriverError> {
+    ) -> Result<OpOutcome, DriverError> {
         let outcome = self.change(cmd, success, report).await?;
         match outcome.failure(cmd) {
             None => {
                 info!(backend, object, op, "applied");
-                Ok(Ok(()))
+                Ok(OpOutcome::Applied)
             }
             Some(m) => {
                 warn!(backend, object, op, message = %m, "HAProxy refused");
-                Ok(Err(m))
+                Ok(OpOutcome::Refused(m))
             }
         }
     }
+}
+
+/// What became of one runtime operation that HAProxy (or the driver, before sending) can refuse
+/// without failing the pass. Failures that end the pass are the `Err` around it.
+#[derive(Debug, PartialEq, Eq)]
+#[must_use]
+enum OpOutcome {
+    Applied,
+    /// Refused: the message for the pass's report; the next pass retries.
+    Refused(String),
 }
 
 /// One variable argument of a CLI command.
@@ -923,8 +936,8 @@ impl Driver for RuntimeDriver {
                 .apply_runtime_op(&op.action, live, desired, &mut report)
                 .await?
             {
-                Ok(()) => report.applied += 1,
-                Err(m) => refused.push(m),
+                OpOutcome::Applied => report.applied += 1,
+                OpOutcome::Refused(m) => refused.push(m),
             }
         }
         // Persist for the next reload or restart.

@@ -1,0 +1,252 @@
+//! Pure translation between the core's model and Data Plane API objects ([`wire`]): backend
+//! bodies, the `http_checks` list, server slots, and reading settings back. No I/O.
+//!
+//! Servers live in **slots**: `hnc_slot_<n>` servers written into the configuration with their
+//! checks, so filling or emptying one is a `PUT` of address, port, weight and maintenance only,
+//! which DPAPI applies through the runtime API with no reload (CONTRACTS §2.5). An empty slot
+//! points at [`PLACEHOLDER_ADDRESS`]:[`PLACEHOLDER_PORT`] in maintenance.
+
+pub mod wire;
+
+use self::wire::{
+    AdvCheck, Backend, Balance as WireBalance, DefaultServer, ExpectMatch, HttpCheck,
+    HttpCheckType, ProxyMode, ReturnHeader, Server, Toggle,
+};
+use crate::model::{
+    BackendSettings, Balance, CheckSpec, CheckTiming, Endpoint, Mode, OWNER_MARKER, SERVER_PREFIX,
+};
+
+pub const PLACEHOLDER_ADDRESS: &str = "127.0.0.1";
+pub const PLACEHOLDER_PORT: u16 = 1;
+/// Slots a backend starts with at least.
+pub const MIN_SLOTS: usize = 4;
+
+/// The name of slot `n` (1-based), zero-padded so names sort in slot order.
+pub fn slot_name(n: usize) -> String {
+    format!("{SERVER_PREFIX}slot_{n:04}")
+}
+
+/// The slot number of a slot name.
+pub fn slot_number(name: &str) -> Option<usize> {
+    name.strip_prefix(SERVER_PREFIX)?
+        .strip_prefix("slot_")?
+        .parse()
+        .ok()
+}
+
+/// Slots to have for `needed` servers when there are `current`: unchanged when they fit;
+/// otherwise doubled (at least to the next power of two ≥ `needed`, at least [`MIN_SLOTS`]).
+pub fn slot_target(current: usize, needed: usize) -> usize {
+    if needed <= current {
+        return current;
+    }
+    needed.next_power_of_two().max(current * 2).max(MIN_SLOTS)
+}
+
+/// A backend body for an owned backend. Check parameters sit in `default_server`, so the slots
+/// inherit them and a settings change rewrites one object.
+pub fn backend_body(name: &str, s: &BackendSettings) -> Backend {
+    let timing = s.check.timing();
+    Backend {
+        name: name.to_string(),
+        description: Some(OWNER_MARKER.to_string()),
+        mode: Some(match s.mode {
+            Mode::Http => ProxyMode::Http,
+            Mode::Tcp => ProxyMode::Tcp,
+        }),
+        balance: Some(WireBalance {
+            algorithm: s.balance.as_str().to_string(),
+        }),
+        adv_check: matches!(s.check, CheckSpec::Http { .. }).then_some(AdvCheck::Httpchk),
+        check_timeout: timing.map(|t| i64::from(t.timeout_ms)),
+        default_server: Some(DefaultServer {
+            check: Some(Toggle::from_bool(s.check.is_enabled())),
+            inter: timing.map(|t| i64::from(t.interval_ms)),
+            rise: timing.map(|t| i64::from(t.rise)),
+            fall: timing.map(|t| i64::from(t.fall)),
+            maxconn: s.maxconn.map(i64::from),
+        }),
+        servers: None,
+        http_check_list: None,
+    }
+}
+
+/// The `http_checks` list of an owned backend: the request (with a Host header through a `send`
+/// rule, never `httpchk_params.host`) and the accepted statuses.
+pub fn http_checks(check: &CheckSpec) -> Vec<HttpCheck> {
+    let CheckSpec::Http {
+        method,
+        path,
+        host,
+        expect,
+        ..
+    } = check
+    else {
+        return Vec::new();
+    };
+    let mut send = HttpCheck::new(HttpCheckType::Send);
+    send.method = Some(method.clone());
+    send.uri = Some(path.clone());
+    match host {
+        Some(h) => {
+            send.version = Some("HTTP/1.1".to_string());
+            send.headers = Some(vec![ReturnHeader {
+                name: "Host".to_string(),
+                fmt: h.clone(),
+            }]);
+        }
+        None => send.version = Some("HTTP/1.0".to_string()),
+    }
+    let mut list = vec![send];
+    if let Some((lo, hi)) = expect {
+        let pattern = if lo == hi {
+            lo.to_string()
+        } else {
+            format!("{lo}-{hi}")
+        };
+        let mut rule = HttpCheck::new(HttpCheckType::Expect);
+        rule.match_ = Some(ExpectMatch::Status);
+        rule.pattern = Some(pattern);
+        list.push(rule);
+    }
+    list
+}
+
+/// A slot's configuration body. In an owned backend the check comes from `default_server`; in a
+/// custom or adopted backend (whose settings are not ours) the slot carries its own check
+/// parameters from `own_check`. The same fields are sent on every write, so a fill or release
+/// differs only in runtime-capable fields and never reloads.
+pub fn slot_body(
+    name: &str,
+    endpoint: Option<&Endpoint>,
+    weight: u16,
+    own_check: Option<&BackendSettings>,
+) -> Server {
+    let (address, port, maintenance) = match endpoint {
+        Some(e) => (e.addr.to_string(), e.port, Toggle::Disabled),
+        None => (
+            PLACEHOLDER_ADDRESS.to_string(),
+            PLACEHOLDER_PORT,
+            Toggle::Enabled,
+        ),
+    };
+    let timing = own_check.and_then(|s| s.check.timing());
+    Server {
+        name: name.to_string(),
+        address,
+        port: Some(i64::from(port)),
+        weight: Some(i64::from(weight)),
+        maintenance: Some(maintenance),
+        check: own_check.map(|s| Toggle::from_bool(s.check.is_enabled())),
+        inter: timing.map(|t| i64::from(t.interval_ms)),
+        rise: timing.map(|t| i64::from(t.rise)),
+        fall: timing.map(|t| i64::from(t.fall)),
+        maxconn: own_check.and_then(|s| s.maxconn).map(i64::from),
+    }
+}
+
+/// A slot as found in the configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Slot {
+    pub name: String,
+    /// `None` for an empty slot.
+    pub endpoint: Option<Endpoint>,
+    pub weight: u16,
+    /// Carries `check: enabled` itself (slots in backends that are not ours).
+    pub check: Option<bool>,
+}
+
+/// A server's weight as the core holds it (1 when absent or out of range).
+pub fn server_weight(server: &Server) -> u16 {
+    server
+        .weight
+        .and_then(|w| u16::try_from(w).ok())
+        .unwrap_or(1)
+}
+
+/// A server's port, when it is one.
+pub fn server_port(server: &Server) -> Option<u16> {
+    server.port.and_then(|p| u16::try_from(p).ok())
+}
+
+/// Reads a configuration server object as a slot, if it is one of ours.
+pub fn parse_slot(server: &Server) -> Option<Slot> {
+    slot_number(&server.name)?;
+    let address = server.address.as_str();
+    let port = server_port(server);
+    let maint = server.maintenance == Some(Toggle::Enabled);
+    let endpoint = match (address.parse(), port) {
+        (Ok(addr), Some(port))
+            if !(maint && address == PLACEHOLDER_ADDRESS && port == PLACEHOLDER_PORT) =>
+        {
+            Some(Endpoint::new(addr, port))
+        }
+        _ => None,
+    };
+    Some(Slot {
+        name: server.name.clone(),
+        endpoint,
+        weight: server_weight(server),
+        check: server.check.map(Toggle::is_enabled),
+    })
+}
+
+/// An owned backend's settings read back from its configuration (`full_section=true` object).
+/// `None` when they are not in the shape the connector writes (they will be rewritten).
+pub fn parse_settings(b: &Backend) -> Option<BackendSettings> {
+    let mode = match b.mode? {
+        ProxyMode::Http => Mode::Http,
+        ProxyMode::Tcp => Mode::Tcp,
+        ProxyMode::Log => return None,
+    };
+    let balance = Balance::parse(&b.balance.as_ref()?.algorithm)?;
+    let ds = b.default_server.as_ref()?;
+    let u32_of = |v: Option<i64>| v.and_then(|n| u32::try_from(n).ok());
+    let maxconn = u32_of(ds.maxconn);
+    let check = if ds.check != Some(Toggle::Enabled) {
+        CheckSpec::None
+    } else {
+        let timing = CheckTiming {
+            interval_ms: u32_of(ds.inter)?,
+            timeout_ms: u32_of(b.check_timeout)?,
+            rise: u32_of(ds.rise)?,
+            fall: u32_of(ds.fall)?,
+        };
+        if b.adv_check == Some(AdvCheck::Httpchk) {
+            let list = b.http_check_list.as_ref()?;
+            let send = list.iter().find(|r| r.kind == HttpCheckType::Send)?;
+            let host = send
+                .headers
+                .iter()
+                .flatten()
+                .find(|x| x.name == "Host")
+                .map(|x| x.fmt.clone());
+            let expect = match list.iter().find(|r| r.kind == HttpCheckType::Expect) {
+                None => None,
+                Some(e) => {
+                    let p = e.pattern.as_deref()?;
+                    let (lo, hi) = p.split_once('-').unwrap_or((p, p));
+                    Some((lo.parse().ok()?, hi.parse().ok()?))
+                }
+            };
+            CheckSpec::Http {
+                method: send.method.clone()?,
+                path: send.uri.clone()?,
+                host,
+                expect,
+                timing,
+            }
+        } else {
+            CheckSpec::Tcp { timing }
+        }
+    };
+    Some(BackendSettings {
+        mode,
+        balance,
+        check,
+        maxconn,
+    })
+}
+
+#[cfg(test)]
+mod tests;
