@@ -4,6 +4,7 @@
 //! [`plan`] (diff → ordered plan), over the shared vocabulary in [`model`].
 
 pub mod app;
+pub mod call_metrics;
 pub mod catalog;
 pub mod cli;
 pub mod config;

@@ -7,8 +7,10 @@ use std::time::Duration;
 use crate::support::dataplane::{
     BaseConfig, DataplaneDouble, FrontendSpec, Options as DoubleOptions,
 };
+use haproxy_nomad_connector::call_metrics::CallMetrics;
 use haproxy_nomad_connector::catalog::{Instance, Service, ServiceKey, Snapshot};
 use haproxy_nomad_connector::desired::{Desired, Policy};
+use haproxy_nomad_connector::haproxy::dataplane::client::Timeouts;
 use haproxy_nomad_connector::haproxy::dataplane::{DataplaneDriver, Options};
 use haproxy_nomad_connector::haproxy::{ApplyReport, Driver, DriverError};
 use haproxy_nomad_connector::live::Live;
@@ -109,14 +111,20 @@ fn base() -> BaseConfig {
 }
 
 fn driver(dp: &DataplaneDouble, frontend: Option<&str>) -> DataplaneDriver {
-    DataplaneDriver::new(Options {
-        address: dp.url().parse().expect("url"),
-        username: dp.user(),
-        password: Some(haproxy_nomad_connector::config::Secret::new(dp.password())),
-        frontend: frontend.map(String::from),
-        maps_dir: MAPS.into(),
-        timeout: Duration::from_secs(5),
-    })
+    DataplaneDriver::new(
+        Options {
+            address: dp.url().parse().expect("url"),
+            username: dp.user(),
+            password: Some(haproxy_nomad_connector::config::Secret::new(dp.password())),
+            frontend: frontend.map(String::from),
+            maps_dir: MAPS.into(),
+            timeouts: Timeouts {
+                call: Duration::from_secs(5),
+                reload: Duration::from_secs(5),
+            },
+        },
+        CallMetrics::disabled(),
+    )
     .expect("driver")
 }
 

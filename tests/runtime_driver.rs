@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::haproxy::{self, Haproxy};
 use crate::support::http::{self, Instance};
+use haproxy_nomad_connector::call_metrics::CallMetrics;
 use haproxy_nomad_connector::catalog::{Instance as Registration, Service, ServiceKey, Snapshot};
 use haproxy_nomad_connector::desired::{Desired, Policy};
 use haproxy_nomad_connector::haproxy::Driver;
@@ -86,14 +87,14 @@ impl Env {
 
     fn boot(files: &tempfile::TempDir, port: u16, hand_port: u16) -> (Haproxy, RuntimeDriver) {
         let cfg = Self::cfg(files, None);
-        RuntimeDriver::new(cfg.clone())
+        RuntimeDriver::new(cfg.clone(), CallMetrics::disabled())
             .ensure_files()
             .expect("create files");
         let lb = Haproxy::start_with(
             &main_body(port, &cfg.maps_dir, hand_port),
             &[files.path().join("conf.d")],
         );
-        let driver = RuntimeDriver::new(Self::cfg(files, Some(&lb)));
+        let driver = RuntimeDriver::new(Self::cfg(files, Some(&lb)), CallMetrics::disabled());
         (lb, driver)
     }
 
@@ -597,7 +598,7 @@ async fn a_rejected_candidate_restores_the_fragment_and_reports_haproxy_message(
     std::fs::write(&broken, "backend broken\n    balance no-such-algorithm\n").expect("write");
     let mut cfg = env.driver.config().clone();
     cfg.configs.push(broken);
-    let bad = RuntimeDriver::new(cfg);
+    let bad = RuntimeDriver::new(cfg, CallMetrics::disabled());
     let before = std::fs::read_to_string(env.fragment_path()).expect("fragment");
     let err = run_pass(&bad, &snap, &env.policy, &mut env.drains, true)
         .await

@@ -29,8 +29,7 @@ use tokio::net::TcpListener;
 use crate::metrics::Metrics;
 pub use server::{HEADER_READ_TIMEOUT, Limits, MAX_CONNECTIONS, REQUEST_TIMEOUT, SHUTDOWN_GRACE};
 pub use status::{
-    Condition, DriverState, Liveness, NomadState, NotReady, PassRecord, Readiness, Status,
-    StatusView,
+    Condition, DriverState, Liveness, NomadState, NotReady, Readiness, Status, StatusView,
 };
 
 /// A failure of the HTTP server itself.

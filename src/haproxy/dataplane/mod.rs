@@ -18,13 +18,12 @@ pub mod segment;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
-use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{Value, json};
 use url::Url;
 
-use self::client::{Answer, Client};
+use self::client::{Answer, Client, Timeouts};
 use self::error::DataplaneError;
 use self::objects::{
     Slot, backend_body, http_checks, parse_settings, parse_slot, slot_body, slot_name, slot_number,
@@ -33,6 +32,7 @@ use self::objects::{
 use self::segment::url_segment;
 use super::runtime::socket;
 use super::{ApplyReport, Driver, DriverError, Reload, ReloadKind};
+use crate::call_metrics::CallMetrics;
 use crate::config::Secret;
 use crate::desired::{Desired, Ownership};
 use crate::live::{Live, LiveBackend, LiveServer};
@@ -52,7 +52,8 @@ pub struct Options {
     pub frontend: Option<String>,
     /// The directory DPAPI keeps maps in (`--maps-dir`), used in the frontend rules.
     pub maps_dir: String,
-    pub timeout: Duration,
+    /// How long a request may take, by whether it waits for a reload.
+    pub timeouts: Timeouts,
 }
 
 /// What observe learnt beyond the core's model, needed to apply.
@@ -90,12 +91,14 @@ fn map_name(kind: MatchKind) -> &'static str {
 }
 
 impl DataplaneDriver {
-    pub fn new(opts: Options) -> Result<DataplaneDriver, DriverError> {
+    /// A driver for the API at `opts.address`; its client records every request in `calls`.
+    pub fn new(opts: Options, calls: CallMetrics) -> Result<DataplaneDriver, DriverError> {
         let client = Client::new(
             &opts.address,
             &opts.username,
             opts.password.clone(),
-            opts.timeout,
+            opts.timeouts,
+            calls,
         )?;
         Ok(DataplaneDriver {
             client,
@@ -1131,13 +1134,5 @@ impl Driver for DataplaneDriver {
             tracing::info!(transaction = %id, "aborting the transaction of an abandoned pass");
             self.abort(&id).await;
         }
-    }
-
-    fn request_counts(&self) -> Vec<(String, String, u64)> {
-        self.client
-            .request_counts()
-            .into_iter()
-            .map(|((endpoint, status), n)| (endpoint.to_string(), status, n))
-            .collect()
     }
 }
