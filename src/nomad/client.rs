@@ -560,6 +560,52 @@ mod tests {
         assert!(!format!("{e:?}").contains("s3cr3t"), "{e:?}");
     }
 
+    /// The event stream must answer with its headers within the slack (Nomad sends them at
+    /// once); a server that accepts and stays silent is a timeout, counted and timed as one.
+    #[tokio::test]
+    async fn a_silent_event_stream_times_out_after_the_slack_and_is_timed_as_a_timeout() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        // Accepts and holds connections without ever answering.
+        let silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                held.push(conn);
+            }
+        });
+        let requests = prometheus::IntCounterVec::new(
+            prometheus::Opts::new("r_total", "r"),
+            &["endpoint", "status"],
+        )
+        .expect("counter");
+        let durations = prometheus::HistogramVec::new(
+            prometheus::HistogramOpts::new("d_seconds", "d"),
+            &["endpoint", "status"],
+        )
+        .expect("histogram");
+        let slack = Duration::from_millis(300);
+        let client = NomadClient::with_slack(
+            &config(&format!("http://127.0.0.1:{port}")),
+            Arc::default(),
+            CallMetrics::new(requests.clone(), durations.clone(), None),
+            slack,
+        )
+        .expect("client");
+        let started = Instant::now();
+        let e = client.event_stream("*", 0).await.expect_err("no answer");
+        let took = started.elapsed();
+        assert!(matches!(e, NomadError::Timeout { .. }), "{e:?}");
+        assert!(took >= slack && took < slack * 10, "gave up after {took:?}");
+        assert_eq!(requests.with_label_values(&["stream", "error"]).get(), 1);
+        let h = durations.with_label_values(&["stream", "timeout"]);
+        assert_eq!(h.get_sample_count(), 1);
+        assert!(h.get_sample_sum() >= slack.as_secs_f64());
+        assert_eq!(client.stats().snapshot().requests_to(Endpoint::Stream), 1);
+        silent.abort();
+    }
+
     #[test]
     fn unix_addresses_use_a_local_base() {
         let client = NomadClient::new(
