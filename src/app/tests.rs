@@ -34,16 +34,18 @@ async fn status_doc(metrics: &Arc<Metrics>, status: &Arc<Status>) -> Value {
 
 /// A pass that applied a backend removal and a drain, caused one reload and skipped one service.
 fn applied_outcome() -> PassOutcome {
-    let mut desired = Desired::default();
-    desired.diagnostics = vec![Diagnostic {
-        namespace: "default".into(),
-        service: "bad".into(),
-        severity: Severity::Skipped,
-        reason: Reason::InvalidTag,
-        tag: Some("haproxy.weight=x".into()),
-        value: Some("x".into()),
-        message: "not a number".into(),
-    }];
+    let desired = Desired {
+        diagnostics: vec![Diagnostic {
+            namespace: "default".into(),
+            service: "bad".into(),
+            severity: Severity::Skipped,
+            reason: Reason::InvalidTag,
+            tag: Some("haproxy.weight=x".into()),
+            value: Some("x".into()),
+            message: "not a number".into(),
+        }],
+        ..Desired::default()
+    };
     let plan = Plan {
         ops: vec![
             Op::new(
