@@ -416,7 +416,7 @@ impl Metrics {
     }
 
     /// Brings the series `labels` of `counter` up to `cumulative`, a count kept elsewhere that
-    /// only grows (for example the watcher's request counters): adds the difference since the
+    /// only grows (for example the watcher's event counters): adds the difference since the
     /// last call. A smaller value than last time means the source restarted from zero; then the
     /// whole value is added. Only use it for series that nothing else increments.
     pub fn sync_counter(&self, counter: &IntCounterVec, labels: &[&str], cumulative: u64) {

@@ -73,7 +73,7 @@ impl AppState {
     }
 
     /// The same state calling `hook` before each `/metrics` render, for example to copy the
-    /// watcher's request counters in with [`Metrics::sync_counter`].
+    /// watcher's event counters in with [`Metrics::sync_counter`].
     pub fn on_scrape(self, hook: impl Fn(&Metrics) + Send + Sync + 'static) -> AppState {
         AppState {
             on_scrape: Some(Arc::new(hook)),
