@@ -302,6 +302,22 @@ mod tests {
     }
 
     #[test]
+    fn a_call_that_waits_for_a_reload_gets_the_reload_timeout() {
+        let t = Timeouts {
+            call: Duration::from_secs(1),
+            reload: Duration::from_secs(9),
+        };
+        let force = [("force_reload", "true".to_string())];
+        let version = [("version", "3".to_string())];
+        assert_eq!(t.of(&Method::PUT, "transactions", &[]), t.reload, "commit");
+        assert_eq!(t.of(&Method::PUT, "servers", &force), t.reload);
+        assert_eq!(t.of(&Method::POST, "transactions", &version), t.call);
+        assert_eq!(t.of(&Method::DELETE, "transactions", &[]), t.call);
+        assert_eq!(t.of(&Method::PUT, "servers", &version), t.call);
+        assert_eq!(t.of(&Method::GET, "backends", &[]), t.call);
+    }
+
+    #[test]
     fn every_segment_is_encoded_and_proven() {
         let c = client("http://dp.test:5555");
         let url = c

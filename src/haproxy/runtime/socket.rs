@@ -381,6 +381,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn commands_are_labelled_by_verb_and_object_and_a_reload_waits_longer() {
+        assert_eq!(command_endpoint("show servers state web"), "show_servers");
+        assert_eq!(
+            command_endpoint("add server web/hnc_1 10.0.0.1:80 check"),
+            "add_server"
+        );
+        assert_eq!(
+            command_endpoint("set map /m/hnc_exact.map a.test web"),
+            "set_map"
+        );
+        assert_eq!(command_endpoint("reload"), "reload");
+        // Never an argument: anything unknown is `other`.
+        assert_eq!(command_endpoint("show web/hnc_1"), "other");
+        assert_eq!(command_endpoint(""), "other");
+        assert_eq!(command_timeout("reload"), RELOAD_TIMEOUT);
+        assert_eq!(command_timeout("show_proc"), COMMAND_TIMEOUT);
+    }
+
+    #[test]
     fn outcome_on_both_versions_framing() {
         // 3.0: one trailing LF on the message plus the command terminator; 2.6: often none.
         assert_eq!(
