@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use haproxy_nomad_connector::app;
+use haproxy_nomad_connector::call_metrics::CallMetrics;
 use haproxy_nomad_connector::catalog::{Instance, Service, ServiceKey, Snapshot};
 use haproxy_nomad_connector::config::RuntimeConfig;
 use haproxy_nomad_connector::config::{Config, Layer};
@@ -131,14 +132,14 @@ fn main() {
         binary: haproxy::binary(),
         configs: Vec::new(),
     };
-    RuntimeDriver::new(cfg.clone())
+    RuntimeDriver::new(cfg.clone(), CallMetrics::disabled())
         .ensure_files()
         .expect("files");
     let lb = haproxy::Haproxy::start_with(&body, &[files.path().join("conf.d")]);
     cfg.master_socket = lb.master_socket.clone();
     cfg.admin_socket = Some(lb.admin_socket.clone());
     cfg.configs = vec![lb.config.clone()];
-    let driver = RuntimeDriver::new(cfg);
+    let driver = RuntimeDriver::new(cfg, CallMetrics::disabled());
     println!(
         "runtime driver bench against {} ({events} events)",
         haproxy::version_line(&lb.bin)

@@ -7,18 +7,21 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use crate::call_metrics::CallMetrics;
 use crate::catalog::Snapshot;
 use crate::config::{Config, DriverKind};
 use crate::desired::Policy;
+use crate::haproxy::dataplane::client::Timeouts as DataplaneTimeouts;
 use crate::haproxy::dataplane::{DataplaneDriver, Options as DataplaneOptions};
 use crate::haproxy::runtime::RuntimeDriver;
 use crate::haproxy::{ApplyReport, Driver, DriverError};
-use crate::http::{self, AppState, Condition, DriverState, NomadState, Status};
+use crate::http::{self, AppState, Condition, NomadState, Status};
 use crate::live::Live;
-use crate::metrics::{Metrics, PassResult, op_kind_label};
+use crate::metrics::Metrics;
 use crate::nomad::{NomadClient, NomadStats, Watcher, WatcherSettings};
 use crate::plan::{Plan, render};
-use crate::reconcile::controller::{Controller, PassRecord, Relists, Settings};
+use crate::reconcile::PassReport;
+use crate::reconcile::controller::{Controller, Relists, Settings};
 use crate::reconcile::pass::run_pass;
 use hnc_core::drains::DrainClock;
 
@@ -32,7 +35,7 @@ pub enum AppError {
     Pass(String),
 }
 
-/// A driver shared between the controller and the metrics scrape.
+/// A driver shared with its owner (tests keep a handle on the driver the controller runs).
 impl<T: Driver> Driver for Arc<T> {
     fn name(&self) -> &'static str {
         (**self).name()
@@ -50,9 +53,6 @@ impl<T: Driver> Driver for Arc<T> {
     }
     async fn abandon(&self) {
         (**self).abandon().await;
-    }
-    fn request_counts(&self) -> Vec<(String, String, u64)> {
-        (**self).request_counts()
     }
 }
 
@@ -104,15 +104,18 @@ fn settings(config: &Config) -> Settings {
     }
 }
 
-fn dataplane(config: &Config) -> Result<DataplaneDriver, AppError> {
-    DataplaneDriver::new(DataplaneOptions {
-        address: config.haproxy.address.clone(),
-        username: config.haproxy.username.clone(),
-        password: config.haproxy.password.clone(),
-        frontend: config.haproxy.frontend.clone(),
-        maps_dir: config.haproxy.runtime.maps_dir.clone(),
-        timeout: Duration::from_secs(30),
-    })
+fn dataplane(config: &Config, calls: CallMetrics) -> Result<DataplaneDriver, AppError> {
+    DataplaneDriver::new(
+        DataplaneOptions {
+            address: config.haproxy.address.clone(),
+            username: config.haproxy.username.clone(),
+            password: config.haproxy.password.clone(),
+            frontend: config.haproxy.frontend.clone(),
+            maps_dir: config.haproxy.runtime.maps_dir.clone(),
+            timeouts: DataplaneTimeouts::default(),
+        },
+        calls,
+    )
     .map_err(|e| AppError::Setup(e.to_string()))
 }
 
@@ -123,12 +126,14 @@ pub enum AnyDriver {
 }
 
 impl AnyDriver {
-    pub fn from_config(config: &Config) -> Result<AnyDriver, AppError> {
+    /// The configured driver, its client recording every request or command in `calls`.
+    pub fn from_config(config: &Config, calls: CallMetrics) -> Result<AnyDriver, AppError> {
         Ok(match config.haproxy.driver {
-            DriverKind::Dataplane => AnyDriver::Dataplane(Box::new(dataplane(config)?)),
-            DriverKind::Runtime => {
-                AnyDriver::Runtime(Box::new(RuntimeDriver::new(config.haproxy.runtime.clone())))
-            }
+            DriverKind::Dataplane => AnyDriver::Dataplane(Box::new(dataplane(config, calls)?)),
+            DriverKind::Runtime => AnyDriver::Runtime(Box::new(RuntimeDriver::new(
+                config.haproxy.runtime.clone(),
+                calls,
+            ))),
         })
     }
 }
@@ -163,18 +168,13 @@ impl Driver for AnyDriver {
             AnyDriver::Runtime(d) => d.abandon().await,
         }
     }
-    fn request_counts(&self) -> Vec<(String, String, u64)> {
-        match self {
-            AnyDriver::Dataplane(d) => d.request_counts(),
-            AnyDriver::Runtime(d) => d.request_counts(),
-        }
-    }
 }
 
-fn watcher(config: &Config) -> Result<Watcher, AppError> {
+/// A watcher whose Nomad client records its requests in `calls`.
+fn watcher(config: &Config, calls: CallMetrics) -> Result<Watcher, AppError> {
     let stats = Arc::new(NomadStats::default());
-    let client =
-        NomadClient::new(&config.nomad, stats).map_err(|e| AppError::Setup(e.to_string()))?;
+    let client = NomadClient::new(&config.nomad, stats, calls)
+        .map_err(|e| AppError::Setup(e.to_string()))?;
     Ok(Watcher::spawn(
         client,
         WatcherSettings::from_config(&config.nomad),
@@ -194,15 +194,16 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
     let listener = http::bind(config.http.listen)
         .await
         .map_err(|e| AppError::Setup(e.to_string()))?;
-    let driver = Arc::new(AnyDriver::from_config(&config)?);
+    let driver_kind = config.haproxy.driver.as_str();
+    let driver = AnyDriver::from_config(&config, metrics.haproxy_calls(driver_kind))?;
+    status.set_driver_name(driver.name());
     log_start(&config);
-    let watcher = watcher(&config)?;
+    let watcher = watcher(&config, metrics.nomad_calls())?;
     let nomad_stats = watcher.stats();
 
     let scrape_stats = nomad_stats.clone();
-    let scrape_driver = driver.clone();
     let state = AppState::new(metrics.clone(), status.clone()).on_scrape(move |m| {
-        sync_external_counters(m, &scrape_stats, scrape_driver.as_ref());
+        sync_watcher_counters(m, &scrape_stats);
     });
     let mut http_stop = shutdown.clone();
     let server = tokio::spawn(http::serve(listener, state, async move {
@@ -212,32 +213,13 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
     let catalog = watcher.snapshot();
     let requester = watcher.relist_requester();
     let relists = Relists::new(watcher.relists(), move || requester.request());
-    let controller = Controller::new(driver.clone(), catalog.clone(), relists, settings(&config));
-    let (m, st, stats, cat) = (
+    let controller = Controller::new(driver, catalog.clone(), relists, settings(&config));
+    let on_pass = report_pass(
         metrics.clone(),
         status.clone(),
         nomad_stats.clone(),
         catalog.clone(),
     );
-    let driver_name = driver.name();
-    let mut reload_total = 0u64;
-    let mut recent: Vec<String> = Vec::new();
-    let on_pass = move |r: &PassRecord| {
-        reload_total += r.reloads.len() as u64;
-        recent.extend(r.reloads.iter().map(|x| x.detail.clone()));
-        let excess = recent.len().saturating_sub(10);
-        recent.drain(..excess);
-        record(
-            &m,
-            &st,
-            &stats,
-            &cat.borrow(),
-            r,
-            driver_name,
-            reload_total,
-            &recent,
-        );
-    };
     let status_on_stop = status.clone();
     let mut stop_watch = shutdown.clone();
     let controller_task = tokio::spawn(controller.run(shutdown.clone(), on_pass));
@@ -258,63 +240,24 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn record(
-    m: &Metrics,
-    st: &Status,
-    stats: &NomadStats,
-    snapshot: &Snapshot,
-    r: &PassRecord,
-    driver: &str,
-    reloads: u64,
-    recent: &[String],
-) {
-    m.record_pass(r.result, r.duration, r.finished_at);
-    if r.result != PassResult::Error {
-        for (name, kind) in &r.ops {
-            m.plan_operations
-                .with_label_values(&[name, op_kind_label(*kind)])
-                .inc();
-            if r.drift {
-                m.drift_repairs.with_label_values(&[name]).inc();
-            }
-        }
-        if let Some(latency) = r.change_to_applied {
-            m.observe_event_to_applied(latency);
-        }
-        m.set_desired(r.desired_backends, r.desired_servers);
-        m.set_diagnostics(&r.diagnostics);
-        st.set_diagnostics(r.diagnostics.clone());
-        st.set_pending_drains(r.pending_drains.clone());
+/// What the loop does with each pass's report: metrics and the status board record it, and the
+/// board's Nomad side is refreshed from the watcher.
+fn report_pass(
+    metrics: Arc<Metrics>,
+    status: Arc<Status>,
+    stats: Arc<NomadStats>,
+    catalog: watch::Receiver<Arc<Snapshot>>,
+) -> impl FnMut(&PassReport) + Send + 'static {
+    move |report: &PassReport| {
+        metrics.record_pass(report);
+        status.record_pass(report, Instant::now());
+        publish_nomad(&status, &stats, &catalog.borrow());
     }
-    for reload in &r.reloads {
-        m.haproxy_reloads
-            .with_label_values(&[reload.kind.as_str()])
-            .inc();
-    }
-    m.set_catalog(r.catalog_services, r.catalog_instances);
+}
 
-    let mut summary = std::collections::BTreeMap::new();
-    for (name, _) in &r.ops {
-        *summary.entry(*name).or_default() += 1;
-    }
-    st.record_pass(
-        http::PassRecord {
-            at: r.finished_at,
-            duration: r.duration,
-            result: r.result,
-            summary,
-            error: r.error.clone(),
-        },
-        Instant::now(),
-    );
-    st.set_condition(Condition::HaproxyUnreachable, r.haproxy_unreachable);
-    st.set_driver(DriverState {
-        name: driver.to_string(),
-        last_error: r.error.clone(),
-        reloads,
-        recent_reload_reasons: recent.to_vec(),
-    });
+/// The Nomad side of the status board, from the watcher's counters and the catalog it
+/// publishes (refreshed after every pass).
+fn publish_nomad(st: &Status, stats: &NomadStats, snapshot: &Snapshot) {
     let n = stats.snapshot();
     let denied = snapshot.denied;
     st.set_condition(Condition::NomadDenied, denied);
@@ -331,19 +274,14 @@ fn record(
     });
 }
 
-/// Copies counts kept outside the registry (the watcher's, the driver's) into it.
-fn sync_external_counters(m: &Metrics, stats: &NomadStats, driver: &impl Driver) {
+/// Copies the watcher's own cumulative counts (events, reconnects) into the registry. Requests
+/// are not among them: the clients record those themselves.
+fn sync_watcher_counters(m: &Metrics, stats: &NomadStats) {
     let n = stats.snapshot();
-    for ((endpoint, status), count) in &n.requests {
-        m.sync_counter(&m.nomad_requests, &[endpoint.as_str(), status], *count);
-    }
     for (kind, count) in &n.events {
         m.sync_counter(&m.nomad_events, &[kind], *count);
     }
     m.sync_single_counter(&m.nomad_stream_reconnects, n.stream_reconnects);
-    for (endpoint, status, count) in driver.request_counts() {
-        m.sync_counter(&m.driver_requests, &[&endpoint, &status], count);
-    }
 }
 
 /// What `plan` found.
@@ -357,8 +295,8 @@ pub enum PlanExit {
 
 /// `plan`: one pass without applying, printed for people or as JSON.
 pub async fn plan(config: Config, json: bool, out: &mut impl Write) -> Result<PlanExit, AppError> {
-    let driver = AnyDriver::from_config(&config)?;
-    let watcher = watcher(&config)?;
+    let driver = AnyDriver::from_config(&config, CallMetrics::disabled())?;
+    let watcher = watcher(&config, CallMetrics::disabled())?;
     let mut rx = watcher.snapshot();
     let waited = tokio::time::timeout(
         Duration::from_secs(30),
@@ -398,3 +336,6 @@ pub async fn plan(config: Config, json: bool, out: &mut impl Write) -> Result<Pl
         PlanExit::Changes
     })
 }
+
+#[cfg(test)]
+mod tests;

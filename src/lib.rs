@@ -9,6 +9,7 @@
 pub use hnc_core::{catalog, desired, live, model, plan};
 
 pub mod app;
+pub mod call_metrics;
 pub mod cli;
 pub mod config;
 pub mod haproxy;

@@ -3,6 +3,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use haproxy_nomad_connector::app::{self, PlanExit};
+use haproxy_nomad_connector::call_metrics::CallMetrics;
 use haproxy_nomad_connector::cli::{Cli, Command};
 use haproxy_nomad_connector::config::{Config, DriverKind};
 use haproxy_nomad_connector::haproxy::runtime::RuntimeDriver;
@@ -93,7 +94,9 @@ fn main() -> ExitCode {
             // The runtime driver's map files and fragment must exist for HAProxy to start with
             // the frontend rules and the extra `-f`: created empty before anything else runs.
             if config.haproxy.driver == DriverKind::Runtime
-                && let Err(e) = RuntimeDriver::new(config.haproxy.runtime.clone()).ensure_files()
+                && let Err(e) =
+                    RuntimeDriver::new(config.haproxy.runtime.clone(), CallMetrics::disabled())
+                        .ensure_files()
             {
                 tracing::error!(error = %e, "cannot create the runtime driver's files");
                 eprintln!("error: cannot create the runtime driver's files: {e}");

@@ -6,71 +6,44 @@
 //! counters, and labels with small fixed value sets (operation names, result codes, reason
 //! codes); never a service, server or host name.
 //!
-//! The reconcile loop updates the handles directly (they are cheap, lock-free atomics) or through
-//! the few `record_*`/`set_*` helpers that keep related series consistent. Counts that another
-//! component keeps as its own cumulative atomics (for example the Nomad watcher's request
-//! counters) are copied in at scrape or pass time with [`Metrics::sync_counter`], which adds only
-//! the difference since the last call.
+//! A finished pass is recorded from its [`PassReport`] by [`Metrics::record_pass`]. The clients
+//! that talk to HAProxy and Nomad get their [`CallMetrics`] handles from here when they are built
+//! ([`Metrics::haproxy_calls`], [`Metrics::nomad_calls`]) and record each call, its status and
+//! duration, themselves. Counts that another component keeps as its own cumulative atomics (the
+//! Nomad watcher's event and reconnect counters) are copied in at scrape time with
+//! [`Metrics::sync_counter`], which adds only the difference since the last call.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use prometheus::core::Collector;
 use prometheus::{
-    Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::call_metrics::CallMetrics;
 use crate::desired::{Diagnostic, Reason, Severity};
-use crate::plan::{OpKind, Plan};
+use crate::plan::OpKind;
+use crate::reconcile::{PassReport, PassResult, PlannedOp};
 
 /// Buckets for durations from about a millisecond to tens of seconds (1-2.5-5 steps).
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// One request or command: sub-millisecond socket commands up to Nomad's five-minute blocking
+/// queries.
+const CALL_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 120.0, 330.0,
+];
+
 /// A pass may include retries and a reload wait, so its histogram reaches a minute.
 const PASS_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
-
-/// How a reconcile pass ended (the `result` label of `hnc_passes_total`, and `/status`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PassResult {
-    /// Changes were applied.
-    Success,
-    /// Nothing to do: live HAProxy already matched.
-    Noop,
-    /// The pass failed (observe, build or apply error).
-    Error,
-    /// The plan would delete too many owned servers and is held back by the mass-delete guard.
-    Held,
-}
-
-impl PassResult {
-    pub const ALL: [PassResult; 4] = [
-        PassResult::Success,
-        PassResult::Noop,
-        PassResult::Error,
-        PassResult::Held,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PassResult::Success => "success",
-            PassResult::Noop => "noop",
-            PassResult::Error => "error",
-            PassResult::Held => "held",
-        }
-    }
-
-    /// Whether the pass counts as successful (HAProxy matches what was decided).
-    pub fn is_success(self) -> bool {
-        matches!(self, PassResult::Success | PassResult::Noop)
-    }
-}
 
 /// The `kind` label of `hnc_plan_operations_total`.
 pub fn op_kind_label(kind: OpKind) -> &'static str {
@@ -98,8 +71,14 @@ pub struct Metrics {
     pub haproxy_reloads: IntCounterVec,
     /// `hnc_driver_requests_total{endpoint,status}`: requests (or socket commands) to HAProxy.
     pub driver_requests: IntCounterVec,
+    /// `hnc_haproxy_request_duration_seconds{driver,endpoint,status}`: duration of each request
+    /// or socket command to HAProxy.
+    pub haproxy_request_duration: HistogramVec,
     /// `hnc_nomad_requests_total{endpoint,status}`: requests to the Nomad API.
     pub nomad_requests: IntCounterVec,
+    /// `hnc_nomad_request_duration_seconds{endpoint,status}`: duration of each Nomad request (to
+    /// the response headers for the event stream).
+    pub nomad_request_duration: HistogramVec,
     /// `hnc_nomad_stream_reconnects_total`: event stream (re)connections after the first.
     pub nomad_stream_reconnects: IntCounter,
     /// `hnc_nomad_events_total{type}`: events received from the stream, by Nomad event type.
@@ -173,10 +152,22 @@ impl Metrics {
             "Requests or commands sent to HAProxy by the driver, by endpoint and status.",
             &["endpoint", "status"],
         )?;
+        let haproxy_request_duration = histogram_vec(
+            r,
+            "hnc_haproxy_request_duration_seconds",
+            "Duration of requests or commands sent to HAProxy, by driver, endpoint and status (or error, timeout).",
+            &["driver", "endpoint", "status"],
+        )?;
         let nomad_requests = counter_vec(
             r,
             "hnc_nomad_requests_total",
             "Requests to the Nomad HTTP API, by endpoint and status.",
+            &["endpoint", "status"],
+        )?;
+        let nomad_request_duration = histogram_vec(
+            r,
+            "hnc_nomad_request_duration_seconds",
+            "Duration of requests to the Nomad HTTP API (to the response headers for the event stream), by endpoint and status (or error, timeout).",
             &["endpoint", "status"],
         )?;
         let nomad_stream_reconnects = counter(
@@ -255,7 +246,9 @@ impl Metrics {
             plan_operations,
             haproxy_reloads,
             driver_requests,
+            haproxy_request_duration,
             nomad_requests,
+            nomad_request_duration,
             nomad_stream_reconnects,
             nomad_events,
             catalog_services,
@@ -299,15 +292,39 @@ impl Metrics {
         prometheus::TEXT_FORMAT
     }
 
-    /// Records a finished pass: its result and duration; a successful one (`success`, `noop`)
-    /// also sets the last-success timestamp to `at`, a `held` one also counts in
-    /// `hnc_mass_delete_held_total`.
-    pub fn record_pass(&self, result: PassResult, duration: Duration, at: SystemTime) {
+    /// Handles for the client of driver `driver` (`dataplane`, `runtime`): its requests in
+    /// `hnc_driver_requests_total`, their durations in `hnc_haproxy_request_duration_seconds`.
+    pub fn haproxy_calls(&self, driver: &'static str) -> CallMetrics {
+        CallMetrics::new(
+            self.driver_requests.clone(),
+            self.haproxy_request_duration.clone(),
+            Some(driver),
+        )
+    }
+
+    /// Handles for the Nomad client: `hnc_nomad_requests_total` and
+    /// `hnc_nomad_request_duration_seconds`.
+    pub fn nomad_calls(&self) -> CallMetrics {
+        CallMetrics::new(
+            self.nomad_requests.clone(),
+            self.nomad_request_duration.clone(),
+            None,
+        )
+    }
+
+    /// Records a finished pass from its report: its result and duration (a successful one,
+    /// `success` or `noop`, also sets the last-success timestamp, a `held` one also counts in
+    /// `hnc_mass_delete_held_total`), its reloads and the catalog it saw; unless it failed, also
+    /// the operations it applied (as drift repairs too when it ran with no catalog change), the
+    /// event-to-applied latency, the desired model's size and the diagnostics.
+    pub fn record_pass(&self, report: &PassReport) {
+        let result = report.result;
         self.passes.with_label_values(&[result.as_str()]).inc();
-        self.pass_duration.observe(duration.as_secs_f64());
+        self.pass_duration.observe(report.duration.as_secs_f64());
         match result {
             PassResult::Success | PassResult::Noop => {
-                let secs = at
+                let secs = report
+                    .finished_at
                     .duration_since(UNIX_EPOCH)
                     .map_or(0.0, |d| d.as_secs_f64());
                 self.last_successful_pass.set(secs);
@@ -315,14 +332,28 @@ impl Metrics {
             PassResult::Held => self.mass_delete_held.inc(),
             PassResult::Error => {}
         }
+        if result != PassResult::Error {
+            self.record_operations(&report.ops, report.drift);
+            if let Some(latency) = report.change_to_applied {
+                self.observe_event_to_applied(latency);
+            }
+            self.set_desired(report.desired_backends, report.desired_servers);
+            self.set_diagnostics(&report.diagnostics);
+        }
+        let reasons: Vec<&str> = report.reloads.iter().map(|r| r.kind.as_str()).collect();
+        self.record_reloads(&reasons);
+        self.set_catalog(report.catalog_services, report.catalog_instances);
     }
 
-    /// Counts the operations of a plan that was applied, by name and kind.
-    pub fn record_applied_plan(&self, plan: &Plan) {
-        for op in &plan.ops {
+    /// Counts applied operations by name and kind, and as drift repairs when `drift`.
+    fn record_operations(&self, ops: &[PlannedOp], drift: bool) {
+        for op in ops {
             self.plan_operations
-                .with_label_values(&[op.action.name(), op_kind_label(op.kind)])
+                .with_label_values(&[op.name, op_kind_label(op.kind)])
                 .inc();
+            if drift {
+                self.drift_repairs.with_label_values(&[op.name]).inc();
+            }
         }
     }
 
@@ -385,7 +416,7 @@ impl Metrics {
     }
 
     /// Brings the series `labels` of `counter` up to `cumulative`, a count kept elsewhere that
-    /// only grows (for example the watcher's request counters): adds the difference since the
+    /// only grows (for example the watcher's event counters): adds the difference since the
     /// last call. A smaller value than last time means the source restarted from zero; then the
     /// whole value is added. Only use it for series that nothing else increments.
     pub fn sync_counter(&self, counter: &IntCounterVec, labels: &[&str], cumulative: u64) {
@@ -455,6 +486,18 @@ fn gauge_vec(
     let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
     r.register(Box::new(g.clone()))?;
     Ok(g)
+}
+
+fn histogram_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<HistogramVec, prometheus::Error> {
+    let opts = HistogramOpts::new(name, help).buckets(CALL_BUCKETS.to_vec());
+    let h = HistogramVec::new(opts, labels)?;
+    r.register(Box::new(h.clone()))?;
+    Ok(h)
 }
 
 fn histogram(

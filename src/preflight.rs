@@ -8,13 +8,14 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use crate::app::AnyDriver;
+use crate::call_metrics::CallMetrics;
 use crate::config::{Config, Namespaces, redact_url};
 use crate::nomad::NomadClient;
 
 /// The results, in order: `Ok` lines say what was found, `Err` lines what is wrong.
 pub async fn run(config: &Config) -> Vec<Result<String, String>> {
     let mut out = nomad(config).await;
-    match AnyDriver::from_config(config) {
+    match AnyDriver::from_config(config, CallMetrics::disabled()) {
         Ok(AnyDriver::Dataplane(d)) => out.extend(d.preflight().await),
         Ok(AnyDriver::Runtime(d)) => out.extend(d.preflight().await),
         Err(e) => out.push(Err(format!("HAProxy driver: {e}"))),
@@ -25,7 +26,7 @@ pub async fn run(config: &Config) -> Vec<Result<String, String>> {
 async fn nomad(config: &Config) -> Vec<Result<String, String>> {
     let mut out = Vec::new();
     let address = redact_url(config.nomad.address.as_str());
-    let client = match NomadClient::new(&config.nomad, Arc::default()) {
+    let client = match NomadClient::new(&config.nomad, Arc::default(), CallMetrics::disabled()) {
         Ok(c) => c,
         Err(e) => return vec![Err(format!("Nomad client: {e}"))],
     };

@@ -5,8 +5,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use haproxy_nomad_connector::http::{self, AppState, Limits, MAX_CONNECTIONS, PassRecord, Status};
-use haproxy_nomad_connector::metrics::{Metrics, PassResult};
+use haproxy_nomad_connector::http::{self, AppState, Limits, MAX_CONNECTIONS, Status};
+use haproxy_nomad_connector::metrics::Metrics;
+use haproxy_nomad_connector::reconcile::{PassReport, PassResult};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -40,13 +41,11 @@ async fn two_thousand_idle_connections_do_not_stop_readyz_or_metrics() {
     raise_open_files(8_192);
     let status = Arc::new(Status::new(Duration::from_secs(30), Instant::now()));
     status.record_pass(
-        PassRecord {
-            at: SystemTime::now(),
-            duration: Duration::from_millis(1),
-            result: PassResult::Success,
-            summary: Default::default(),
-            error: None,
-        },
+        &PassReport::new(
+            PassResult::Success,
+            SystemTime::now(),
+            Duration::from_millis(1),
+        ),
         Instant::now(),
     );
     let metrics = Arc::new(Metrics::new("9.9.9").expect("metrics"));

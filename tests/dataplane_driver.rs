@@ -7,11 +7,15 @@ use std::time::Duration;
 use crate::support::dataplane::{
     BaseConfig, DataplaneDouble, FrontendSpec, Options as DoubleOptions,
 };
+use crate::support::expo;
+use haproxy_nomad_connector::call_metrics::CallMetrics;
 use haproxy_nomad_connector::catalog::{Instance, Service, ServiceKey, Snapshot};
 use haproxy_nomad_connector::desired::{Desired, Policy};
+use haproxy_nomad_connector::haproxy::dataplane::client::Timeouts;
 use haproxy_nomad_connector::haproxy::dataplane::{DataplaneDriver, Options};
 use haproxy_nomad_connector::haproxy::{ApplyReport, Driver, DriverError};
 use haproxy_nomad_connector::live::Live;
+use haproxy_nomad_connector::metrics::Metrics;
 use haproxy_nomad_connector::model::{MatchKind, RouteKey, route_rules};
 use haproxy_nomad_connector::plan::{Action, Op, Plan};
 use haproxy_nomad_connector::reconcile::pass::{PassOutcome, run_pass};
@@ -109,14 +113,20 @@ fn base() -> BaseConfig {
 }
 
 fn driver(dp: &DataplaneDouble, frontend: Option<&str>) -> DataplaneDriver {
-    DataplaneDriver::new(Options {
-        address: dp.url().parse().expect("url"),
-        username: dp.user(),
-        password: Some(haproxy_nomad_connector::config::Secret::new(dp.password())),
-        frontend: frontend.map(String::from),
-        maps_dir: MAPS.into(),
-        timeout: Duration::from_secs(5),
-    })
+    DataplaneDriver::new(
+        Options {
+            address: dp.url().parse().expect("url"),
+            username: dp.user(),
+            password: Some(haproxy_nomad_connector::config::Secret::new(dp.password())),
+            frontend: frontend.map(String::from),
+            maps_dir: MAPS.into(),
+            timeouts: Timeouts {
+                call: Duration::from_secs(5),
+                reload: Duration::from_secs(5),
+            },
+        },
+        CallMetrics::disabled(),
+    )
     .expect("driver")
 }
 
@@ -180,6 +190,77 @@ fn serving_slots(dp: &DataplaneDouble, backend: &str) -> Vec<(String, bool, Stri
             )
         })
         .collect()
+}
+
+/// The client records every request through the handles the driver was built with: counted in
+/// `hnc_driver_requests_total{endpoint,status}` and timed in
+/// `hnc_haproxy_request_duration_seconds{driver,endpoint,status}`, one of each per request the
+/// API received.
+#[tokio::test]
+async fn every_request_is_counted_and_timed_by_endpoint_and_status() {
+    let dp = DataplaneDouble::start(base(), DoubleOptions::fast()).await;
+    let metrics = Metrics::new("test").expect("metrics");
+    let d = DataplaneDriver::new(
+        Options {
+            address: dp.url().parse().expect("url"),
+            username: dp.user(),
+            password: Some(haproxy_nomad_connector::config::Secret::new(dp.password())),
+            frontend: None,
+            maps_dir: MAPS.into(),
+            timeouts: Timeouts::default(),
+        },
+        metrics.haproxy_calls("dataplane"),
+    )
+    .expect("driver");
+    let mut drains = DrainClock::default();
+    converge(&d, &web(2), &mut drains).await;
+
+    let text = metrics.try_render().expect("render");
+    let f = expo::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let durations = &f["hnc_haproxy_request_duration_seconds"];
+    let timed = |endpoint: &str, status: &str| {
+        durations
+            .value(
+                "hnc_haproxy_request_duration_seconds_count",
+                &[
+                    ("driver", "dataplane"),
+                    ("endpoint", endpoint),
+                    ("status", status),
+                ],
+            )
+            .unwrap_or(0.0)
+    };
+    let counted = |endpoint: &str, status: &str| {
+        f["hnc_driver_requests_total"]
+            .value(
+                "hnc_driver_requests_total",
+                &[("endpoint", endpoint), ("status", status)],
+            )
+            .unwrap_or(0.0)
+    };
+    assert!(timed("backends", "200") >= 1.0, "{text}");
+    assert!(timed("transactions", "201") >= 1.0, "{text}");
+    for sample in durations
+        .samples
+        .iter()
+        .filter(|s| s.name == "hnc_haproxy_request_duration_seconds_count")
+    {
+        let label = |k: &str| sample.labels.get(k).map_or("", String::as_str);
+        assert_eq!(label("driver"), "dataplane");
+        assert_eq!(
+            counted(label("endpoint"), label("status")),
+            sample.value,
+            "counted and timed alike: {:?}",
+            sample.labels
+        );
+    }
+    let all_timed: f64 = durations
+        .samples
+        .iter()
+        .filter(|s| s.name == "hnc_haproxy_request_duration_seconds_count")
+        .map(|s| s.value)
+        .sum();
+    assert_eq!(all_timed, dp.total_requests() as f64, "{:?}", dp.requests());
 }
 
 #[tokio::test]

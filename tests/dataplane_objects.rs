@@ -298,14 +298,20 @@ async fn an_answer_of_the_wrong_shape_is_a_typed_error_naming_endpoint_and_field
             ("/v3/services/haproxy/stats/native", stats),
         ])
         .await;
-        let d = DataplaneDriver::new(Options {
-            address: base.parse().expect("url"),
-            username: "admin".into(),
-            password: None,
-            frontend: None,
-            maps_dir: "/etc/haproxy/maps".into(),
-            timeout: std::time::Duration::from_secs(5),
-        })
+        let d = DataplaneDriver::new(
+            Options {
+                address: base.parse().expect("url"),
+                username: "admin".into(),
+                password: None,
+                frontend: None,
+                maps_dir: "/etc/haproxy/maps".into(),
+                timeouts: haproxy_nomad_connector::haproxy::dataplane::client::Timeouts {
+                    call: std::time::Duration::from_secs(5),
+                    reload: std::time::Duration::from_secs(5),
+                },
+            },
+            haproxy_nomad_connector::call_metrics::CallMetrics::disabled(),
+        )
         .expect("driver");
         let e = d.observe().await.expect_err("wrong shape");
         let text = e.to_string();

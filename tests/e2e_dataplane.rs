@@ -406,6 +406,62 @@ fn metrics_are_prometheus_text_with_the_key_series() {
     );
 }
 
+/// The running connector builds its clients with handles from its registry: after a pass,
+/// `/metrics` times the Data Plane API and Nomad requests by endpoint and status (the driver's
+/// by driver too), and counts them as many times as it times them.
+#[test]
+fn request_durations_are_exported_by_driver_endpoint_and_status() {
+    let rt = runtime();
+    let nomad = rt.block_on(NomadDouble::start());
+    let dp = rt.block_on(DataplaneDouble::start(base(), DpOptions::fast()));
+    let c = Connector::start(&env(&nomad, &dp, &[]));
+    nomad.register([web("a1", "10.0.0.1", TAGS)]);
+    c.wait_for("serving", WAIT, |_| serving(&dp, "web").len() == 1);
+    c.wait_settled();
+    let m = c.metrics();
+    assert_eq!(
+        m.kind("hnc_haproxy_request_duration_seconds"),
+        Some(Kind::Histogram)
+    );
+    assert_eq!(
+        m.kind("hnc_nomad_request_duration_seconds"),
+        Some(Kind::Histogram)
+    );
+    let driver = [
+        ("driver", "dataplane"),
+        ("endpoint", "backends"),
+        ("status", "200"),
+    ];
+    assert!(m.sum("hnc_haproxy_request_duration_seconds_count", &driver) >= 1.0);
+    assert!(
+        m.sum(
+            "hnc_haproxy_request_duration_seconds_count",
+            &[
+                ("driver", "dataplane"),
+                ("endpoint", "transactions"),
+                ("status", "201")
+            ]
+        ) >= 1.0
+    );
+    let list = [("endpoint", "list"), ("status", "200")];
+    assert!(m.sum("hnc_nomad_request_duration_seconds_count", &list) >= 1.0);
+    assert!(
+        m.sum(
+            "hnc_nomad_request_duration_seconds_count",
+            &[("endpoint", "stream"), ("status", "200")]
+        ) >= 1.0
+    );
+    // One recording path: the counters move with the histograms (read from one scrape).
+    assert_eq!(
+        m.sum("hnc_driver_requests_total", &driver[1..]),
+        m.sum("hnc_haproxy_request_duration_seconds_count", &driver)
+    );
+    assert_eq!(
+        m.sum("hnc_nomad_requests_total", &list),
+        m.sum("hnc_nomad_request_duration_seconds_count", &list)
+    );
+}
+
 #[test]
 fn event_to_applied_latency_and_idle_pass_cost() {
     let rt = runtime();

@@ -20,6 +20,7 @@ mod e2e_dataplane;
 mod e2e_runtime;
 mod haproxy_harness;
 mod hostile;
+mod nomad_client;
 mod nomad_double;
 mod nomad_tls;
 mod nomad_watcher;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::nomad::{NomadDouble, Options, Reg};
+use haproxy_nomad_connector::call_metrics::CallMetrics;
 use haproxy_nomad_connector::config::{Config, Layer};
 use haproxy_nomad_connector::nomad::{NomadClient, NomadStats};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
@@ -99,8 +100,12 @@ fn config(url: &str, env: &[(&str, String)]) -> Config {
 }
 
 async fn list(config: &Config) -> Result<usize, String> {
-    let client = NomadClient::new(&config.nomad, Arc::new(NomadStats::default()))
-        .map_err(|e| e.to_string())?;
+    let client = NomadClient::new(
+        &config.nomad,
+        Arc::new(NomadStats::default()),
+        CallMetrics::disabled(),
+    )
+    .map_err(|e| e.to_string())?;
     tokio::time::timeout(Duration::from_secs(10), client.list_services("*", None))
         .await
         .map_err(|_| "timed out".to_string())?

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::nomad::{NomadDouble, Options, RESUBSCRIBE, Reg};
+use haproxy_nomad_connector::call_metrics::CallMetrics;
 use haproxy_nomad_connector::catalog::{NomadCheckKind, ServiceKey, Snapshot, is_enabled};
 use haproxy_nomad_connector::config::{Config, Layer, Namespaces, NomadConfig, Secret};
 use haproxy_nomad_connector::nomad::{
@@ -55,6 +56,7 @@ fn client(double: &NomadDouble, token: Option<&str>) -> NomadClient {
     NomadClient::with_slack(
         &nomad_config(double.url(), token),
         Arc::new(NomadStats::default()),
+        CallMetrics::disabled(),
         Duration::from_secs(2),
     )
     .expect("client")

@@ -10,14 +10,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::support::expo;
 use crate::support::haproxy::{self, Haproxy};
 use crate::support::http::{self, Instance};
+use haproxy_nomad_connector::call_metrics::CallMetrics;
 use haproxy_nomad_connector::catalog::{Instance as Registration, Service, ServiceKey, Snapshot};
 use haproxy_nomad_connector::config::RuntimeConfig;
 use haproxy_nomad_connector::desired::{Desired, Policy};
 use haproxy_nomad_connector::haproxy::Driver;
 use haproxy_nomad_connector::haproxy::runtime::socket::{self, Outcome};
 use haproxy_nomad_connector::haproxy::runtime::{RuntimeDriver, state};
+use haproxy_nomad_connector::metrics::Metrics;
 use haproxy_nomad_connector::model::{MatchKind, RouteKey, route_rules};
 use haproxy_nomad_connector::plan::{Action, Op, OpKind, Plan};
 use haproxy_nomad_connector::reconcile::pass::{PassOutcome, run_pass};
@@ -87,14 +90,14 @@ impl Env {
 
     fn boot(files: &tempfile::TempDir, port: u16, hand_port: u16) -> (Haproxy, RuntimeDriver) {
         let cfg = Self::cfg(files, None);
-        RuntimeDriver::new(cfg.clone())
+        RuntimeDriver::new(cfg.clone(), CallMetrics::disabled())
             .ensure_files()
             .expect("create files");
         let lb = Haproxy::start_with(
             &main_body(port, &cfg.maps_dir, hand_port),
             &[files.path().join("conf.d")],
         );
-        let driver = RuntimeDriver::new(Self::cfg(files, Some(&lb)));
+        let driver = RuntimeDriver::new(Self::cfg(files, Some(&lb)), CallMetrics::disabled());
         (lb, driver)
     }
 
@@ -274,6 +277,68 @@ async fn three_instances_are_routed_by_host_in_any_case_and_with_a_port() {
         live.settings.as_ref(),
         Some(&again.desired.backends["web"].settings)
     );
+}
+
+/// The driver records every socket command through the handles it was built with: counted under
+/// the documented `socket_command`/`sent` (and `reload`/`ok`), and timed by driver, command and
+/// outcome in `hnc_haproxy_request_duration_seconds`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_commands_and_the_reload_are_counted_and_timed_by_command() {
+    let mut env = Env::start();
+    let metrics = Metrics::new("test").expect("metrics");
+    env.driver = RuntimeDriver::new(
+        env.driver.config().clone(),
+        metrics.haproxy_calls("runtime"),
+    );
+    let a = Instance::start("a0");
+    let snap = snapshot(vec![("web", web(&[&a]))]);
+    assert_eq!(
+        env.converge(&snap).await,
+        1,
+        "one reload for the new backend"
+    );
+
+    let text = metrics.try_render().expect("render");
+    let f = expo::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let timed = |endpoint: &str| {
+        f["hnc_haproxy_request_duration_seconds"]
+            .value(
+                "hnc_haproxy_request_duration_seconds_count",
+                &[
+                    ("driver", "runtime"),
+                    ("endpoint", endpoint),
+                    ("status", "answered"),
+                ],
+            )
+            .unwrap_or(0.0)
+    };
+    for endpoint in ["show_servers", "show_backend", "show_proc", "reload"] {
+        assert!(timed(endpoint) >= 1.0, "{endpoint} not timed:\n{text}");
+    }
+    assert_eq!(timed("reload"), 1.0);
+    let counted = |endpoint: &str, status: &str| {
+        f["hnc_driver_requests_total"]
+            .value(
+                "hnc_driver_requests_total",
+                &[("endpoint", endpoint), ("status", status)],
+            )
+            .unwrap_or(0.0)
+    };
+    assert_eq!(counted("reload", "ok"), 1.0);
+    // Every command is counted once and timed once.
+    let all_timed: f64 = f["hnc_haproxy_request_duration_seconds"]
+        .samples
+        .iter()
+        .filter(|s| s.name == "hnc_haproxy_request_duration_seconds_count")
+        .map(|s| s.value)
+        .sum();
+    assert_eq!(counted("socket_command", "sent"), all_timed);
+    let endpoints: BTreeSet<&str> = f["hnc_haproxy_request_duration_seconds"]
+        .samples
+        .iter()
+        .filter_map(|s| s.labels.get("endpoint").map(String::as_str))
+        .collect();
+    assert!(!endpoints.contains("other"), "{endpoints:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -598,7 +663,7 @@ async fn a_rejected_candidate_restores_the_fragment_and_reports_haproxy_message(
     std::fs::write(&broken, "backend broken\n    balance no-such-algorithm\n").expect("write");
     let mut cfg = env.driver.config().clone();
     cfg.configs.push(broken);
-    let bad = RuntimeDriver::new(cfg);
+    let bad = RuntimeDriver::new(cfg, CallMetrics::disabled());
     let before = std::fs::read_to_string(env.fragment_path()).expect("fragment");
     let err = run_pass(&bad, &snap, &env.policy, &mut env.drains, true)
         .await

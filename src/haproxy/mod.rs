@@ -1,6 +1,7 @@
 //! HAProxy drivers. A driver reads the live state into the core's [`Live`] model and executes a
 //! [`Plan`]; it decides nothing. Two implementations: the Data Plane API and (in its own module)
-//! the runtime/master sockets.
+//! the runtime/master sockets. Each is built with the metric handles
+//! ([`crate::call_metrics::CallMetrics`]) its client records every request or command into.
 
 pub mod runtime;
 
@@ -118,10 +119,5 @@ pub trait Driver: Send + Sync {
     /// Data Plane API transaction.
     fn abandon(&self) -> impl Future<Output = ()> + Send {
         async {}
-    }
-
-    /// Requests or commands sent so far, by (endpoint, status), for metrics.
-    fn request_counts(&self) -> Vec<(String, String, u64)> {
-        Vec::new()
     }
 }

@@ -29,8 +29,7 @@ use tokio::net::TcpListener;
 use crate::metrics::Metrics;
 pub use server::{HEADER_READ_TIMEOUT, Limits, MAX_CONNECTIONS, REQUEST_TIMEOUT, SHUTDOWN_GRACE};
 pub use status::{
-    Condition, DriverState, Liveness, NomadState, NotReady, PassRecord, Readiness, Status,
-    StatusView,
+    Condition, DriverState, Liveness, NomadState, NotReady, Readiness, Status, StatusView,
 };
 
 /// A failure of the HTTP server itself.
@@ -74,7 +73,7 @@ impl AppState {
     }
 
     /// The same state calling `hook` before each `/metrics` render, for example to copy the
-    /// watcher's request counters in with [`Metrics::sync_counter`].
+    /// watcher's event counters in with [`Metrics::sync_counter`].
     pub fn on_scrape(self, hook: impl Fn(&Metrics) + Send + Sync + 'static) -> AppState {
         AppState {
             on_scrape: Some(Arc::new(hook)),

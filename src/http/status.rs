@@ -14,13 +14,15 @@ use regex::Regex;
 use serde::{Serialize, Serializer};
 
 use crate::desired::Diagnostic;
-use crate::metrics::PassResult;
 use crate::plan::PendingDrain;
+use crate::reconcile::{PassReport, PassResult};
 
 /// `/healthz` fails when the last heartbeat is older than this many resync intervals.
 pub const LIVENESS_INTERVALS: u32 = 3;
 /// `/readyz` fails when the last successful pass is older than this many resync intervals.
 pub const STALENESS_INTERVALS: u32 = 3;
+/// `/status` lists the reasons of this many most recent reloads.
+pub const RECENT_RELOADS: usize = 10;
 
 /// A not-ready condition the loop (or the watcher, or the driver) sets and clears.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -79,17 +81,16 @@ impl Serialize for NotReady {
     }
 }
 
-/// One finished pass, as the loop reports it.
+/// What the board keeps of the last pass's report.
 #[derive(Clone, Debug, PartialEq)]
-pub struct PassRecord {
-    /// Wall-clock time the pass ended.
-    pub at: SystemTime,
-    pub duration: Duration,
-    pub result: PassResult,
-    /// Operation counts by name (`Plan::summary()`); empty when nothing was planned.
-    pub summary: BTreeMap<&'static str, usize>,
-    /// The error, for a failed pass (scrubbed of credentials when recorded).
-    pub error: Option<String>,
+struct LastPassRecord {
+    at: SystemTime,
+    duration: Duration,
+    result: PassResult,
+    /// Operation counts by name; empty when nothing was planned.
+    summary: BTreeMap<&'static str, usize>,
+    /// The error, scrubbed of credentials.
+    error: Option<String>,
 }
 
 /// The Nomad side, as the watcher reports it.
@@ -150,7 +151,7 @@ struct Board {
     /// Instant and wall time of the last successful pass; `None` before the first.
     last_success: Option<(Instant, SystemTime)>,
     conditions: BTreeSet<Condition>,
-    last_pass: Option<PassRecord>,
+    last_pass: Option<LastPassRecord>,
     passes: BTreeMap<&'static str, u64>,
     diagnostics: Vec<Diagnostic>,
     pending_drains: Vec<PendingDrain>,
@@ -212,18 +213,25 @@ impl Status {
         self.write().shutting_down = true;
     }
 
-    /// Records a finished pass (also a heartbeat). A successful pass (`success`, `noop`) marks
-    /// the first converge, refreshes the last success and clears `last_pass_failed` and
-    /// `mass_delete_held`; an `error` sets `last_pass_failed`; a `held` pass sets
-    /// `mass_delete_held` and clears `last_pass_failed`.
-    pub fn record_pass(&self, mut record: PassRecord, now: Instant) {
-        record.error = record.error.as_deref().map(scrub);
+    /// Records a finished pass from its report (also a heartbeat). A successful pass (`success`,
+    /// `noop`) marks the first converge, refreshes the last success and clears `last_pass_failed`
+    /// and `mass_delete_held`; an `error` sets `last_pass_failed`; a `held` pass sets
+    /// `mass_delete_held` and clears `last_pass_failed`. `haproxy_unreachable` follows the pass.
+    /// Unless the pass failed, its diagnostics and pending drains replace the board's. The driver
+    /// section takes the pass's error and adds its reloads (keeping the [`RECENT_RELOADS`] most
+    /// recent reasons). Error texts are scrubbed of credentials.
+    pub fn record_pass(&self, report: &PassReport, now: Instant) {
+        let error = report.error.as_deref().map(scrub);
+        let mut summary = BTreeMap::new();
+        for op in &report.ops {
+            *summary.entry(op.name).or_default() += 1;
+        }
         let mut b = self.write();
         b.last_beat = now;
-        *b.passes.entry(record.result.as_str()).or_default() += 1;
-        match record.result {
+        *b.passes.entry(report.result.as_str()).or_default() += 1;
+        match report.result {
             PassResult::Success | PassResult::Noop => {
-                b.last_success = Some((now, record.at));
+                b.last_success = Some((now, report.finished_at));
                 b.conditions.remove(&Condition::LastPassFailed);
                 b.conditions.remove(&Condition::MassDeleteHeld);
             }
@@ -235,7 +243,38 @@ impl Status {
                 b.conditions.remove(&Condition::LastPassFailed);
             }
         }
-        b.last_pass = Some(record);
+        if report.haproxy_unreachable {
+            b.conditions.insert(Condition::HaproxyUnreachable);
+        } else {
+            b.conditions.remove(&Condition::HaproxyUnreachable);
+        }
+        if report.result != PassResult::Error {
+            b.diagnostics = report.diagnostics.clone();
+            b.pending_drains = report.pending_drains.clone();
+        }
+        let driver = &mut b.driver;
+        driver.last_error = error.clone();
+        driver.reloads += report.reloads.len() as u64;
+        driver
+            .recent_reload_reasons
+            .extend(report.reloads.iter().map(|r| scrub(&r.detail)));
+        let excess = driver
+            .recent_reload_reasons
+            .len()
+            .saturating_sub(RECENT_RELOADS);
+        driver.recent_reload_reasons.drain(..excess);
+        b.last_pass = Some(LastPassRecord {
+            at: report.finished_at,
+            duration: report.duration,
+            result: report.result,
+            summary,
+            error,
+        });
+    }
+
+    /// Names the driver in use (`/status`'s `driver.name`).
+    pub fn set_driver_name(&self, name: &str) {
+        self.write().driver.name = name.to_string();
     }
 
     /// The current per-service diagnostics (`Desired::diagnostics` of the last pass).

@@ -1,6 +1,5 @@
 //! Router tests with `oneshot` (no socket) and a fake clock, plus one test over TCP.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
@@ -13,8 +12,9 @@ use tower::ServiceExt;
 use super::status::scrub;
 use super::*;
 use crate::desired::{Diagnostic, Reason, Severity};
-use crate::metrics::{PassResult, expo};
-use crate::plan::PendingDrain;
+use crate::metrics::expo;
+use crate::plan::{OpKind, PendingDrain};
+use crate::reconcile::{PassReport, PassResult, PlannedOp};
 
 const RESYNC: Duration = Duration::from_secs(30);
 
@@ -54,17 +54,20 @@ impl Fixture {
     }
 
     fn pass(&self, result: PassResult, secs: u64) {
-        self.status.record_pass(
-            PassRecord {
-                at: UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs),
-                duration: Duration::from_millis(25),
-                result,
-                summary: BTreeMap::from([("add_server", 2), ("create_backend", 1)]),
-                error: (result == PassResult::Error)
-                    .then(|| "cannot apply the plan: HAProxy unreachable".to_string()),
-            },
-            self.at(secs),
+        let mut report = PassReport::new(
+            result,
+            UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs),
+            Duration::from_millis(25),
         );
+        let op = |name, kind| PlannedOp { name, kind };
+        report.ops = vec![
+            op("add_server", OpKind::Runtime),
+            op("create_backend", OpKind::Structural),
+            op("add_server", OpKind::Runtime),
+        ];
+        report.error = (result == PassResult::Error)
+            .then(|| "cannot apply the plan: HAProxy unreachable".to_string());
+        self.status.record_pass(&report, self.at(secs));
     }
 
     async fn call(&self, method: Method, path: &str) -> (StatusCode, Response) {
@@ -252,8 +255,11 @@ async fn readiness_turns_false_when_shutdown_starts() {
 #[tokio::test]
 async fn metrics_are_prometheus_text() {
     let f = Fixture::new();
-    f.metrics
-        .record_pass(PassResult::Success, Duration::from_millis(40), UNIX_EPOCH);
+    f.metrics.record_pass(&PassReport::new(
+        PassResult::Success,
+        UNIX_EPOCH,
+        Duration::from_millis(40),
+    ));
     f.metrics.set_catalog(3, 7);
     let (code, resp) = f.call(Method::GET, "/metrics").await;
     assert_eq!(code, StatusCode::OK);
@@ -435,19 +441,12 @@ fn keys(v: &Value, out: &mut Vec<String>) {
 #[tokio::test]
 async fn status_shows_no_secrets() {
     let f = Fixture::new();
-    f.status.record_pass(
-        PassRecord {
-            at: UNIX_EPOCH,
-            duration: Duration::ZERO,
-            result: PassResult::Error,
-            summary: BTreeMap::new(),
-            error: Some(
-                "error sending request for url (http://admin:hunter2@lb:5555/v3/info): Authorization: Basic YWRtaW46aHVudGVyMg=="
-                    .into(),
-            ),
-        },
-        f.at(0),
+    let mut report = PassReport::new(PassResult::Error, UNIX_EPOCH, Duration::ZERO);
+    report.error = Some(
+        "error sending request for url (http://admin:hunter2@lb:5555/v3/info): Authorization: Basic YWRtaW46aHVudGVyMg=="
+            .into(),
     );
+    f.status.record_pass(&report, f.at(0));
     f.status.set_nomad(NomadState {
         last_error: Some(
             "GET https://nomad.example:4646/v1/services?token=7a4ef0b4-secret-uuid: 403 (X-Nomad-Token: 7a4ef0b4-secret-uuid)".into(),

@@ -1,5 +1,5 @@
 use std::collections::BTreeMap;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::expo::{self, Family, Kind};
 use super::*;
@@ -8,6 +8,25 @@ use crate::plan::{Action, Op, Plan};
 
 fn mk_metrics() -> Metrics {
     Metrics::new("1.2.3").expect("metrics register")
+}
+
+/// The report of a pass that ended at `at` with `result` after `duration`, and did nothing.
+fn mk_report(result: PassResult, duration: Duration, at: SystemTime) -> PassReport {
+    PassReport::new(result, at, duration)
+}
+
+/// The report of a successful pass that applied `plan`.
+fn mk_applied(plan: &Plan) -> PassReport {
+    let mut r = mk_report(PassResult::Success, Duration::from_millis(1), UNIX_EPOCH);
+    r.ops = plan
+        .ops
+        .iter()
+        .map(|op| PlannedOp {
+            name: op.action.name(),
+            kind: op.kind,
+        })
+        .collect();
+    r
 }
 
 fn scrape(m: &Metrics) -> BTreeMap<String, Family> {
@@ -29,9 +48,13 @@ fn mk_diag(service: &str, severity: Severity, reason: Reason) -> Diagnostic {
 
 /// Touches every series once so vector families have a child to render.
 fn touch_everything(m: &Metrics) {
-    m.record_pass(PassResult::Success, Duration::from_millis(12), UNIX_EPOCH);
+    m.record_pass(&mk_report(
+        PassResult::Success,
+        Duration::from_millis(12),
+        UNIX_EPOCH,
+    ));
     m.observe_event_to_applied(Duration::from_millis(40));
-    m.record_applied_plan(&Plan {
+    m.record_pass(&mk_applied(&Plan {
         ops: vec![Op::new(
             Action::DeleteBackend {
                 backend: "b".into(),
@@ -39,8 +62,12 @@ fn touch_everything(m: &Metrics) {
             "gone",
         )],
         pending_drains: vec![],
-    });
+    }));
     m.record_reloads(&["backend created"]);
+    m.haproxy_calls("dataplane")
+        .record("backends", "200", Duration::from_millis(3));
+    m.nomad_calls()
+        .record("list", "200", Duration::from_millis(30));
     m.driver_requests
         .with_label_values(&["/v3/services/haproxy/transactions", "201"])
         .inc();
@@ -69,7 +96,9 @@ fn every_series_is_exported_with_its_type_and_help() {
         ("hnc_plan_operations_total", Kind::Counter),
         ("hnc_haproxy_reloads_total", Kind::Counter),
         ("hnc_driver_requests_total", Kind::Counter),
+        ("hnc_haproxy_request_duration_seconds", Kind::Histogram),
         ("hnc_nomad_requests_total", Kind::Counter),
+        ("hnc_nomad_request_duration_seconds", Kind::Histogram),
         ("hnc_nomad_stream_reconnects_total", Kind::Counter),
         ("hnc_nomad_events_total", Kind::Counter),
         ("hnc_catalog_services", Kind::Gauge),
@@ -143,17 +172,21 @@ fn each_metrics_value_owns_its_registry() {
 fn record_pass_counts_times_and_stamps_success() {
     let m = mk_metrics();
     let at = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-    m.record_pass(PassResult::Success, Duration::from_millis(30), at);
-    m.record_pass(
+    m.record_pass(&mk_report(
+        PassResult::Success,
+        Duration::from_millis(30),
+        at,
+    ));
+    m.record_pass(&mk_report(
         PassResult::Noop,
         Duration::from_millis(2),
         at + Duration::from_secs(30),
-    );
-    m.record_pass(
+    ));
+    m.record_pass(&mk_report(
         PassResult::Error,
         Duration::from_secs(3),
         at + Duration::from_secs(60),
-    );
+    ));
     let f = scrape(&m);
     let passes = &f["hnc_passes_total"];
     assert_eq!(
@@ -189,8 +222,9 @@ fn record_pass_counts_times_and_stamps_success() {
 #[test]
 fn a_held_pass_counts_as_a_held_mass_delete() {
     let m = mk_metrics();
-    m.record_pass(PassResult::Held, Duration::from_millis(5), UNIX_EPOCH);
-    m.record_pass(PassResult::Held, Duration::from_millis(5), UNIX_EPOCH);
+    let held = mk_report(PassResult::Held, Duration::from_millis(5), UNIX_EPOCH);
+    m.record_pass(&held);
+    m.record_pass(&held);
     assert_eq!(m.mass_delete_held.get(), 2);
     assert_eq!(m.passes.with_label_values(&["held"]).get(), 2);
     assert_eq!(m.last_successful_pass.get(), 0.0);
@@ -240,8 +274,8 @@ fn applied_plans_are_counted_by_operation_and_kind() {
         ],
         pending_drains: vec![],
     };
-    m.record_applied_plan(&plan);
-    m.record_applied_plan(&plan);
+    m.record_pass(&mk_applied(&plan));
+    m.record_pass(&mk_applied(&plan));
     let f = scrape(&m);
     let ops = &f["hnc_plan_operations_total"];
     assert_eq!(
@@ -410,7 +444,13 @@ fn the_readme_documents_exactly_the_exported_series() {
     m.driver_requests
         .with_label_values(&["backends", "200"])
         .inc();
+    m.haproxy_request_duration
+        .with_label_values(&["runtime", "show_proc", "answered"])
+        .observe(0.001);
     m.nomad_requests.with_label_values(&["list", "200"]).inc();
+    m.nomad_request_duration
+        .with_label_values(&["list", "200"])
+        .observe(0.1);
     m.nomad_events
         .with_label_values(&["ServiceRegistration"])
         .inc();

@@ -1,10 +1,16 @@
 //! A small Nomad HTTP API client: the reads the watcher needs, with Nomad's conventions (query
 //! meta headers, plain-text errors, `X-Nomad-Token`, region) and transport settings from the
 //! configuration (TLS, `unix://` sockets).
+//!
+//! Each endpoint has its own deadline: a short read gets the slack ([`DEFAULT_REQUEST_SLACK`]),
+//! a blocking list its wait plus Nomad's jitter plus the slack, and the event stream the slack to
+//! answer with its headers (Nomad sends them, and a first `{}`, at once) and then no deadline at
+//! all. Every request is counted and timed by endpoint and status in the client's
+//! [`CallMetrics`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{Client, RequestBuilder, Response, StatusCode};
@@ -12,6 +18,7 @@ use url::Url;
 
 use super::stats::{Endpoint, NomadStats};
 use super::wire::{Job, NamespaceServices, Registration};
+use crate::call_metrics::{CallMetrics, STATUS_ERROR, STATUS_TIMEOUT};
 use crate::config::NomadConfig;
 
 /// Nomad clamps a blocking wait to 300 s (`MaxBlockingRPCQueryTime`).
@@ -55,6 +62,10 @@ pub enum NomadError {
         #[source]
         source: reqwest::Error,
     },
+    /// No answer within the endpoint's deadline where reqwest does not keep it (the event
+    /// stream's headers).
+    #[error("cannot reach Nomad for {what}: no answer within {after:?}")]
+    Timeout { what: String, after: Duration },
     /// An answer that is not what Nomad sends.
     #[error("unexpected answer from Nomad to {what}: {reason}")]
     Protocol { what: String, reason: String },
@@ -111,19 +122,26 @@ pub struct NomadClient {
     base: Url,
     region: Option<String>,
     stats: Arc<NomadStats>,
+    calls: CallMetrics,
     slack: Duration,
 }
 
 impl NomadClient {
-    /// A client for the configured address, token, region and TLS settings.
-    pub fn new(config: &NomadConfig, stats: Arc<NomadStats>) -> Result<NomadClient, NomadError> {
-        Self::with_slack(config, stats, DEFAULT_REQUEST_SLACK)
+    /// A client for the configured address, token, region and TLS settings, recording every
+    /// request in `stats` (for the watcher and `/status`) and in `calls` (metrics).
+    pub fn new(
+        config: &NomadConfig,
+        stats: Arc<NomadStats>,
+        calls: CallMetrics,
+    ) -> Result<NomadClient, NomadError> {
+        Self::with_slack(config, stats, calls, DEFAULT_REQUEST_SLACK)
     }
 
     /// As [`NomadClient::new`], with a custom deadline slack (tests use a short one).
     pub fn with_slack(
         config: &NomadConfig,
         stats: Arc<NomadStats>,
+        calls: CallMetrics,
         slack: Duration,
     ) -> Result<NomadClient, NomadError> {
         let mut headers = HeaderMap::new();
@@ -210,6 +228,7 @@ impl NomadClient {
             base,
             region: config.region.clone(),
             stats,
+            calls,
             slack,
         })
     }
@@ -279,7 +298,8 @@ impl NomadClient {
     }
 
     /// Opens `GET /v1/event/stream?topic=Service:*&namespace=<namespace>&index=<index>`. The
-    /// caller reads the NDJSON body (no overall deadline: the stream lives until closed).
+    /// answer's headers must come within the slack (Nomad sends them at once); the caller reads
+    /// the NDJSON body, with no overall deadline (the stream lives until closed).
     pub async fn event_stream(&self, namespace: &str, index: u64) -> Result<Response, NomadError> {
         let what = "subscribing to the event stream".to_string();
         let index = index.to_string();
@@ -330,6 +350,9 @@ impl NomadClient {
         self.http.get(url).timeout(deadline)
     }
 
+    /// The one request path: the endpoint's deadline to the response headers (the stream's;
+    /// the others carry theirs on `request`), recording, and a typed error for a non-success
+    /// status.
     async fn send(
         &self,
         endpoint: Endpoint,
@@ -337,15 +360,43 @@ impl NomadClient {
         namespace: &str,
         request: RequestBuilder,
     ) -> Result<Response, NomadError> {
-        let response = match request.send().await {
+        let started = Instant::now();
+        let sent = match endpoint {
+            Endpoint::Stream => match tokio::time::timeout(self.slack, request.send()).await {
+                Ok(r) => r.map_err(|e| (e.is_timeout(), NomadError::transport(what, e))),
+                Err(_) => Err((
+                    true,
+                    NomadError::Timeout {
+                        what: what.to_string(),
+                        after: self.slack,
+                    },
+                )),
+            },
+            _ => request
+                .send()
+                .await
+                .map_err(|e| (e.is_timeout(), NomadError::transport(what, e))),
+        };
+        let response = match sent {
             Ok(r) => r,
-            Err(source) => {
+            Err((timeout, error)) => {
                 self.stats.record_request(endpoint, None);
-                return Err(NomadError::transport(what, source));
+                let status = if timeout {
+                    STATUS_TIMEOUT
+                } else {
+                    STATUS_ERROR
+                };
+                self.calls.count(endpoint.as_str(), STATUS_ERROR);
+                self.calls
+                    .observe(endpoint.as_str(), status, started.elapsed());
+                return Err(error);
             }
         };
         let status = response.status();
         self.stats.record_request(endpoint, Some(status.as_u16()));
+        // Timed to the response headers: a blocking list's time is mostly Nomad's wait.
+        self.calls
+            .record(endpoint.as_str(), status.as_str(), started.elapsed());
         if status.is_success() {
             return Ok(response);
         }
@@ -457,90 +508,4 @@ impl reqwest::dns::Resolve for ServerNameResolver {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::{Config, Layer, Secret};
-
-    fn config(address: &str) -> NomadConfig {
-        let mut c = Config::from_layer(&Layer::default())
-            .expect("defaults")
-            .nomad;
-        c.address = Url::parse(address).expect("url");
-        c
-    }
-
-    #[test]
-    fn urls_carry_namespace_region_and_blocking_parameters() {
-        let mut c = config("http://127.0.0.1:4646/prefix");
-        c.region = Some("eu".into());
-        let client = NomadClient::new(&c, Arc::default()).expect("client");
-        let url = client.url(
-            &["v1", "service", "a b/c"],
-            &[("namespace", "*")],
-            Some(Blocking {
-                index: 42,
-                wait: Duration::from_secs(900),
-            }),
-        );
-        assert_eq!(
-            url.as_str(),
-            "http://127.0.0.1:4646/prefix/v1/service/a%20b%2Fc?namespace=*&region=eu&index=42&wait=300000ms"
-        );
-    }
-
-    #[tokio::test]
-    async fn transport_errors_never_carry_the_urls_user_info() {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            l.local_addr().expect("addr").port()
-        };
-        let client = NomadClient::new(
-            &config(&format!("http://ops:s3cr3t@127.0.0.1:{port}")),
-            Arc::default(),
-        )
-        .expect("client");
-        let e = client
-            .list_services("*", None)
-            .await
-            .expect_err("nothing listens");
-        assert!(matches!(e, NomadError::Transport { .. }), "{e:?}");
-        assert!(!e.to_string().contains("s3cr3t"), "{e}");
-        assert!(!format!("{e:?}").contains("s3cr3t"), "{e:?}");
-    }
-
-    #[test]
-    fn unix_addresses_use_a_local_base() {
-        let client =
-            NomadClient::new(&config("unix:///secrets/api.sock"), Arc::default()).expect("client");
-        assert_eq!(client.base.as_str(), "http://localhost/");
-    }
-
-    #[test]
-    fn bad_token_and_missing_pem_are_config_errors() {
-        let mut c = config("http://127.0.0.1:4646");
-        c.token = Some(Secret::new("bad\ntoken"));
-        let e = NomadClient::new(&c, Arc::default()).expect_err("bad token");
-        assert!(matches!(e, NomadError::Config(_)), "{e}");
-        assert!(!e.to_string().contains("bad\ntoken"));
-
-        let mut c = config("https://127.0.0.1:4646");
-        c.tls.client_cert = Some("/nonexistent/cert.pem".into());
-        c.tls.client_key = Some("/nonexistent/key.pem".into());
-        let e = NomadClient::new(&c, Arc::default()).expect_err("missing PEM");
-        assert!(e.to_string().contains("/nonexistent/cert.pem"), "{e}");
-    }
-
-    #[test]
-    fn permission_error_names_namespace_and_capability() {
-        let e = NomadError::PermissionDenied {
-            what: "reading the service list in namespace `prod`".into(),
-            namespace: "prod".into(),
-            status: 403,
-            message: "Permission denied".into(),
-        };
-        assert_eq!(
-            e.to_string(),
-            "Nomad denied reading the service list in namespace `prod` (403 Permission denied): the token needs the `read-job` capability on namespace `prod`"
-        );
-    }
-}
+mod tests;

@@ -6,9 +6,10 @@
 //!
 //! ```no_run
 //! # async fn example(config: haproxy_nomad_connector::config::Config) -> Result<(), Box<dyn std::error::Error>> {
+//! use haproxy_nomad_connector::call_metrics::CallMetrics;
 //! use haproxy_nomad_connector::nomad::{NomadClient, NomadStats, Watcher, WatcherSettings};
 //! let stats = std::sync::Arc::new(NomadStats::default());
-//! let client = NomadClient::new(&config.nomad, stats)?;
+//! let client = NomadClient::new(&config.nomad, stats, CallMetrics::disabled())?;
 //! let watcher = Watcher::spawn(client, WatcherSettings::from_config(&config.nomad));
 //! let mut catalog = watcher.snapshot();
 //! catalog.wait_for(|s| s.synced).await?;

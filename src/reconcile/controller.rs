@@ -2,22 +2,21 @@
 //! (debounced), a resync timer, retries after errors (exponential backoff with jitter), and, while
 //! a mass removal is held, the end of its hold and each completed Nomad relist (the loop asks the
 //! watcher for one when the hold starts). One pass at a time, one writer; the pass never learns
-//! which trigger started it. Each finished pass is reported as a [`PassRecord`] for status and
+//! which trigger started it. Each finished pass is reported as a [`PassReport`] for status and
 //! metrics.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior, sleep_until};
 
-use super::pass::{MassCheck, PassError, PassOutcome, run_guarded_pass};
+use super::pass::{MassCheck, run_guarded_pass};
+use super::report::{PassReport, PassResult};
 use crate::catalog::Snapshot;
-use crate::desired::{Diagnostic, Policy};
+use crate::desired::Policy;
 use crate::haproxy::Driver;
-pub use crate::metrics::PassResult;
-use crate::plan::{OpKind, PendingDrain};
 use hnc_core::drains::DrainClock;
 use hnc_core::guards::{MassDeleteGuard, Verdict};
 
@@ -57,35 +56,6 @@ impl Default for Settings {
             shutdown_grace: Duration::from_secs(10),
         }
     }
-}
-
-/// What one pass did, for `/status`, metrics and logs.
-#[derive(Clone, Debug)]
-pub struct PassRecord {
-    pub finished_at: SystemTime,
-    pub duration: Duration,
-    pub result: PassResult,
-    /// Operations applied: (name, kind).
-    pub ops: Vec<(&'static str, OpKind)>,
-    pub reloads: Vec<crate::haproxy::Reload>,
-    pub diagnostics: Vec<Diagnostic>,
-    pub pending_drains: Vec<PendingDrain>,
-    pub error: Option<String>,
-    /// `observe`, `apply` or `conflict` when the pass failed.
-    pub error_kind: Option<&'static str>,
-    /// The pass failed because HAProxy could not be reached.
-    pub haproxy_unreachable: bool,
-    pub held_untrusted: usize,
-    pub held_mass_delete: Option<Verdict>,
-    /// The pass ran with no catalog change since the last successful one: whatever it changed
-    /// had drifted in HAProxy.
-    pub drift: bool,
-    /// Time from the first catalog change this pass covers to its successful application.
-    pub change_to_applied: Option<Duration>,
-    pub catalog_services: usize,
-    pub catalog_instances: usize,
-    pub desired_backends: usize,
-    pub desired_servers: usize,
 }
 
 /// Full Nomad relists, as the mass-delete guard needs them: how many have completed without
@@ -149,7 +119,7 @@ impl<D: Driver> Controller<D> {
     pub async fn run(
         mut self,
         mut shutdown: watch::Receiver<bool>,
-        mut on_pass: impl FnMut(&PassRecord),
+        mut on_pass: impl FnMut(&PassReport),
     ) {
         let s = self.settings.clone();
         let mut resync = tokio::time::interval(s.resync);
@@ -262,13 +232,13 @@ impl<D: Driver> Controller<D> {
                 self.driver.abandon().await;
                 break;
             };
-            let record = record(&snapshot, outcome, started, drift, change);
-            tracing::debug!(result = record.result.as_str(), ops = record.ops.len(), took = ?record.duration, "pass finished");
-            match record.result {
+            let report = PassReport::from_outcome(&snapshot, outcome, started, drift, change);
+            tracing::debug!(result = report.result.as_str(), ops = report.ops.len(), took = ?report.duration, "pass finished");
+            match report.result {
                 PassResult::Error => {
                     let delay = backoff.next().unwrap_or(s.retry_max);
                     retry_at = Some(Instant::now() + delay);
-                    tracing::warn!(error = record.error.as_deref().unwrap_or(""), retry_in = ?delay, "pass failed");
+                    tracing::warn!(error = report.error.as_deref().unwrap_or(""), retry_in = ?delay, "pass failed");
                     // The change is not applied yet: keep measuring from it.
                     first_change = first_change.or(change);
                 }
@@ -277,13 +247,13 @@ impl<D: Driver> Controller<D> {
                     applied_version = Some(snapshot.clone());
                     let now = Instant::now();
                     let soon = now + s.retry_min.max(Duration::from_millis(500)).min(s.resync);
-                    if record.held_untrusted > 0 || !record.pending_drains.is_empty() {
+                    if report.held_untrusted > 0 || !report.pending_drains.is_empty() {
                         // Come back soon: drains finish, and the catalog may be trusted again.
                         retry_at = Some(soon);
                     }
                     if let Some(Verdict::Held {
                         until, relisted, ..
-                    }) = &record.held_mass_delete
+                    }) = &report.held_mass_delete
                     {
                         let until = Instant::from_std(*until);
                         // The hold's time is up: the relist that confirms it must start now.
@@ -310,7 +280,7 @@ impl<D: Driver> Controller<D> {
                     }
                 }
             }
-            on_pass(&record);
+            on_pass(&report);
         }
     }
 }
@@ -338,110 +308,6 @@ async fn wait_true(rx: &mut watch::Receiver<bool>) {
             std::future::pending::<()>().await;
         }
     }
-}
-
-fn record(
-    snapshot: &Snapshot,
-    outcome: Result<PassOutcome, PassError>,
-    started: Instant,
-    drift: bool,
-    change: Option<Instant>,
-) -> PassRecord {
-    let catalog_instances = snapshot.services.values().map(|s| s.instances.len()).sum();
-    let mut r = PassRecord {
-        finished_at: SystemTime::now(),
-        duration: started.elapsed(),
-        result: PassResult::Error,
-        ops: Vec::new(),
-        reloads: Vec::new(),
-        diagnostics: Vec::new(),
-        pending_drains: Vec::new(),
-        error: None,
-        error_kind: None,
-        haproxy_unreachable: false,
-        held_untrusted: 0,
-        held_mass_delete: None,
-        drift: false,
-        change_to_applied: None,
-        catalog_services: snapshot.services.len(),
-        catalog_instances,
-        desired_backends: 0,
-        desired_servers: 0,
-    };
-    match outcome {
-        Err(e) => {
-            r.error_kind = Some(e.kind());
-            r.haproxy_unreachable = e.haproxy_unreachable();
-            r.error = Some(e.to_string());
-        }
-        Ok(o) => {
-            r.desired_backends = o.desired.backends.len();
-            r.desired_servers = o.desired.backends.values().map(|b| b.servers.len()).sum();
-            r.diagnostics = o.desired.diagnostics;
-            r.pending_drains = o.plan.pending_drains.clone();
-            r.held_untrusted = o.held_untrusted;
-            r.held_mass_delete = o.held_mass_delete;
-            r.ops = o
-                .plan
-                .ops
-                .iter()
-                .map(|op| (op.action.name(), op.kind))
-                .collect();
-            let (reloads, refused) = o
-                .report
-                .map(|rep| (rep.reloads, rep.refused))
-                .unwrap_or_default();
-            r.reloads = reloads;
-            r.drift = drift && !r.ops.is_empty();
-            r.change_to_applied = change.filter(|_| refused.is_empty()).map(|c| c.elapsed());
-            r.result = if !refused.is_empty() {
-                // Refused operations fail the pass (retried with backoff); the rest was
-                // applied, and its reloads are recorded above.
-                let e = PassError::Apply(crate::haproxy::DriverError::Rejected(refused.join("; ")));
-                r.error_kind = Some(e.kind());
-                r.error = Some(e.to_string());
-                PassResult::Error
-            } else if r.held_mass_delete.is_some() {
-                PassResult::Held
-            } else if r.ops.is_empty() {
-                PassResult::Noop
-            } else {
-                PassResult::Success
-            };
-            for op in &o.plan.ops {
-                tracing::info!(
-                    op = op.action.name(),
-                    backend = op.action.backend().unwrap_or(""),
-                    server = op.action.server().unwrap_or(""),
-                    reason = %op.reason,
-                    "applied"
-                );
-            }
-            if let Some(Verdict::Held {
-                servers,
-                owned,
-                seen,
-                needed,
-                held_for,
-                hold,
-                relisted,
-                ..
-            }) = &r.held_mass_delete
-            {
-                tracing::warn!(
-                    servers,
-                    owned,
-                    passes = seen,
-                    min_passes = needed,
-                    held_for = ?held_for,
-                    hold = ?hold,
-                    relisted,
-                    "mass removal held back until it has stood for the hold across a fresh Nomad relist"
-                );
-            }
-        }
-    }
-    r
 }
 
 #[cfg(test)]
@@ -560,7 +426,7 @@ mod tests {
         let controller = Controller::new(driver.clone(), catalog, relists, settings);
         let (shutdown_tx, shutdown) = watch::channel(false);
         let (records_tx, mut records) = tokio::sync::mpsc::unbounded_channel();
-        let task = tokio::spawn(controller.run(shutdown, move |r: &PassRecord| {
+        let task = tokio::spawn(controller.run(shutdown, move |r: &PassReport| {
             let _ = records_tx.send((Instant::now(), r.held_mass_delete.clone()));
         }));
         let t0 = Instant::now();
@@ -615,46 +481,5 @@ mod tests {
 
         shutdown_tx.send_replace(true);
         task.await.expect("controller stops");
-    }
-
-    /// A pass whose driver refused some operations alone is a failed pass (retried), and what
-    /// it did apply, its reloads included, is still recorded.
-    #[test]
-    fn refused_operations_fail_the_pass_and_keep_its_reloads() {
-        let report = ApplyReport {
-            reloads: vec![crate::haproxy::Reload::new(
-                crate::haproxy::ReloadKind::Structural,
-                "create backend web",
-            )],
-            applied: 2,
-            requests: 5,
-            refused: vec!["route regex (?u)x: refused".into()],
-        };
-        let outcome = PassOutcome {
-            desired: crate::desired::Desired::default(),
-            live: Live::default(),
-            plan: Plan::default(),
-            report: Some(report),
-            attempts: 1,
-            held_untrusted: 0,
-            held_mass_delete: None,
-        };
-        let started = Instant::now();
-        let r = record(
-            &Snapshot::default(),
-            Ok(outcome),
-            started,
-            false,
-            Some(started),
-        );
-        assert_eq!(r.result, PassResult::Error);
-        assert_eq!(r.error_kind, Some("apply"));
-        assert!(
-            r.error.as_deref().is_some_and(|e| e.contains("(?u)x")),
-            "{:?}",
-            r.error
-        );
-        assert_eq!(r.reloads.len(), 1, "the reload that happened is recorded");
-        assert_eq!(r.change_to_applied, None, "the change is not applied yet");
     }
 }

@@ -1,10 +1,9 @@
-//! A thin typed client for the Data Plane API v3: Basic auth, timeouts, the
-//! `Configuration-Version` and `Reload-ID` headers, errors parsed into [`DataplaneError`], and a
-//! count of requests by endpoint and status for metrics.
+//! A thin typed client for the Data Plane API v3: Basic auth, a timeout per kind of call, the
+//! `Configuration-Version` and `Reload-ID` headers, errors parsed into [`DataplaneError`], and
+//! every request counted and timed by endpoint and status in the [`CallMetrics`] it is built with.
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde::Serialize;
@@ -14,7 +13,49 @@ use url::Url;
 use super::error::DataplaneError;
 use super::objects::wire;
 use super::segment::{decode, url_segment};
+use crate::call_metrics::{CallMetrics, STATUS_ERROR, STATUS_TIMEOUT};
 use crate::config::Secret;
+
+/// How long one request may take, by what it waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// An ordinary read or write, answered at once (DPAPI writes through the runtime API or
+    /// stages into a transaction).
+    pub call: Duration,
+    /// A request that waits for HAProxy to reload: a transaction commit (DPAPI reloads
+    /// synchronously before answering) or a write with `force_reload=true`.
+    pub reload: Duration,
+}
+
+/// Default [`Timeouts::call`].
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default [`Timeouts::reload`]: HAProxy parses the whole configuration and starts a worker.
+pub const RELOAD_TIMEOUT: Duration = Duration::from_secs(90);
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            call: CALL_TIMEOUT,
+            reload: RELOAD_TIMEOUT,
+        }
+    }
+}
+
+impl Timeouts {
+    /// The timeout of one request: [`Timeouts::reload`] for a commit (`PUT` on `transactions`)
+    /// and for a request carrying `force_reload=true`, [`Timeouts::call`] otherwise.
+    pub fn of(&self, method: &Method, endpoint: &str, query: &[(&str, String)]) -> Duration {
+        let commit = *method == Method::PUT && endpoint == "transactions";
+        let forces_reload = query
+            .iter()
+            .any(|(k, v)| *k == "force_reload" && v == "true");
+        if commit || forces_reload {
+            self.reload
+        } else {
+            self.call
+        }
+    }
+}
 
 /// One answer.
 #[derive(Clone, Debug)]
@@ -54,20 +95,24 @@ pub struct Client {
     base: Url,
     user: String,
     password: Option<Secret>,
-    counts: Mutex<BTreeMap<(&'static str, String), u64>>,
+    timeouts: Timeouts,
+    calls: CallMetrics,
+    /// Requests sent so far (for `ApplyReport::requests`).
+    sent: AtomicU64,
 }
 
 impl Client {
-    /// `base` is the API's address (`http://host:5555`); `/v3` is added.
+    /// `base` is the API's address (`http://host:5555`); `/v3` is added. Every request is
+    /// recorded in `calls`.
     pub fn new(
         base: &Url,
         user: &str,
         password: Option<Secret>,
-        timeout: Duration,
+        timeouts: Timeouts,
+        calls: CallMetrics,
     ) -> Result<Client, DataplaneError> {
         let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .connect_timeout(timeouts.call.min(Duration::from_secs(5)))
             .build()
             .map_err(DataplaneError::from_reqwest)?;
         Ok(Client {
@@ -75,7 +120,9 @@ impl Client {
             base: base.clone(),
             user: user.to_string(),
             password,
-            counts: Mutex::new(BTreeMap::new()),
+            timeouts,
+            calls,
+            sent: AtomicU64::new(0),
         })
     }
 
@@ -191,8 +238,9 @@ impl Client {
         Ok(status)
     }
 
-    /// The one request path: credentials, counting by endpoint and status, and a typed error
-    /// for any non-2xx answer. Returns the status, headers and body text.
+    /// The one request path: credentials, the call's timeout, counting and timing by endpoint
+    /// and status, and a typed error for any non-2xx answer. Returns the status, headers and
+    /// body text.
     async fn send(
         &self,
         method: Method,
@@ -202,9 +250,11 @@ impl Client {
         body: Body,
     ) -> Result<(u16, reqwest::header::HeaderMap, String), DataplaneError> {
         let url = self.url(segments, query)?;
+        let timeout = self.timeouts.of(&method, endpoint, query);
         let req = self
             .http
             .request(method.clone(), url)
+            .timeout(timeout)
             .basic_auth(&self.user, self.password.as_ref().map(Secret::expose));
         let req = match body {
             Body::None => req,
@@ -216,17 +266,28 @@ impl Client {
                 .body(t),
             Body::Multipart(form) => req.multipart(form),
         };
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
         let resp = match req.send().await {
             Ok(r) => r,
             Err(e) => {
-                self.count(endpoint, "error".to_string());
+                self.calls.count(endpoint, STATUS_ERROR);
+                let status = if e.is_timeout() {
+                    STATUS_TIMEOUT
+                } else {
+                    STATUS_ERROR
+                };
+                self.calls.observe(endpoint, status, started.elapsed());
                 return Err(DataplaneError::from_reqwest(e));
             }
         };
         let status = resp.status().as_u16();
-        self.count(endpoint, status.to_string());
         let headers = resp.headers().clone();
-        let text = resp.text().await.map_err(DataplaneError::from_reqwest)?;
+        let text = resp.text().await;
+        // Timed to the end of the body: a commit's answer follows HAProxy's reload.
+        self.calls
+            .record(endpoint, &status.to_string(), started.elapsed());
+        let text = text.map_err(DataplaneError::from_reqwest)?;
         if !(200..300).contains(&status) {
             tracing::debug!(%method, endpoint, status, body = %text, "Data Plane API refused a request");
             return Err(DataplaneError::from_status(status, &text));
@@ -234,20 +295,9 @@ impl Client {
         Ok((status, headers, text))
     }
 
-    fn count(&self, endpoint: &'static str, status: String) {
-        if let Ok(mut c) = self.counts.lock() {
-            *c.entry((endpoint, status)).or_default() += 1;
-        }
-    }
-
-    /// Requests so far by (endpoint, status).
-    pub fn request_counts(&self) -> BTreeMap<(&'static str, String), u64> {
-        self.counts.lock().map(|c| c.clone()).unwrap_or_default()
-    }
-
-    /// Total requests so far.
+    /// Total requests sent so far.
     pub fn total_requests(&self) -> u64 {
-        self.request_counts().values().sum()
+        self.sent.load(Ordering::Relaxed)
     }
 }
 
@@ -261,9 +311,29 @@ mod tests {
             &Url::parse(base).expect("base"),
             "u",
             None,
-            Duration::from_secs(1),
+            Timeouts {
+                call: Duration::from_secs(1),
+                reload: Duration::from_secs(1),
+            },
+            CallMetrics::disabled(),
         )
         .expect("client")
+    }
+
+    #[test]
+    fn a_call_that_waits_for_a_reload_gets_the_reload_timeout() {
+        let t = Timeouts {
+            call: Duration::from_secs(1),
+            reload: Duration::from_secs(9),
+        };
+        let force = [("force_reload", "true".to_string())];
+        let version = [("version", "3".to_string())];
+        assert_eq!(t.of(&Method::PUT, "transactions", &[]), t.reload, "commit");
+        assert_eq!(t.of(&Method::PUT, "servers", &force), t.reload);
+        assert_eq!(t.of(&Method::POST, "transactions", &version), t.call);
+        assert_eq!(t.of(&Method::DELETE, "transactions", &[]), t.call);
+        assert_eq!(t.of(&Method::PUT, "servers", &version), t.call);
+        assert_eq!(t.of(&Method::GET, "backends", &[]), t.call);
     }
 
     #[test]

@@ -18,12 +18,11 @@ pub mod segment;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
-use std::time::Duration;
 
 use reqwest::Method;
 use url::Url;
 
-use self::client::{Answer, Client, NO_BODY};
+use self::client::{Answer, Client, NO_BODY, Timeouts};
 use self::error::DataplaneError;
 use self::objects::wire::{
     self, BackendSwitchingRule, Cond, ConfigBody, MapEntry, MapEntryValue, NativeStats, ProxyMode,
@@ -36,6 +35,7 @@ use self::objects::{
 use self::segment::url_segment;
 use super::runtime::socket;
 use super::{ApplyReport, Driver, DriverError, Reload, ReloadKind};
+use crate::call_metrics::CallMetrics;
 use crate::config::Secret;
 use crate::desired::{Desired, Ownership};
 use crate::live::{Live, LiveBackend, LiveServer};
@@ -55,7 +55,8 @@ pub struct Options {
     pub frontend: Option<String>,
     /// The directory DPAPI keeps maps in (`--maps-dir`), used in the frontend rules.
     pub maps_dir: String,
-    pub timeout: Duration,
+    /// How long a request may take, by whether it waits for a reload.
+    pub timeouts: Timeouts,
 }
 
 /// What observe learnt beyond the core's model, needed to apply.
@@ -93,12 +94,14 @@ fn map_name(kind: MatchKind) -> &'static str {
 }
 
 impl DataplaneDriver {
-    pub fn new(opts: Options) -> Result<DataplaneDriver, DriverError> {
+    /// A driver for the API at `opts.address`; its client records every request in `calls`.
+    pub fn new(opts: Options, calls: CallMetrics) -> Result<DataplaneDriver, DriverError> {
         let client = Client::new(
             &opts.address,
             &opts.username,
             opts.password.clone(),
-            opts.timeout,
+            opts.timeouts,
+            calls,
         )?;
         Ok(DataplaneDriver {
             client,
@@ -1091,13 +1094,5 @@ impl Driver for DataplaneDriver {
             tracing::info!(transaction = %id, "aborting the transaction of an abandoned pass");
             self.abort(&id).await;
         }
-    }
-
-    fn request_counts(&self) -> Vec<(String, String, u64)> {
-        self.client
-            .request_counts()
-            .into_iter()
-            .map(|((endpoint, status), n)| (endpoint.to_string(), status, n))
-            .collect()
     }
 }

@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 use super::{ApplyReport, Driver, DriverError, Reload, ReloadKind};
+use crate::call_metrics::CallMetrics;
 use crate::config::RuntimeConfig;
 use crate::desired::{Desired, Ownership};
 use crate::live::{Live, LiveBackend, LiveServer};
@@ -45,12 +46,8 @@ use crate::model::{
 use crate::plan::{Action, Plan, sim};
 use files::{Candidate, FileError, RestoreError};
 use fragment::FragmentBackend;
-use socket::{Outcome, WorkerRoute};
+use socket::{Cli, Outcome, RELOAD_TIMEOUT, WorkerRoute};
 
-/// How long one ordinary CLI command may take.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a reload (parse, fork, the new worker answering) may take.
-const RELOAD_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long `haproxy -c` may take.
 const VALIDATE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Poll interval while waiting for a reload to show.
@@ -67,7 +64,7 @@ pub struct RuntimeStats {
 
 pub struct RuntimeDriver {
     cfg: RuntimeConfig,
-    route: WorkerRoute,
+    cli: Cli,
     stats: RuntimeStats,
 }
 
@@ -91,14 +88,17 @@ fn with_restore_failure(error: DriverError, restore: &RestoreError) -> DriverErr
 }
 
 impl RuntimeDriver {
-    pub fn new(cfg: RuntimeConfig) -> RuntimeDriver {
+    /// A driver for the HAProxy `cfg` describes; every CLI command, reload and failed
+    /// validation is recorded in `calls`.
+    pub fn new(cfg: RuntimeConfig, calls: CallMetrics) -> RuntimeDriver {
         let route = match &cfg.admin_socket {
             Some(p) => WorkerRoute::Admin(p.clone()),
             None => WorkerRoute::Master(cfg.master_socket.clone()),
         };
+        let cli = Cli::new(route, cfg.master_socket.clone(), calls);
         RuntimeDriver {
             cfg,
-            route,
+            cli,
             stats: RuntimeStats::default(),
         }
     }
@@ -151,10 +151,7 @@ impl RuntimeDriver {
     /// One worker command; its raw reply.
     async fn worker(&self, cmd: &str) -> Result<String, DriverError> {
         self.stats.commands.fetch_add(1, Ordering::Relaxed);
-        self.route
-            .run(cmd, COMMAND_TIMEOUT)
-            .await
-            .map_err(unreachable)
+        self.cli.worker(cmd).await.map_err(unreachable)
     }
 
     /// One state-changing worker command, interpreted.
@@ -183,15 +180,13 @@ impl RuntimeDriver {
         Ok(reply)
     }
 
-    async fn master(&self, cmd: &str, timeout: Duration) -> Result<String, DriverError> {
+    async fn master(&self, cmd: &str) -> Result<String, DriverError> {
         self.stats.commands.fetch_add(1, Ordering::Relaxed);
-        socket::command(&self.cfg.master_socket, cmd, timeout)
-            .await
-            .map_err(unreachable)
+        self.cli.master(cmd).await.map_err(unreachable)
     }
 
     async fn show_proc(&self) -> Result<state::ProcState, DriverError> {
-        let text = self.master("show proc", COMMAND_TIMEOUT).await?;
+        let text = self.master("show proc").await?;
         state::proc(&text).map_err(|e| DriverError::Other(e.to_string()))
     }
 
@@ -270,6 +265,7 @@ impl RuntimeDriver {
         self.stats
             .failed_validations
             .fetch_add(1, Ordering::Relaxed);
+        self.cli.calls().count("validation", "failed");
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
@@ -290,7 +286,7 @@ impl RuntimeDriver {
     /// HAProxy's message when the reload failed.
     async fn reload(&self) -> Result<(), DriverError> {
         let before = self.show_proc().await?;
-        let reply = self.master("reload", RELOAD_TIMEOUT).await?;
+        let reply = self.master("reload").await?;
         let deadline = Instant::now() + RELOAD_TIMEOUT;
         if reply.contains("Success=0") {
             return Err(DriverError::Rejected(format!(
@@ -340,7 +336,7 @@ impl RuntimeDriver {
         else {
             return Ok(());
         };
-        if let WorkerRoute::Admin(_) = &self.route {
+        if let WorkerRoute::Admin(_) = self.cli.route() {
             // The old worker may still hold the admin socket for a moment: wait until the new
             // one answers, twice in a row.
             let mut seen = 0;
@@ -437,6 +433,7 @@ impl RuntimeDriver {
         match self.reload().await {
             Ok(()) => {
                 self.stats.reloads.fetch_add(1, Ordering::Relaxed);
+                self.cli.calls().count("reload", "ok");
                 info!(reasons = ?reasons, "HAProxy reloaded");
                 report
                     .reloads
@@ -444,6 +441,7 @@ impl RuntimeDriver {
             }
             Err(e) => {
                 self.stats.failed_reloads.fetch_add(1, Ordering::Relaxed);
+                self.cli.calls().count("reload", "failed");
                 warn!(error = %e, "reload failed");
                 return Err(restore("reload failed", e).await);
             }
@@ -795,32 +793,6 @@ fn args<const N: usize>(
 }
 
 impl Driver for RuntimeDriver {
-    fn request_counts(&self) -> Vec<(String, String, u64)> {
-        use std::sync::atomic::Ordering::Relaxed;
-        vec![
-            (
-                "socket_command".into(),
-                "sent".into(),
-                self.stats.commands.load(Relaxed),
-            ),
-            (
-                "reload".into(),
-                "ok".into(),
-                self.stats.reloads.load(Relaxed),
-            ),
-            (
-                "reload".into(),
-                "failed".into(),
-                self.stats.failed_reloads.load(Relaxed),
-            ),
-            (
-                "validation".into(),
-                "failed".into(),
-                self.stats.failed_validations.load(Relaxed),
-            ),
-        ]
-    }
-
     fn name(&self) -> &'static str {
         "runtime"
     }

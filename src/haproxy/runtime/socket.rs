@@ -1,6 +1,7 @@
 //! The HAProxy CLI over unix sockets: pure reply interpretation (mini-redis style: a function over
-//! the bytes HAProxy sent) and a thin async client that sends one command per connection in
-//! non-interactive mode.
+//! the bytes HAProxy sent) and a thin async client ([`Cli`]) that sends one command per
+//! connection in non-interactive mode, under a timeout chosen by the command, and records each
+//! command's duration in the [`CallMetrics`] it is built with.
 //!
 //! One command per connection keeps replies unambiguous: HAProxy 2.6 writes many messages without
 //! a trailing LF and 3.0 always adds one (CONTRACTS §3.1), so the boundary between two replies in a
@@ -8,10 +9,22 @@
 //! microseconds, far below HAProxy's own command handling.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
+
+use crate::call_metrics::{CallMetrics, STATUS_ERROR, STATUS_TIMEOUT};
+
+/// How long one ordinary CLI command may take.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a reload may take to answer (and, in the driver, the new worker to show up).
+pub const RELOAD_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `endpoint` label of every command in `hnc_driver_requests_total` (with status `sent`).
+pub const COUNTED_AS: (&str, &str) = ("socket_command", "sent");
+/// `status` label of a command HAProxy answered (the answer may still be a refusal).
+pub const STATUS_ANSWERED: &str = "answered";
 
 /// Where worker commands go: the admin stats socket, or the master CLI with the `@1` prefix
 /// (the current worker).
@@ -81,13 +94,98 @@ pub async fn command(path: &Path, command: &str, timeout: Duration) -> Result<St
     }
 }
 
-impl WorkerRoute {
-    /// Runs one worker command.
-    pub async fn run(&self, cmd: &str, timeout: Duration) -> Result<String, SocketError> {
-        match self {
-            WorkerRoute::Admin(p) => command(p, cmd, timeout).await,
-            WorkerRoute::Master(p) => command(p, &format!("@1 {cmd}"), timeout).await,
+/// The `endpoint` label of a command: its verb and object (`show_servers`, `add_server`,
+/// `set_map`, `reload`, …) from a fixed set, `other` for anything else. Never an argument.
+pub fn command_endpoint(cmd: &str) -> &'static str {
+    let mut words = cmd.split_whitespace();
+    let verb = words.next().unwrap_or_default();
+    let object = words.next().unwrap_or_default();
+    match (verb, object) {
+        ("reload", _) => "reload",
+        ("show", "proc") => "show_proc",
+        ("show", "info") => "show_info",
+        ("show", "backend") => "show_backend",
+        ("show", "servers") => "show_servers",
+        ("show", "stat") => "show_stat",
+        ("show", "map") => "show_map",
+        ("add", "server") => "add_server",
+        ("del", "server") => "del_server",
+        ("set", "server") => "set_server",
+        ("set", "weight") => "set_weight",
+        ("add", "map") => "add_map",
+        ("set", "map") => "set_map",
+        ("del", "map") => "del_map",
+        ("enable", "health") => "enable_health",
+        ("disable", "health") => "disable_health",
+        ("shutdown", "sessions") => "shutdown_sessions",
+        _ => "other",
+    }
+}
+
+/// The timeout of a command: [`RELOAD_TIMEOUT`] for `reload`, [`COMMAND_TIMEOUT`] otherwise.
+pub fn command_timeout(endpoint: &str) -> Duration {
+    if endpoint == "reload" {
+        RELOAD_TIMEOUT
+    } else {
+        COMMAND_TIMEOUT
+    }
+}
+
+/// The runtime driver's CLI client: worker commands through `route`, master commands on the
+/// master socket, each under its [`command_timeout`], counted (`socket_command`/`sent`) and timed
+/// by [`command_endpoint`] and outcome in `calls`.
+#[derive(Clone, Debug)]
+pub struct Cli {
+    route: WorkerRoute,
+    master: PathBuf,
+    calls: CallMetrics,
+}
+
+impl Cli {
+    pub fn new(route: WorkerRoute, master: PathBuf, calls: CallMetrics) -> Cli {
+        Cli {
+            route,
+            master,
+            calls,
         }
+    }
+
+    /// Where worker commands go.
+    pub fn route(&self) -> &WorkerRoute {
+        &self.route
+    }
+
+    /// The handles commands are recorded in (the driver adds its reload and validation counts).
+    pub fn calls(&self) -> &CallMetrics {
+        &self.calls
+    }
+
+    /// Runs one worker command.
+    pub async fn worker(&self, cmd: &str) -> Result<String, SocketError> {
+        match &self.route {
+            WorkerRoute::Admin(p) => self.timed(p, cmd, cmd).await,
+            WorkerRoute::Master(p) => self.timed(p, &format!("@1 {cmd}"), cmd).await,
+        }
+    }
+
+    /// Runs one master command.
+    pub async fn master(&self, cmd: &str) -> Result<String, SocketError> {
+        self.timed(&self.master, cmd, cmd).await
+    }
+
+    /// Sends `line` to `path`; `cmd` (the command without a routing prefix) names it.
+    async fn timed(&self, path: &Path, line: &str, cmd: &str) -> Result<String, SocketError> {
+        let endpoint = command_endpoint(cmd);
+        let started = Instant::now();
+        let result = command(path, line, command_timeout(endpoint)).await;
+        let status = match &result {
+            Ok(_) => STATUS_ANSWERED,
+            Err(SocketError::Timeout { .. }) => STATUS_TIMEOUT,
+            Err(_) => STATUS_ERROR,
+        };
+        self.calls.count(COUNTED_AS.0, COUNTED_AS.1);
+        self.calls.observe(endpoint, status, started.elapsed());
+        result
     }
 }
 
@@ -281,6 +379,25 @@ pub fn cli_split(line: &str) -> Vec<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn commands_are_labelled_by_verb_and_object_and_a_reload_waits_longer() {
+        assert_eq!(command_endpoint("show servers state web"), "show_servers");
+        assert_eq!(
+            command_endpoint("add server web/hnc_1 10.0.0.1:80 check"),
+            "add_server"
+        );
+        assert_eq!(
+            command_endpoint("set map /m/hnc_exact.map a.test web"),
+            "set_map"
+        );
+        assert_eq!(command_endpoint("reload"), "reload");
+        // Never an argument: anything unknown is `other`.
+        assert_eq!(command_endpoint("show web/hnc_1"), "other");
+        assert_eq!(command_endpoint(""), "other");
+        assert_eq!(command_timeout("reload"), RELOAD_TIMEOUT);
+        assert_eq!(command_timeout("show_proc"), COMMAND_TIMEOUT);
+    }
 
     #[test]
     fn outcome_on_both_versions_framing() {

@@ -9,6 +9,7 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
 use super::*;
+use crate::call_metrics::CallMetrics;
 use crate::model::{Balance, Mode};
 use crate::plan::Op;
 
@@ -30,14 +31,14 @@ impl Files {
             binary: PathBuf::from("/bin/sh"),
             configs: vec![PathBuf::from(check)],
         };
-        RuntimeDriver::new(cfg.clone())
+        RuntimeDriver::new(cfg.clone(), CallMetrics::disabled())
             .ensure_files()
             .expect("create the files");
         Files { dir, cfg }
     }
 
     fn driver(&self) -> RuntimeDriver {
-        RuntimeDriver::new(self.cfg.clone())
+        RuntimeDriver::new(self.cfg.clone(), CallMetrics::disabled())
     }
 
     fn exact_map(&self) -> PathBuf {
@@ -112,7 +113,7 @@ async fn a_failed_restore_is_reported_with_the_check_failure() {
     let mut cfg = placeholder.cfg.clone();
     cfg.configs = vec![PathBuf::from(check)];
     let before = fs::read_to_string(&cfg.fragment).expect("fragment");
-    let driver = RuntimeDriver::new(cfg.clone());
+    let driver = RuntimeDriver::new(cfg.clone(), CallMetrics::disabled());
 
     let err = apply(&driver).await.expect_err("the check fails");
     let msg = err.to_string();
