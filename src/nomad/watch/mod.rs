@@ -26,5 +26,8 @@ mod relist;
 mod settings;
 mod streams;
 
+#[cfg(test)]
+mod machine_tests;
+
 pub use executor::{RelistRequester, Watcher};
 pub use settings::{Tuning, WatcherSettings};
