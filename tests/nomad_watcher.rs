@@ -937,3 +937,46 @@ async fn namespace_deny_list_hides_namespaces() {
         "the denied namespace is never read"
     );
 }
+
+/// Under the paused clock the watcher's timers can be pinned: an index move no event explains
+/// (a deletion Nomad did not announce) is relisted when the explain grace is up, not before, and
+/// not later than the grace plus the relist's own (instant, virtual) requests.
+#[tokio::test(start_paused = true)]
+async fn an_unexplained_index_move_is_relisted_when_the_grace_is_up() {
+    let double = NomadDouble::start().await;
+    double.register([web("a", 20001), web("b", 20002)]);
+    // Neither the resync nor anything else may repair it here.
+    let watcher = start(
+        &double,
+        None,
+        settings(Namespaces::All, Duration::from_secs(60)),
+    );
+    let mut rx = watcher.snapshot();
+    wait_for(&mut rx, SETTLE, "first sync", |s| {
+        ids(s, "default", "web").len() == 2
+    })
+    .await;
+    // Let the relist of the first connect and the first blocking list settle.
+    sleep(Duration::from_secs(1)).await;
+    let relists = watcher.stats().snapshot().full_relists;
+
+    let grace = tuning().explain_grace;
+    let t = Instant::now();
+    double.delete_silently(&[&web("b", 0).id]);
+    sleep(grace - Duration::from_millis(10)).await;
+    assert_eq!(
+        ids(&rx.borrow(), "default", "web").len(),
+        2,
+        "not before the grace is up"
+    );
+    assert_eq!(watcher.stats().snapshot().full_relists, relists);
+    wait_for(
+        &mut rx,
+        Duration::from_millis(50),
+        "relisted after the grace",
+        |s| ids(s, "default", "web").len() == 1,
+    )
+    .await;
+    assert!(t.elapsed() >= grace, "{:?}", t.elapsed());
+    assert_eq!(watcher.stats().snapshot().full_relists, relists + 1);
+}
