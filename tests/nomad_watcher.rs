@@ -1,6 +1,13 @@
 //! The Nomad watcher against the Nomad double: the catalog follows registrations through the
 //! event stream, survives lossy streams, permission errors and index resets, and costs little on
 //! an idle cluster (issue 3's acceptance list).
+//!
+//! Every test runs under Tokio's paused clock: the watcher's timers (backoff, grace, resync,
+//! heartbeat watchdog), the double's (heartbeats, blocking waits) and the tests' own sleeps and
+//! bounds are virtual, and the clock jumps ahead whenever every task waits. The HTTP between
+//! the watcher and the double is real (loopback, `TCP_NODELAY` as Nomad sets it), so no test
+//! here sleeps in real time. The machine's decisions alone are tested in
+//! `src/nomad/watch/machine_tests/`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -142,7 +149,7 @@ fn web(alloc: &str, port: u16) -> Reg {
     Reg::new("default", "web", alloc, "10.0.0.5", port)
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn follows_register_scale_tag_change_and_deregister_within_100ms() {
     let double = NomadDouble::start().await;
     double.register([web("a", 20001)]);
@@ -233,7 +240,7 @@ async fn follows_register_scale_tag_change_and_deregister_within_100ms() {
     eprintln!("register followed in {register_took:?}");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_burst_of_events_for_one_service_costs_few_reads() {
     let double = NomadDouble::start().await;
     double.register([web("a", 20001)]);
@@ -261,7 +268,7 @@ async fn a_burst_of_events_for_one_service_costs_few_reads() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn stream_cut_longer_than_the_buffer_is_repaired_by_the_relist() {
     let double = NomadDouble::start_with(Options {
         buffer_size: 5,
@@ -339,7 +346,7 @@ async fn stream_cut_longer_than_the_buffer_is_repaired_by_the_relist() {
     assert!(stats.stream_reconnects >= 2, "{stats:?}");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn stream_ending_with_error_text_or_going_silent_reconnects() {
     let double = NomadDouble::start_with(Options {
         heartbeat: Duration::from_millis(100),
@@ -390,7 +397,7 @@ async fn stream_ending_with_error_text_or_going_silent_reconnects() {
     assert!(silent.requests("stream") >= 3);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn deletion_as_alloc_updated_at_once_and_silent_deletion_by_the_next_resync() {
     let double = NomadDouble::start().await;
     double.register([web("a", 20001), web("b", 20002), web("c", 20003)]);
@@ -437,7 +444,7 @@ async fn deletion_as_alloc_updated_at_once_and_silent_deletion_by_the_next_resyn
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn permission_denied_keeps_the_last_good_data_marks_stale_and_names_namespace() {
     let double = NomadDouble::start().await;
     double.enable_acl();
@@ -501,7 +508,7 @@ async fn permission_denied_keeps_the_last_good_data_marks_stale_and_names_namesp
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn list_permission_denied_is_an_error_naming_the_namespace() {
     let double = NomadDouble::start().await;
     double.enable_acl();
@@ -537,7 +544,7 @@ fn client_for_token(double: &NomadDouble, token: &str) -> NomadClient {
     client(double, Some(token))
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_token_that_can_read_nothing_any_more_is_suspicious_not_all_gone() {
     let double = NomadDouble::start().await;
     double.enable_acl();
@@ -569,7 +576,7 @@ async fn a_token_that_can_read_nothing_any_more_is_suspicious_not_all_gone() {
 /// Issue 11, item 4: with `namespaces=*`, Nomad silently leaves out a namespace the token can
 /// no longer read. The watcher confirms with a read of that namespace alone; the 403 keeps its
 /// services and marks the catalog stale, while other namespaces still follow Nomad.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn losing_read_on_one_namespace_under_star_removes_nothing() {
     let double = NomadDouble::start().await;
     double.enable_acl();
@@ -636,7 +643,7 @@ async fn losing_read_on_one_namespace_under_star_removes_nothing() {
 
 /// The other half of item 4: a namespace that is really empty (every registration gone, the
 /// token still valid) is removed, even when no event announced it.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_namespace_that_really_emptied_under_star_is_removed() {
     let double = NomadDouble::start().await;
     double.enable_acl();
@@ -678,7 +685,7 @@ async fn a_namespace_that_really_emptied_under_star_is_removed() {
 
 /// The relist count the mass-delete guard waits on: bumped after each error-free full relist
 /// (once its catalog is published), not after a failed one; and a relist can be asked for.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn clean_relists_are_counted_and_can_be_requested() {
     let double = NomadDouble::start().await;
     double.register([web("a", 20001)]);
@@ -724,7 +731,7 @@ async fn clean_relists_are_counted_and_can_be_requested() {
     assert!(watcher.snapshot().borrow().stale.is_some());
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn same_name_in_two_namespaces_null_tags_and_ipv6() {
     let double = NomadDouble::start().await;
     double.register([web("a", 20001)]);
@@ -765,7 +772,7 @@ async fn same_name_in_two_namespaces_null_tags_and_ipv6() {
     assert_eq!(ids(&s, "default", "web").len(), 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn index_moving_backwards_resets_and_relists() {
     // Indexes from 1, so the restore below can go back to 2.
     let double = NomadDouble::start_with(crate::support::nomad::Options {
@@ -806,7 +813,7 @@ async fn index_moving_backwards_resets_and_relists() {
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn idle_cluster_costs_at_most_one_list_per_interval_and_no_reads() {
     let double = NomadDouble::start().await;
     double.register([web("a", 20001), web("b", 20002)]);
@@ -844,7 +851,7 @@ async fn idle_cluster_costs_at_most_one_list_per_interval_and_no_reads() {
     drop(watcher);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn checks_come_from_the_job_and_are_cached() {
     let double = NomadDouble::start().await;
     double.put_job(
@@ -884,7 +891,7 @@ async fn checks_come_from_the_job_and_are_cached() {
     assert_eq!(double.requests("job"), jobs + 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn works_over_a_unix_socket() {
     let double = NomadDouble::start_unix(Options::default()).await;
     assert!(double.url().starts_with("unix:///"));
@@ -904,7 +911,7 @@ async fn works_over_a_unix_socket() {
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn namespace_deny_list_hides_namespaces() {
     let double = NomadDouble::start().await;
     double.register([web("a", 20001)]);
@@ -931,4 +938,47 @@ async fn namespace_deny_list_hides_namespaces() {
         1,
         "the denied namespace is never read"
     );
+}
+
+/// Under the paused clock the watcher's timers can be pinned: an index move no event explains
+/// (a deletion Nomad did not announce) is relisted when the explain grace is up, not before, and
+/// not later than the grace plus the relist's own (instant, virtual) requests.
+#[tokio::test(start_paused = true)]
+async fn an_unexplained_index_move_is_relisted_when_the_grace_is_up() {
+    let double = NomadDouble::start().await;
+    double.register([web("a", 20001), web("b", 20002)]);
+    // Neither the resync nor anything else may repair it here.
+    let watcher = start(
+        &double,
+        None,
+        settings(Namespaces::All, Duration::from_secs(60)),
+    );
+    let mut rx = watcher.snapshot();
+    wait_for(&mut rx, SETTLE, "first sync", |s| {
+        ids(s, "default", "web").len() == 2
+    })
+    .await;
+    // Let the relist of the first connect and the first blocking list settle.
+    sleep(Duration::from_secs(1)).await;
+    let relists = watcher.stats().snapshot().full_relists;
+
+    let grace = tuning().explain_grace;
+    let t = Instant::now();
+    double.delete_silently(&[&web("b", 0).id]);
+    sleep(grace - Duration::from_millis(10)).await;
+    assert_eq!(
+        ids(&rx.borrow(), "default", "web").len(),
+        2,
+        "not before the grace is up"
+    );
+    assert_eq!(watcher.stats().snapshot().full_relists, relists);
+    wait_for(
+        &mut rx,
+        Duration::from_millis(50),
+        "relisted after the grace",
+        |s| ids(s, "default", "web").len() == 1,
+    )
+    .await;
+    assert!(t.elapsed() >= grace, "{:?}", t.elapsed());
+    assert_eq!(watcher.stats().snapshot().full_relists, relists + 1);
 }

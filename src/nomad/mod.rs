@@ -19,11 +19,11 @@
 mod client;
 mod stats;
 pub mod stream;
-mod watcher;
+mod watch;
 pub mod wire;
 
 pub use client::{
     Blocking, DEFAULT_REQUEST_SLACK, Indexed, MAX_BLOCKING_WAIT, NomadClient, NomadError,
 };
 pub use stats::{Endpoint, NomadStats, StatsSnapshot};
-pub use watcher::{RelistRequester, Tuning, Watcher, WatcherSettings};
+pub use watch::{RelistRequester, Tuning, Watcher, WatcherSettings};

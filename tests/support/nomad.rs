@@ -259,6 +259,11 @@ impl NomadDouble {
             .await
             .expect("bind the Nomad double");
         let addr: SocketAddr = listener.local_addr().expect("local addr");
+        // As Go's net/http (Nomad) does on every TCP connection: a small write (an event
+        // stream's line after its headers) must not wait for the client's delayed ACK.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let app = router(shared.clone());
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -287,6 +292,7 @@ impl NomadDouble {
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         let server = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
+                let _ = tcp.set_nodelay(true);
                 let (acceptor, app) = (acceptor.clone(), app.clone());
                 tokio::spawn(async move {
                     let Ok(stream) = acceptor.accept(tcp).await else {
