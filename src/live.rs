@@ -18,6 +18,26 @@ pub struct Live {
     /// The driver manages the frontend's host-map rules (`haproxy.frontend` is set) and they are
     /// not all there.
     pub route_rules_missing: bool,
+    /// The configuration version seen (Data Plane API): the optimistic concurrency token the
+    /// plan's transaction starts from. `None` for a driver without one.
+    pub version: Option<i64>,
+    /// Empty server slots by backend, in slot order (Data Plane API driver; the filled ones are
+    /// servers of [`LiveBackend::servers`] named after their slot).
+    pub free_slots: BTreeMap<String, Vec<String>>,
+    /// The frontend the connector inserts its host-map rules into, as seen (when it manages them).
+    pub frontend: Option<FrontendRules>,
+}
+
+/// The configured frontend's `use_backend` rules, as far as the connector's own are concerned.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FrontendRules {
+    pub frontend: String,
+    /// Rules the frontend has (the connector's go after them).
+    pub count: usize,
+    /// The connector's rules missing: (name, condition).
+    pub missing: Vec<(String, String)>,
+    /// The connector's map files absent from the API's storage (looked up while rules are missing).
+    pub missing_maps: Vec<crate::model::MatchKind>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -18,7 +18,7 @@ use haproxy_nomad_connector::haproxy::Driver;
 use haproxy_nomad_connector::haproxy::runtime::socket::{self, Outcome};
 use haproxy_nomad_connector::haproxy::runtime::{RuntimeConfig, RuntimeDriver, state};
 use haproxy_nomad_connector::model::{MatchKind, RouteKey, route_rules};
-use haproxy_nomad_connector::plan::{Action, Op, OpKind, Plan};
+use haproxy_nomad_connector::plan::{Action, Op, OpKind, Plan, compile};
 use haproxy_nomad_connector::reconcile::drains::DrainClock;
 use haproxy_nomad_connector::reconcile::pass::{PassOutcome, run_pass};
 
@@ -717,7 +717,7 @@ fn route_plan(routes: &[(MatchKind, &str, &str)]) -> Plan {
                 )
             })
             .collect(),
-        pending_drains: Vec::new(),
+        ..Plan::default()
     }
 }
 
@@ -738,7 +738,12 @@ async fn a_payload_key_is_refused_alone_and_a_regex_key_is_stored_exactly() {
     ]);
     let report = env
         .driver
-        .apply(&plan, &Desired::default(), &live)
+        .apply(&compile(
+            plan,
+            &Desired::default(),
+            &live,
+            &RuntimeDriver::PROFILE,
+        ))
         .await
         .expect("the pass is applied, the refused keys reported in it");
     assert_eq!(report.refused.len(), 2, "{:?}", report.refused);

@@ -39,6 +39,7 @@ fn touch_everything(m: &Metrics) {
             "gone",
         )],
         pending_drains: vec![],
+        ..Plan::default()
     });
     m.record_reloads(&["backend created"]);
     m.driver_requests
@@ -239,6 +240,7 @@ fn applied_plans_are_counted_by_operation_and_kind() {
             }),
         ],
         pending_drains: vec![],
+        ..Plan::default()
     };
     m.record_applied_plan(&plan);
     m.record_applied_plan(&plan);

@@ -259,7 +259,9 @@ fn assert_owned_only(plan: &Plan, live: &Live, desired: &Desired) {
             }
             Action::AddServer { server, .. } => assert!(is_owned_server(server)),
             Action::ReadyServer { backend, server }
-            | Action::EnableCheck { backend, server }
+            | Action::EnableCheck {
+                backend, server, ..
+            }
             | Action::SetWeight {
                 backend, server, ..
             }
@@ -278,7 +280,10 @@ fn assert_owned_only(plan: &Plan, live: &Live, desired: &Desired) {
             Action::AddRoute { .. }
             | Action::SetRoute { .. }
             | Action::RemoveRoute { .. }
-            | Action::InsertRouteRules => {}
+            | Action::InsertRouteRules { .. } => {}
+            Action::GrowSlots { .. } | Action::RewriteMap { .. } | Action::ReaddServer { .. } => {
+                panic!("the driver-neutral diff never emits {op:?}")
+            }
         }
         if let Some(b) = backend
             && !matches!(op.action, Action::AddRoute { .. } | Action::SetRoute { .. })

@@ -517,12 +517,11 @@ mod tests {
             Ok(self.live.clone())
         }
 
-        async fn apply(
-            &self,
-            plan: &Plan,
-            _desired: &crate::desired::Desired,
-            _live: &Live,
-        ) -> Result<ApplyReport, DriverError> {
+        fn profile(&self) -> crate::plan::DriverProfile {
+            crate::plan::DriverProfile::NEUTRAL
+        }
+
+        async fn apply(&self, plan: &Plan) -> Result<ApplyReport, DriverError> {
             self.applied
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -623,8 +622,11 @@ mod tests {
     fn refused_operations_fail_the_pass_and_keep_its_reloads() {
         let report = ApplyReport {
             reloads: vec![crate::haproxy::Reload::new(
-                crate::haproxy::ReloadKind::Structural,
-                "create backend web",
+                crate::plan::ReloadReason::Structural {
+                    changes: vec![crate::plan::StructuralChange::CreateBackend {
+                        backend: "web".into(),
+                    }],
+                },
             )],
             applied: 2,
             requests: 5,

@@ -9,8 +9,9 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
 use super::*;
-use crate::model::{Balance, Mode};
-use crate::plan::Op;
+use crate::desired::Desired;
+use crate::model::{BackendSettings, Balance, CheckSpec, Mode, RouteKey};
+use crate::plan::{Action, Op, compile};
 
 struct Files {
     dir: tempfile::TempDir,
@@ -93,7 +94,12 @@ fn plan() -> Plan {
 
 async fn apply(driver: &RuntimeDriver) -> Result<ApplyReport, DriverError> {
     driver
-        .apply(&plan(), &Desired::default(), &Live::default())
+        .apply(&compile(
+            plan(),
+            &Desired::default(),
+            &Live::default(),
+            &RuntimeDriver::PROFILE,
+        ))
         .await
 }
 
@@ -209,7 +215,7 @@ async fn a_symlinked_fragment_is_refused_and_its_target_untouched() {
 fn keys_the_cli_refuses_stay_out_of_the_map_files() {
     let files = Files::new("true");
     let driver = files.driver();
-    let mut after = Live::default();
+    let mut after = crate::plan::Outcome::default();
     for key in [
         "good.example.com",
         "two words",
@@ -222,7 +228,7 @@ fn keys_the_cli_refuses_stay_out_of_the_map_files() {
                 kind: MatchKind::Exact,
                 key: key.to_string(),
             },
-            vec!["be".to_string()],
+            "be".to_string(),
         );
     }
     let maps = driver.render_maps(&after);
