@@ -26,6 +26,21 @@ pub struct Live {
     pub free_slots: BTreeMap<String, Vec<String>>,
     /// The frontend the connector inserts its host-map rules into, as seen (when it manages them).
     pub frontend: Option<FrontendRules>,
+    /// What slots carry themselves, by backend and slot (Data Plane API driver; slots carrying
+    /// nothing, those of the connector's own backends, are left out).
+    pub slot_carries: BTreeMap<String, BTreeMap<String, SlotCarries>>,
+}
+
+/// The fields a server slot carries itself besides address, port, weight and maintenance: check
+/// settings and maxconn, written on slots of backends whose settings are not the connector's.
+/// A slot write that changes one of them cannot be applied at run time (the API reloads).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotCarries {
+    pub check: Option<bool>,
+    pub inter: Option<u32>,
+    pub rise: Option<u32>,
+    pub fall: Option<u32>,
+    pub maxconn: Option<u32>,
 }
 
 /// The configured frontend's `use_backend` rules, as far as the connector's own are concerned.

@@ -21,6 +21,7 @@ mod hostile;
 mod nomad_double;
 mod nomad_tls;
 mod nomad_watcher;
+mod plan_word;
 mod preflight;
 mod runtime_driver;
 

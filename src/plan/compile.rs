@@ -14,7 +14,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::outcome::{apply, outcome};
 use super::reload::{DriverProfile, ReloadReason, ServerPlacement, StructuralChange};
-use super::slots::{BackendSlots, SlotOp, SlotServer, plan_slots, slot_number};
+use super::slots::{
+    BackendSlots, SlotOp, SlotServer, carries, plan_slots, settings_carrying, slot_number,
+};
 use super::{Action, Op, OpKind, Plan};
 use crate::desired::{Desired, Ownership};
 use crate::live::Live;
@@ -30,8 +32,10 @@ pub fn addressable_in_file(key: &str) -> bool {
 /// The plan `plan` (computed from `live` towards `desired`) as `profile`'s driver executes it.
 pub fn compile(mut plan: Plan, desired: &Desired, live: &Live, profile: &DriverProfile) -> Plan {
     plan.version = live.version;
+    let mut fallbacks = BTreeSet::new();
     if profile.servers == ServerPlacement::Slots {
         place_in_slots(&mut plan, desired, live);
+        fallbacks = slot_writes_that_reload(&mut plan, live);
     }
     if let Some(addressable) = profile.route_addressable {
         rewrite_maps(&mut plan, desired, addressable);
@@ -41,7 +45,7 @@ pub fn compile(mut plan: Plan, desired: &Desired, live: &Live, profile: &DriverP
     if profile.readd_after_reload && plan.has_structural() {
         readd(&mut plan, desired, live);
     }
-    plan.reloads = Some(reloads(&plan, profile));
+    plan.reloads = Some(reloads(&plan, profile, &fallbacks));
     if profile.persists_outcome {
         plan.outcome = Some(outcome(live, &plan, desired));
     }
@@ -156,6 +160,45 @@ fn place_in_slots(plan: &mut Plan, desired: &Desired, live: &Live) {
     }
 }
 
+/// Slot writes that change what the slot carries itself (its check settings, in a backend not
+/// the connector's, changed since it was written): the API applies them with a reload. A freed
+/// slot keeps what it carries (no reload: it is rewritten when it is filled again).
+fn slot_writes_that_reload(plan: &mut Plan, live: &Live) -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    let mut kept = BTreeMap::new();
+    for op in &plan.ops {
+        let (backend, server) = match &op.action {
+            Action::AddServer {
+                backend, server, ..
+            }
+            | Action::SetWeight {
+                backend, server, ..
+            }
+            | Action::RemoveServer { backend, server } => (backend, server),
+            _ => continue,
+        };
+        let now = live
+            .slot_carries
+            .get(backend)
+            .and_then(|m| m.get(server))
+            .copied()
+            .unwrap_or_default();
+        let key = (backend.clone(), server.clone());
+        let own = if matches!(op.action, Action::RemoveServer { .. }) {
+            let keep = settings_carrying(&now);
+            kept.insert(key.clone(), keep.clone());
+            keep
+        } else {
+            plan.own_settings.get(backend).cloned()
+        };
+        if carries(own.as_ref()) != now {
+            out.insert(key);
+        }
+    }
+    plan.slot_settings = kept;
+    out
+}
+
 fn rewrite_maps(plan: &mut Plan, desired: &Desired, addressable: fn(&str) -> bool) {
     let mut keys: BTreeMap<MatchKind, Vec<String>> = BTreeMap::new();
     plan.ops.retain(|o| {
@@ -223,7 +266,11 @@ fn readd(plan: &mut Plan, desired: &Desired, live: &Live) {
 /// The reloads of `plan` under `profile`, in execution order: the structural one (all structural
 /// changes at once), then one per health check re-enabled through the configuration, then one
 /// per map rewritten whole.
-fn reloads(plan: &Plan, profile: &DriverProfile) -> Vec<ReloadReason> {
+fn reloads(
+    plan: &Plan,
+    profile: &DriverProfile,
+    fallbacks: &BTreeSet<(String, String)>,
+) -> Vec<ReloadReason> {
     let created: BTreeSet<&str> = plan
         .ops
         .iter()
@@ -286,6 +333,20 @@ fn reloads(plan: &Plan, profile: &DriverProfile) -> Vec<ReloadReason> {
                 })
             }
             Action::RewriteMap { map, .. } => out.push(ReloadReason::MapRewrite { map: *map }),
+            Action::AddServer {
+                backend, server, ..
+            }
+            | Action::SetWeight {
+                backend, server, ..
+            }
+            | Action::RemoveServer { backend, server }
+                if fallbacks.contains(&(backend.clone(), server.clone())) =>
+            {
+                out.push(ReloadReason::RuntimeFallback {
+                    backend: backend.clone(),
+                    server: server.clone(),
+                })
+            }
             _ => {}
         }
     }

@@ -219,21 +219,21 @@ impl Action {
     }
 
     /// Execution order: structure first, then servers, routes to new servers, drains, and removals
-    /// last, so a route never points to a backend that is not there yet or already gone; map
-    /// rewrites, then re-adds after the reload, close the plan.
+    /// last, so a route never points to a backend that is not there yet or already gone; re-adds
+    /// after the reload close the plan.
     fn phase(&self) -> u8 {
         match self {
             Action::CreateBackend { .. } => 0,
             Action::UpdateBackend { .. } | Action::InsertRouteRules { .. } => 1,
             Action::GrowSlots { .. } | Action::AddServer { .. } => 2,
             Action::ReadyServer { .. } | Action::EnableCheck { .. } | Action::SetWeight { .. } => 3,
-            Action::AddRoute { .. } | Action::SetRoute { .. } => 4,
+            // A map rewritten whole reloads: before the drains, which a reload would undo.
+            Action::AddRoute { .. } | Action::SetRoute { .. } | Action::RewriteMap { .. } => 4,
             Action::DrainServer { .. } => 5,
             Action::RemoveRoute { .. } => 6,
             Action::RemoveServer { .. } => 7,
             Action::DeleteBackend { .. } => 8,
-            Action::RewriteMap { .. } => 9,
-            Action::ReaddServer { .. } => 10,
+            Action::ReaddServer { .. } => 9,
         }
     }
 }
@@ -289,6 +289,10 @@ pub struct Plan {
     /// slot driver each slot carries them itself (check and maxconn).
     #[serde(skip)]
     pub own_settings: BTreeMap<String, BackendSettings>,
+    /// For slots freed in such backends once no service is left there: the settings they carry,
+    /// by (backend, slot), written back so the write needs no reload.
+    #[serde(skip)]
+    pub slot_settings: BTreeMap<(String, String), Option<BackendSettings>>,
     /// The state the plan leads to, for a driver that persists it ([`DriverProfile::persists_outcome`]).
     #[serde(skip)]
     pub outcome: Option<Outcome>,
@@ -302,6 +306,18 @@ impl Plan {
     /// The reloads the plan costs (none known before [`compile`]).
     pub fn reloads(&self) -> &[ReloadReason] {
         self.reloads.as_deref().unwrap_or_default()
+    }
+
+    /// The settings a slot write to `server` of `backend` carries itself ([`Plan::own_settings`],
+    /// [`Plan::slot_settings`]); `None` in the connector's own backends.
+    pub fn slot_own(&self, backend: &str, server: &str) -> Option<&BackendSettings> {
+        match self
+            .slot_settings
+            .get(&(backend.to_string(), server.to_string()))
+        {
+            Some(kept) => kept.as_ref(),
+            None => self.own_settings.get(backend),
+        }
     }
 
     /// Whether any operation is structural.

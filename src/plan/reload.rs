@@ -100,7 +100,8 @@ pub enum ReloadReason {
     EnableCheck { backend: String, server: String },
     /// A route map rewritten whole: a key the API cannot address changed or left.
     MapRewrite { map: MatchKind },
-    /// Not planned: the API could not apply a server write at run time and reloaded instead.
+    /// A server slot write the API cannot apply at run time (what the slot carries itself, its
+    /// check settings in a backend not the connector's, changes), so it reloads.
     RuntimeFallback { backend: String, server: String },
 }
 

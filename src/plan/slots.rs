@@ -13,7 +13,10 @@
 
 use serde::Serialize;
 
-use crate::model::{Endpoint, SERVER_PREFIX};
+use crate::live::SlotCarries;
+use crate::model::{
+    BackendSettings, Balance, CheckSpec, CheckTiming, Endpoint, Mode, SERVER_PREFIX,
+};
 
 /// Slots a backend starts with at least.
 pub const MIN_SLOTS: usize = 4;
@@ -119,6 +122,47 @@ pub fn plan_slots(have: &BackendSlots<'_>, adds: &[SlotServer], removes: &[&str]
         });
     }
     ops
+}
+
+/// What a slot written with `own` (the settings a slot carries itself, `None` in the
+/// connector's own backends) carries: the fields the Data Plane API driver's slot body sets.
+pub fn carries(own: Option<&BackendSettings>) -> SlotCarries {
+    let Some(s) = own else {
+        return SlotCarries::default();
+    };
+    let timing = s.check.timing();
+    SlotCarries {
+        check: Some(s.check.is_enabled()),
+        inter: timing.map(|t| t.interval_ms),
+        rise: timing.map(|t| t.rise),
+        fall: timing.map(|t| t.fall),
+        maxconn: s.maxconn,
+    }
+}
+
+/// Settings that, written on a slot, make it carry `c` again ([`carries`] of them is `c`), for a
+/// slot freed in a backend no longer desired: only the fields a slot carries matter (mode and
+/// balance are placeholders). `None` for a slot carrying nothing.
+pub fn settings_carrying(c: &SlotCarries) -> Option<BackendSettings> {
+    let check_enabled = c.check?;
+    let check = match (check_enabled, c.inter, c.rise, c.fall) {
+        (true, Some(interval_ms), Some(rise), Some(fall)) => CheckSpec::Tcp {
+            timing: CheckTiming {
+                interval_ms,
+                timeout_ms: interval_ms,
+                rise,
+                fall,
+            },
+        },
+        _ => CheckSpec::None,
+    };
+    let s = BackendSettings {
+        mode: Mode::Http,
+        balance: Balance::Roundrobin,
+        check,
+        maxconn: c.maxconn,
+    };
+    (carries(Some(&s)) == *c).then_some(s)
 }
 
 #[cfg(test)]

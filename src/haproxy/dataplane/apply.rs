@@ -31,7 +31,6 @@ impl DataplaneDriver {
         let mut version = plan.version;
         let mut report = ApplyReport::default();
         let before = self.client.total_requests();
-        let own = |backend: &str| plan.own_settings.get(backend);
 
         // Structural part: one transaction, slot growth last.
         let mut staged: Vec<Staged> = Vec::new();
@@ -111,7 +110,7 @@ impl DataplaneDriver {
                             &slot.name,
                             slot.server.as_ref().map(|s| &s.endpoint),
                             slot.server.map_or(1, |s| s.weight),
-                            own(backend),
+                            plan.own_settings.get(backend),
                         ),
                     ));
                 }
@@ -154,18 +153,23 @@ impl DataplaneDriver {
                     endpoint,
                     weight,
                 } => {
-                    let body = slot_body(server, Some(endpoint), *weight, own(backend));
+                    let body = slot_body(
+                        server,
+                        Some(endpoint),
+                        *weight,
+                        plan.slot_own(backend, server),
+                    );
                     let v = version.ok_or_else(no_version)?;
                     version = Some(
-                        self.put_server(v, backend, server, &body, &mut report)
+                        self.put_server(plan, v, backend, server, &body, &mut report)
                             .await?,
                     );
                 }
                 Action::RemoveServer { backend, server } => {
-                    let body = slot_body(server, None, 1, own(backend));
+                    let body = slot_body(server, None, 1, plan.slot_own(backend, server));
                     let v = version.ok_or_else(no_version)?;
                     version = Some(
-                        self.put_server(v, backend, server, &body, &mut report)
+                        self.put_server(plan, v, backend, server, &body, &mut report)
                             .await?,
                     );
                 }
@@ -183,7 +187,12 @@ impl DataplaneDriver {
                 } => {
                     // DPAPI cannot run `enable health` (dataplaneapi#299); a reload rebuilds the
                     // server from the configuration, where its check is enabled.
-                    let body = slot_body(server, Some(endpoint), *weight, own(backend));
+                    let body = slot_body(
+                        server,
+                        Some(endpoint),
+                        *weight,
+                        plan.slot_own(backend, server),
+                    );
                     let v = version.ok_or_else(no_version)?;
                     let a = self
                         .client
@@ -386,25 +395,40 @@ impl DataplaneDriver {
         }
     }
 
+    /// Writes a slot. The plan says when the write cannot be applied at run time: it is then
+    /// made with a synchronous reload, at its place in the plan (before the drains, which a later
+    /// reload would undo).
     pub(super) async fn put_server(
         &self,
+        plan: &Plan,
         version: i64,
         backend: &str,
         server: &str,
         body: &Value,
         report: &mut ApplyReport,
     ) -> Result<i64, DataplaneError> {
+        let fallback = ReloadReason::RuntimeFallback {
+            backend: backend.to_string(),
+            server: server.to_string(),
+        };
+        let planned = plan.reloads().contains(&fallback);
+        let mut query = vec![("version", version.to_string())];
+        if planned {
+            query.push(("force_reload", "true".into()));
+        }
         let a = self
             .client
             .call(
                 Method::PUT,
                 "servers",
                 &seg(&CONF, &["backends", backend, "servers", server]),
-                &[("version", version.to_string())],
+                &query,
                 Some(body),
             )
             .await?;
-        if a.status == 202 {
+        if planned {
+            report.reloads.push(Reload::new(fallback));
+        } else if a.status == 202 {
             // DPAPI could not use the runtime path and scheduled a reload.
             report
                 .reloads

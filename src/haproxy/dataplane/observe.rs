@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::error::DataplaneError;
 use super::objects::{parse_settings, parse_slot};
 use super::{CONF, DataplaneDriver, RUNTIME, map_name, seg};
-use crate::live::{FrontendRules, Live, LiveBackend, LiveServer};
+use crate::live::{FrontendRules, Live, LiveBackend, LiveServer, SlotCarries};
 use crate::model::{
     AdminState, Endpoint, MatchKind, Mode, OWNER_MARKER, OpState, RouteKey, route_rules,
 };
@@ -126,6 +126,13 @@ impl DataplaneDriver {
                         .unwrap_or_default();
                     let (admin, op) = runtime_state(&status);
                     if let Some(slot) = parse_slot(sv) {
+                        let carried = slot_carries(sv);
+                        if carried != SlotCarries::default() {
+                            live.slot_carries
+                                .entry(name.to_string())
+                                .or_default()
+                                .insert(slot.name.clone(), carried);
+                        }
                         let Some(endpoint) = slot.endpoint else {
                             free.push(slot.name);
                             continue;
@@ -310,5 +317,26 @@ fn runtime_state(status: &str) -> (AdminState, OpState) {
         (AdminState::Ready, OpState::Stopping)
     } else {
         (AdminState::Ready, OpState::Up)
+    }
+}
+
+/// What a slot object carries itself (the fields [`super::objects::slot_body`] writes from its
+/// own settings).
+fn slot_carries(server: &Value) -> SlotCarries {
+    let u32_of = |k: &str| {
+        server
+            .get(k)
+            .and_then(Value::as_u64)
+            .and_then(|n| u32::try_from(n).ok())
+    };
+    SlotCarries {
+        check: server
+            .get("check")
+            .and_then(Value::as_str)
+            .map(|c| c == "enabled"),
+        inter: u32_of("inter"),
+        rise: u32_of("rise"),
+        fall: u32_of("fall"),
+        maxconn: u32_of("maxconn"),
     }
 }
