@@ -21,7 +21,8 @@ use haproxy_nomad_connector::desired::Policy;
 use haproxy_nomad_connector::haproxy::Driver;
 use haproxy_nomad_connector::haproxy::dataplane::{DataplaneDriver, Options};
 use haproxy_nomad_connector::haproxy::runtime::{RuntimeConfig, RuntimeDriver, state};
-use haproxy_nomad_connector::model::route_rules;
+use haproxy_nomad_connector::live::Live;
+use haproxy_nomad_connector::model::{Endpoint, route_rules};
 use haproxy_nomad_connector::plan::{Action, Plan, ReloadReason};
 use haproxy_nomad_connector::reconcile::drains::DrainClock;
 use haproxy_nomad_connector::reconcile::pass::{PassOutcome, run_pass};
@@ -236,6 +237,47 @@ fn drain_follow_up(plan: &Plan) -> bool {
     })
 }
 
+/// The servers the plan added are in HAProxy under the names the plan gave them.
+fn names_are_those_written(plan: &Plan, live: &Live, context: &str) {
+    let mut written: Vec<(&str, &str, Endpoint)> = Vec::new();
+    for op in &plan.ops {
+        match &op.action {
+            Action::AddServer {
+                backend,
+                server,
+                endpoint,
+                ..
+            }
+            | Action::ReaddServer {
+                backend,
+                server,
+                endpoint,
+                ..
+            } => written.push((backend, server, *endpoint)),
+            Action::GrowSlots { backend, slots, .. } => {
+                for slot in slots {
+                    if let Some(s) = slot.server {
+                        written.push((backend, &slot.name, s.endpoint));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    for (backend, server, endpoint) in written {
+        let seen = live
+            .backends
+            .get(backend)
+            .and_then(|b| b.servers.get(server))
+            .and_then(|s| s.endpoint);
+        assert_eq!(
+            seen,
+            Some(endpoint),
+            "{context}: {backend}/{server} is not where the plan put {endpoint}"
+        );
+    }
+}
+
 /// Checks one applied pass against its plan.
 fn held_to_its_word(o: &PassOutcome, seen_reloads: usize, context: &str) {
     let report = o
@@ -306,6 +348,7 @@ async fn run<D: Driver>(driver: &D, witness: Witness<'_>, custom_backend: &'stat
             let next = run_pass(driver, &snap, &policy, &mut drains, false)
                 .await
                 .unwrap_or_else(|e| panic!("{context}, next plan: {e}"));
+            names_are_those_written(&o.plan, &next.live, &context);
             let drained = o
                 .plan
                 .ops

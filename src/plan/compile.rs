@@ -319,19 +319,14 @@ fn reloads(
     if structural {
         out.push(ReloadReason::Structural { changes });
     }
-    // A reload of the whole state realises every other operation of the plan at once: only a
-    // driver that applies them one by one after it pays for each.
-    let one_by_one = !structural || profile.servers == ServerPlacement::Slots;
     for op in &plan.ops {
         match &op.action {
             Action::EnableCheck {
                 backend, server, ..
-            } if profile.enable_check_reloads && one_by_one => {
-                out.push(ReloadReason::EnableCheck {
-                    backend: backend.clone(),
-                    server: server.clone(),
-                })
-            }
+            } if profile.enable_check_reloads => out.push(ReloadReason::EnableCheck {
+                backend: backend.clone(),
+                server: server.clone(),
+            }),
             Action::RewriteMap { map, .. } => out.push(ReloadReason::MapRewrite { map: *map }),
             Action::AddServer {
                 backend, server, ..

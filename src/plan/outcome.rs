@@ -26,21 +26,26 @@ pub struct Outcome {
     pub backends: BTreeMap<String, OutcomeBackend>,
     /// Every route with the backend it maps to (the first, when HAProxy holds duplicates).
     pub routes: BTreeMap<RouteKey, String>,
+    /// The connector's backends left out: their settings could be neither read back nor found
+    /// in the desired model (the driver logs them).
+    pub unreadable: Vec<String>,
 }
 
 /// The persisted state after `plan` is applied to `live`. An owned backend whose settings could
-/// not be read back takes the desired ones; one with neither is left out (logged by the caller).
+/// not be read back takes the desired ones; one with neither is left out (and named).
 /// Only servers in rotation are kept: a reload would put a draining one back in service.
 pub fn outcome(live: &Live, plan: &Plan, desired: &Desired) -> Outcome {
     let mut after = live.clone();
     apply(&mut after, plan);
     let mut backends = BTreeMap::new();
+    let mut unreadable = Vec::new();
     for (name, b) in after.backends.iter().filter(|(_, b)| b.owned) {
         let Some(settings) = b
             .settings
             .clone()
             .or_else(|| desired.backends.get(name).map(|d| d.settings.clone()))
         else {
+            unreadable.push(name.clone());
             continue;
         };
         let servers = b
@@ -56,7 +61,11 @@ pub fn outcome(live: &Live, plan: &Plan, desired: &Desired) -> Outcome {
         .iter()
         .filter_map(|(k, v)| v.first().map(|b| (k.clone(), b.clone())))
         .collect();
-    Outcome { backends, routes }
+    Outcome {
+        backends,
+        routes,
+        unreadable,
+    }
 }
 
 fn server(name: &str, endpoint: Endpoint, weight: u16, check: bool) -> LiveServer {

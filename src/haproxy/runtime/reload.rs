@@ -23,6 +23,9 @@ use crate::plan::{Action, Outcome, Plan, ReloadReason};
 impl RuntimeDriver {
     /// Renders the fragment for the state the plan leads to.
     pub(super) fn render_fragment(&self, outcome: &Outcome) -> String {
+        for backend in &outcome.unreadable {
+            warn!(backend = %backend, "owned backend with unreadable settings left out of the fragment");
+        }
         let backends: BTreeMap<String, FragmentBackend> = outcome
             .backends
             .iter()
