@@ -5,6 +5,8 @@
 //!   [`Action::GrowSlots`] that creates the new slots already filled;
 //! - replaces the route changes a driver cannot address one key at a time by a whole-map
 //!   [`Action::RewriteMap`];
+//! - marks the slot writes the API can only apply with a reload (what a slot carries itself
+//!   changes), which the driver then makes with a synchronous reload at their place;
 //! - adds, after a reload, the servers the reload drops ([`Action::ReaddServer`]);
 //! - lists the reloads executing the plan costs, with their typed reasons ([`Plan::reloads`]);
 //! - carries the configuration version seen and, for a driver that persists it, the state the
@@ -112,10 +114,14 @@ fn place_in_slots(plan: &mut Plan, desired: &Desired, live: &Live) {
                             to,
                             slots: new,
                         },
-                        format!(
-                            "{placed} new servers do not fit the {} free slots",
-                            have.free.len()
-                        ),
+                        if live.backends.contains_key(backend) {
+                            format!(
+                                "{placed} new servers do not fit the {} free slots",
+                                have.free.len()
+                            )
+                        } else {
+                            format!("the slots of a new backend, {placed} filled")
+                        },
                     ));
                 }
                 SlotOp::Fill { slot, .. } => slots.push(Some(slot)),

@@ -2,7 +2,8 @@
 //! native-stats read for run-time state and sessions, the four route maps, and (with
 //! `haproxy.frontend`) the frontend's rules and the map files in storage: the same handful of
 //! requests whatever the number of services. Everything the core needs to plan goes into [`Live`]:
-//! the configuration version, the free slots, the frontend's missing rules.
+//! the configuration version, the free slots and what each slot carries itself, the frontend's
+//! missing rules.
 
 use std::collections::BTreeMap;
 
