@@ -19,7 +19,7 @@ use crate::http::{self, AppState, Condition, NomadState, Status};
 use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::nomad::{NomadClient, NomadStats, Watcher, WatcherSettings};
-use crate::plan::{Plan, render};
+use crate::plan::{DriverProfile, Plan, render};
 use crate::reconcile::PassReport;
 use crate::reconcile::controller::{Controller, Relists, Settings};
 use crate::reconcile::pass::run_pass;
@@ -43,13 +43,11 @@ impl<T: Driver> Driver for Arc<T> {
     async fn observe(&self) -> Result<Live, DriverError> {
         (**self).observe().await
     }
-    async fn apply(
-        &self,
-        plan: &Plan,
-        desired: &crate::desired::Desired,
-        live: &Live,
-    ) -> Result<ApplyReport, DriverError> {
-        (**self).apply(plan, desired, live).await
+    fn profile(&self) -> DriverProfile {
+        (**self).profile()
+    }
+    async fn apply(&self, plan: &Plan) -> Result<ApplyReport, DriverError> {
+        (**self).apply(plan).await
     }
     async fn abandon(&self) {
         (**self).abandon().await;
@@ -151,15 +149,16 @@ impl Driver for AnyDriver {
             AnyDriver::Runtime(d) => d.observe().await,
         }
     }
-    async fn apply(
-        &self,
-        plan: &Plan,
-        desired: &crate::desired::Desired,
-        live: &Live,
-    ) -> Result<ApplyReport, DriverError> {
+    fn profile(&self) -> DriverProfile {
         match self {
-            AnyDriver::Dataplane(d) => d.apply(plan, desired, live).await,
-            AnyDriver::Runtime(d) => d.apply(plan, desired, live).await,
+            AnyDriver::Dataplane(d) => d.profile(),
+            AnyDriver::Runtime(d) => d.profile(),
+        }
+    }
+    async fn apply(&self, plan: &Plan) -> Result<ApplyReport, DriverError> {
+        match self {
+            AnyDriver::Dataplane(d) => d.apply(plan).await,
+            AnyDriver::Runtime(d) => d.apply(plan).await,
         }
     }
     async fn abandon(&self) {

@@ -17,7 +17,7 @@ use haproxy_nomad_connector::haproxy::{ApplyReport, Driver, DriverError};
 use haproxy_nomad_connector::live::Live;
 use haproxy_nomad_connector::metrics::Metrics;
 use haproxy_nomad_connector::model::{MatchKind, RouteKey, route_rules};
-use haproxy_nomad_connector::plan::{Action, Op, Plan};
+use haproxy_nomad_connector::plan::{Action, DriverProfile, Op, Plan, compile};
 use haproxy_nomad_connector::reconcile::pass::{PassOutcome, run_pass};
 use hnc_core::drains::DrainClock;
 use serde_json::{Value, json};
@@ -482,13 +482,11 @@ impl Driver for Racing<'_> {
         }
         live
     }
-    async fn apply(
-        &self,
-        plan: &Plan,
-        desired: &haproxy_nomad_connector::desired::Desired,
-        live: &Live,
-    ) -> Result<ApplyReport, DriverError> {
-        self.inner.apply(plan, desired, live).await
+    fn profile(&self) -> DriverProfile {
+        self.inner.profile()
+    }
+    async fn apply(&self, plan: &Plan) -> Result<ApplyReport, DriverError> {
+        self.inner.apply(plan).await
     }
 }
 
@@ -728,6 +726,7 @@ async fn a_key_no_request_can_carry_fails_only_its_own_operation() {
             route_op(Action::SetRoute {
                 route: route(MatchKind::Exact, "keep.example.com<<"),
                 backend: "legacy".into(),
+                entries: 0,
             }),
             route_op(Action::AddRoute {
                 route: route(MatchKind::Exact, "semi;colon.example.com"),
@@ -743,7 +742,7 @@ async fn a_key_no_request_can_carry_fails_only_its_own_operation() {
                 backend: "legacy".into(),
             }),
         ],
-        pending_drains: Vec::new(),
+        ..Plan::default()
     };
     // What the pass wants of the maps (what the core would have built; every desired key
     // passed the tag grammar).
@@ -758,7 +757,7 @@ async fn a_key_no_request_can_carry_fails_only_its_own_operation() {
             .insert(route(MatchKind::Exact, key), "legacy".to_string());
     }
     let report = d
-        .apply(&plan, &desired, &live)
+        .apply(&compile(plan, &desired, &live, &d.profile()))
         .await
         .expect("the pass is applied, the refused operation reported in it");
     assert_eq!(report.refused.len(), 1, "{:?}", report.refused);
@@ -961,10 +960,10 @@ async fn a_map_entry_haproxy_refuses_costs_only_its_route() {
                 backend: "legacy".into(),
             }),
         ],
-        pending_drains: Vec::new(),
+        ..Plan::default()
     };
     let report = d
-        .apply(&plan, &Desired::default(), &live)
+        .apply(&compile(plan, &Desired::default(), &live, &d.profile()))
         .await
         .expect("the pass is applied, the refused route reported in it");
     assert_eq!(report.refused.len(), 1, "{:?}", report.refused);

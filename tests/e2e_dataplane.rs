@@ -542,11 +542,28 @@ fn plan_exit_codes() {
     let (code, out, err) = plan_cmd(&nomad, &dp.url(), &dp.user(), &dp.password(), false);
     assert_eq!(code, Some(2), "{out}{err}");
     assert!(out.contains("+ create backend web"), "{out}");
+    // The plan is computed for the driver: the server goes into a slot created with its backend,
+    // and the pass will cost exactly one reload, for that reason.
+    assert!(
+        out.contains("+ grow backend web to 4 server slots (+4, filled: hnc_slot_0001 10.0.0.1:"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Reloads: 1\n  structural: create backend web\n"),
+        "{out}"
+    );
     let (code, out, _) = plan_cmd(&nomad, &dp.url(), &dp.user(), &dp.password(), true);
     assert_eq!(code, Some(2));
     let v: Value = serde_json::from_str(&out).expect("JSON plan");
     assert_eq!(v["changes"], true);
     assert_eq!(v["summary"]["create_backend"], 1);
+    assert_eq!(v["reload_count"], 1, "{v:#}");
+    assert_eq!(v["reloads"][0]["reason"], "structural", "{v:#}");
+    assert_eq!(
+        v["reloads"][0]["changes"][0],
+        serde_json::json!({"change": "create_backend", "backend": "web"}),
+        "{v:#}"
+    );
     assert_eq!(dp.commit_count(), 0, "plan applies nothing");
 
     let dead = format!("http://127.0.0.1:{}", crate::support::haproxy::free_port());

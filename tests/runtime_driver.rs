@@ -22,7 +22,7 @@ use haproxy_nomad_connector::haproxy::runtime::socket::{self, Outcome};
 use haproxy_nomad_connector::haproxy::runtime::{RuntimeDriver, state};
 use haproxy_nomad_connector::metrics::Metrics;
 use haproxy_nomad_connector::model::{MatchKind, RouteKey, route_rules};
-use haproxy_nomad_connector::plan::{Action, Op, OpKind, Plan};
+use haproxy_nomad_connector::plan::{Action, Op, OpKind, Plan, compile};
 use haproxy_nomad_connector::reconcile::pass::{PassOutcome, run_pass};
 use hnc_core::drains::DrainClock;
 
@@ -783,7 +783,7 @@ fn route_plan(routes: &[(MatchKind, &str, &str)]) -> Plan {
                 )
             })
             .collect(),
-        pending_drains: Vec::new(),
+        ..Plan::default()
     }
 }
 
@@ -804,7 +804,12 @@ async fn a_payload_key_is_refused_alone_and_a_regex_key_is_stored_exactly() {
     ]);
     let report = env
         .driver
-        .apply(&plan, &Desired::default(), &live)
+        .apply(&compile(
+            plan,
+            &Desired::default(),
+            &live,
+            &RuntimeDriver::PROFILE,
+        ))
         .await
         .expect("the pass is applied, the refused keys reported in it");
     assert_eq!(report.refused.len(), 2, "{:?}", report.refused);

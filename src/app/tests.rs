@@ -9,9 +9,9 @@ use tower::ServiceExt;
 
 use super::*;
 use crate::desired::{Desired, Diagnostic, Reason, Severity};
-use crate::haproxy::{Reload, ReloadKind};
+use crate::haproxy::Reload;
 use crate::metrics::expo::{self, Family};
-use crate::plan::{Action, Op};
+use crate::plan::{Action, Op, ReloadReason, StructuralChange};
 use crate::reconcile::pass::{PassError, PassOutcome};
 
 /// GETs `path` from the admin router over `metrics` and `status`.
@@ -63,13 +63,18 @@ fn applied_outcome() -> PassOutcome {
             ),
         ],
         pending_drains: vec![],
+        ..Plan::default()
     };
     PassOutcome {
         desired,
         live: Live::default(),
         plan,
         report: Some(ApplyReport {
-            reloads: vec![Reload::new(ReloadKind::Structural, "delete backend old")],
+            reloads: vec![Reload::new(ReloadReason::Structural {
+                changes: vec![StructuralChange::DeleteBackend {
+                    backend: "old".into(),
+                }],
+            })],
             applied: 2,
             requests: 4,
             refused: vec![],

@@ -7,46 +7,31 @@ pub mod runtime;
 
 use std::future::Future;
 
-use crate::desired::Desired;
 use crate::live::Live;
 use crate::plan::Plan;
 
 pub mod dataplane;
 
-/// Why a driver reloaded HAProxy (the `reason` label of `hnc_haproxy_reloads_total`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReloadKind {
-    /// Backends, check settings, slot growth or frontend rules changed.
-    Structural,
-    /// A health check had to be re-enabled and the driver has no runtime way to do it.
-    EnableCheck,
-    /// A change meant for the runtime path fell back to a reload.
-    Fallback,
-}
-
-impl ReloadKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ReloadKind::Structural => "structural",
-            ReloadKind::EnableCheck => "enable_check",
-            ReloadKind::Fallback => "fallback",
-        }
-    }
-}
+pub use crate::plan::ReloadKind;
+use crate::plan::{DriverProfile, ReloadReason};
 
 /// One reload a driver caused.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reload {
+    /// The `reason` label of `hnc_haproxy_reloads_total`.
     pub kind: ReloadKind,
     /// What changed, for people (logs, `/status`).
     pub detail: String,
+    /// Why, typed: one of the plan's [`Plan::reloads`] (or an unplanned fallback).
+    pub reason: ReloadReason,
 }
 
 impl Reload {
-    pub fn new(kind: ReloadKind, detail: impl Into<String>) -> Reload {
+    pub fn new(reason: ReloadReason) -> Reload {
         Reload {
-            kind,
-            detail: detail.into(),
+            kind: reason.kind(),
+            detail: reason.to_string(),
+            reason,
         }
     }
 }
@@ -106,14 +91,14 @@ pub trait Driver: Send + Sync {
     /// servers of owned backends and the connector's servers elsewhere, and the route maps.
     fn observe(&self) -> impl Future<Output = Result<Live, DriverError>> + Send;
 
-    /// Executes `plan`, computed from `live` (the last observation) towards `desired`. All
-    /// structural operations of one plan go into one transaction or one reload.
-    fn apply(
-        &self,
-        plan: &Plan,
-        desired: &Desired,
-        live: &Live,
-    ) -> impl Future<Output = Result<ApplyReport, DriverError>> + Send;
+    /// What the driver does with and without a reload: the core compiles plans for it
+    /// ([`crate::plan::compile`]).
+    fn profile(&self) -> DriverProfile;
+
+    /// Executes `plan`, compiled for this driver's [`Driver::profile`] from its last observation:
+    /// the plan alone says what to do. All structural operations go into one transaction or one
+    /// reload, and the reloads it causes are those of [`Plan::reloads`].
+    fn apply(&self, plan: &Plan) -> impl Future<Output = Result<ApplyReport, DriverError>> + Send;
 
     /// Called when a pass was abandoned (shutdown): release anything left open, such as a
     /// Data Plane API transaction.

@@ -62,6 +62,7 @@ fn touch_everything(m: &Metrics) {
             "gone",
         )],
         pending_drains: vec![],
+        ..Plan::default()
     }));
     m.record_reloads(&["backend created"]);
     m.haproxy_calls("dataplane")
@@ -273,6 +274,7 @@ fn applied_plans_are_counted_by_operation_and_kind() {
             }),
         ],
         pending_drains: vec![],
+        ..Plan::default()
     };
     m.record_pass(&mk_applied(&plan));
     m.record_pass(&mk_applied(&plan));

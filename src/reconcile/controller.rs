@@ -383,12 +383,11 @@ mod tests {
             Ok(self.live.clone())
         }
 
-        async fn apply(
-            &self,
-            plan: &Plan,
-            _desired: &crate::desired::Desired,
-            _live: &Live,
-        ) -> Result<ApplyReport, DriverError> {
+        fn profile(&self) -> crate::plan::DriverProfile {
+            crate::plan::DriverProfile::NEUTRAL
+        }
+
+        async fn apply(&self, plan: &Plan) -> Result<ApplyReport, DriverError> {
             self.applied
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -9,7 +9,7 @@ use crate::catalog::Snapshot;
 use crate::desired::{BuildError, Desired, Policy, build};
 use crate::haproxy::{ApplyReport, Driver, DriverError};
 use crate::live::Live;
-use crate::plan::{Plan, diff};
+use crate::plan::{Plan, compile, diff};
 use hnc_core::drains::DrainClock;
 use hnc_core::guards::{MassDeleteGuard, Verdict, hold_removals};
 
@@ -120,6 +120,8 @@ pub async fn run_guarded_pass<D: Driver>(
             }
             _ => None,
         };
+        // Made exact for the driver (slots, reloads, re-adds) once the guards have spoken.
+        let plan = compile(plan, &desired, &live, &driver.profile());
         if !apply || plan.is_empty() {
             return Ok(PassOutcome {
                 desired,
@@ -131,7 +133,7 @@ pub async fn run_guarded_pass<D: Driver>(
                 held_mass_delete,
             });
         }
-        match driver.apply(&plan, &desired, &live).await {
+        match driver.apply(&plan).await {
             Ok(report) => {
                 return Ok(PassOutcome {
                     desired,

@@ -238,16 +238,20 @@ impl PassReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::haproxy::{ApplyReport, ReloadKind};
+    use crate::haproxy::ApplyReport;
     use crate::live::Live;
-    use crate::plan::Plan;
+    use crate::plan::{Plan, ReloadReason, StructuralChange};
 
     /// A pass whose driver refused some operations alone is a failed pass (retried), and what
     /// it did apply, its reloads included, is still reported.
     #[test]
     fn refused_operations_fail_the_pass_and_keep_its_reloads() {
         let report = ApplyReport {
-            reloads: vec![Reload::new(ReloadKind::Structural, "create backend web")],
+            reloads: vec![Reload::new(ReloadReason::Structural {
+                changes: vec![StructuralChange::CreateBackend {
+                    backend: "web".into(),
+                }],
+            })],
             applied: 2,
             requests: 5,
             refused: vec!["route regex (?u)x: refused".into()],

@@ -42,7 +42,7 @@ fn touches_healthy(op: &Op, healthy_routes: &BTreeSet<RouteKey>) -> bool {
         Action::AddRoute { route, .. }
         | Action::SetRoute { route, .. }
         | Action::RemoveRoute { route } => healthy_routes.contains(route),
-        Action::InsertRouteRules => true,
+        Action::InsertRouteRules { .. } => true,
         other => other
             .backend()
             .is_some_and(|b| HEALTHY_BACKENDS.contains(&b)),

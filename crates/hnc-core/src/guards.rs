@@ -227,6 +227,7 @@ mod tests {
                 })
                 .collect(),
             pending_drains: vec![],
+            ..Plan::default()
         }
     }
 

@@ -18,6 +18,41 @@ pub struct Live {
     /// The driver manages the frontend's host-map rules (`haproxy.frontend` is set) and they are
     /// not all there.
     pub route_rules_missing: bool,
+    /// The configuration version seen (Data Plane API): the optimistic concurrency token the
+    /// plan's transaction starts from. `None` for a driver without one.
+    pub version: Option<i64>,
+    /// Empty server slots by backend, in slot order (Data Plane API driver; the filled ones are
+    /// servers of [`LiveBackend::servers`] named after their slot).
+    pub free_slots: BTreeMap<String, Vec<String>>,
+    /// The frontend the connector inserts its host-map rules into, as seen (when it manages them).
+    pub frontend: Option<FrontendRules>,
+    /// What slots carry themselves, by backend and slot (Data Plane API driver; slots carrying
+    /// nothing, those of the connector's own backends, are left out).
+    pub slot_carries: BTreeMap<String, BTreeMap<String, SlotCarries>>,
+}
+
+/// The fields a server slot carries itself besides address, port, weight and maintenance: check
+/// settings and maxconn, written on slots of backends whose settings are not the connector's.
+/// A slot write that changes one of them cannot be applied at run time (the API reloads).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotCarries {
+    pub check: Option<bool>,
+    pub inter: Option<u32>,
+    pub rise: Option<u32>,
+    pub fall: Option<u32>,
+    pub maxconn: Option<u32>,
+}
+
+/// The configured frontend's `use_backend` rules, as far as the connector's own are concerned.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FrontendRules {
+    pub frontend: String,
+    /// Rules the frontend has (the connector's go after them).
+    pub count: usize,
+    /// The connector's rules missing: (name, condition).
+    pub missing: Vec<(String, String)>,
+    /// The connector's map files absent from the API's storage (looked up while rules are missing).
+    pub missing_maps: Vec<crate::model::MatchKind>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

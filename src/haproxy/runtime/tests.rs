@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 
 use super::*;
 use crate::call_metrics::CallMetrics;
-use crate::model::{Balance, Mode};
-use crate::plan::Op;
+use crate::desired::Desired;
+use crate::model::{BackendSettings, Balance, CheckSpec, Mode, RouteKey};
+use crate::plan::{Action, Op, compile};
 
 struct Files {
     dir: tempfile::TempDir,
@@ -94,7 +95,12 @@ fn plan() -> Plan {
 
 async fn apply(driver: &RuntimeDriver) -> Result<ApplyReport, DriverError> {
     driver
-        .apply(&plan(), &Desired::default(), &Live::default())
+        .apply(&compile(
+            plan(),
+            &Desired::default(),
+            &Live::default(),
+            &RuntimeDriver::PROFILE,
+        ))
         .await
 }
 
@@ -210,7 +216,7 @@ async fn a_symlinked_fragment_is_refused_and_its_target_untouched() {
 fn keys_the_cli_refuses_stay_out_of_the_map_files() {
     let files = Files::new("true");
     let driver = files.driver();
-    let mut after = Live::default();
+    let mut after = crate::plan::Outcome::default();
     for key in [
         "good.example.com",
         "two words",
@@ -223,7 +229,7 @@ fn keys_the_cli_refuses_stay_out_of_the_map_files() {
                 kind: MatchKind::Exact,
                 key: key.to_string(),
             },
-            vec!["be".to_string()],
+            "be".to_string(),
         );
     }
     let maps = driver.render_maps(&after);

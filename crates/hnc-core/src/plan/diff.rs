@@ -84,8 +84,14 @@ pub fn diff(desired: &Desired, live: &Live, now: Instant, policy: &Policy) -> Pl
 
     routes(&mut plan, desired, live, &still_draining);
     if live.route_rules_missing {
+        let fe = live.frontend.clone().unwrap_or_default();
         plan.ops.push(Op::new(
-            Action::InsertRouteRules,
+            Action::InsertRouteRules {
+                frontend: fe.frontend,
+                at: fe.count,
+                rules: fe.missing,
+                create_maps: fe.missing_maps,
+            },
             "the frontend lacks the connector's host-map rules",
         ));
     }
@@ -138,6 +144,7 @@ fn add_server(backend: &str, d: &DesiredBackend, endpoint: &Endpoint, weight: u1
             weight,
             check: d.settings.check.is_enabled(),
             maxconn: d.settings.maxconn,
+            timing: d.settings.check.timing().copied(),
         },
         format!("instance {endpoint} of {} registered", d.service),
     )
@@ -241,6 +248,8 @@ fn servers(
                 Action::EnableCheck {
                     backend: backend.to_string(),
                     server: server.clone(),
+                    endpoint: *endpoint,
+                    weight: keep.weight,
                 },
                 "drift: health check was not enabled",
             ));
@@ -251,6 +260,7 @@ fn servers(
                     backend: backend.to_string(),
                     server: server.clone(),
                     weight: spec.weight,
+                    endpoint: *endpoint,
                 },
                 format!("weight {} → {}", keep.weight, spec.weight),
             ));
@@ -320,6 +330,7 @@ fn routes(plan: &mut Plan, desired: &Desired, live: &Live, still_draining: &BTre
                 Action::SetRoute {
                     route: route.clone(),
                     backend: backend.clone(),
+                    entries: current.len(),
                 },
                 if current.len() > 1 {
                     format!(

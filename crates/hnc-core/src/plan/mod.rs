@@ -1,18 +1,28 @@
 //! The plan: the ordered operations that take live HAProxy to the desired model, each with the
-//! reason it exists. Computed by [`diff`], rendered by [`render`]; drivers only execute it.
+//! reason it exists. Computed by [`diff`] (driver-neutral), made exact for one driver by
+//! [`compile`] (slots, reloads, re-adds, map rewrites), rendered by [`render`]; drivers only
+//! execute it.
 
+mod compile;
 mod diff;
+pub mod outcome;
+pub mod reload;
 pub mod render;
 pub mod sim;
+pub mod slots;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::model::{BackendSettings, Endpoint, RouteKey};
+use crate::model::{BackendSettings, CheckTiming, Endpoint, MatchKind, RouteKey};
 
+pub use compile::{addressable_in_file, compile};
 pub use diff::diff;
+pub use outcome::{Outcome, OutcomeBackend};
+pub use reload::{DriverProfile, ReloadKind, ReloadReason, ServerPlacement, StructuralChange};
+pub use slots::{NewSlot, SlotServer};
 
 #[cfg(test)]
 mod tests;
@@ -47,6 +57,7 @@ pub enum Action {
         backend: String,
     },
     /// Add a server for `endpoint`, in service (ready, with its check enabled when `check`).
+    /// Under a slot driver `server` is the free slot it fills.
     AddServer {
         backend: String,
         server: String,
@@ -54,20 +65,35 @@ pub enum Action {
         weight: u16,
         check: bool,
         maxconn: Option<u32>,
+        /// The check's timing, for a driver that writes it on the server.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        timing: Option<CheckTiming>,
+    },
+    /// New server slots (structural), some already filled: the backend grows to `to` slots.
+    GrowSlots {
+        backend: String,
+        to: usize,
+        slots: Vec<NewSlot>,
     },
     /// Put a server back in rotation (from drain or maintenance).
     ReadyServer {
         backend: String,
         server: String,
     },
+    /// Re-enable a server's health check; `endpoint` and `weight` are the server's (a driver that
+    /// rewrites the whole server writes them back).
     EnableCheck {
         backend: String,
         server: String,
+        endpoint: Endpoint,
+        weight: u16,
     },
     SetWeight {
         backend: String,
         server: String,
         weight: u16,
+        /// The server's address (a slot write carries it).
+        endpoint: Endpoint,
     },
     /// Take a server out of rotation, letting its sessions finish.
     DrainServer {
@@ -87,13 +113,40 @@ pub enum Action {
     SetRoute {
         route: RouteKey,
         backend: String,
+        /// Entries the key has now: one is replaced in place, several are deleted and added once.
+        entries: usize,
     },
     RemoveRoute {
         route: RouteKey,
     },
     /// Insert the connector's host-map `use_backend` rules into the configured frontend (after
-    /// its own rules; the frontend's other rules and ACLs are left as they are).
-    InsertRouteRules,
+    /// its own rules, from position `at`; the frontend's other rules and ACLs are left as they
+    /// are). `create_maps`: the map files they reference that must be created first (empty).
+    InsertRouteRules {
+        frontend: String,
+        at: usize,
+        rules: Vec<(String, String)>,
+        create_maps: Vec<MatchKind>,
+    },
+    /// Rewrite one route map whole with `entries` (key, backend): `keys` changed or left and no
+    /// request can address them one by one. Reloads.
+    RewriteMap {
+        map: MatchKind,
+        entries: Vec<(String, String)>,
+        keys: Vec<String>,
+    },
+    /// Add again, after this plan's reload, a server the reload drops (it exists only at run
+    /// time: the connector's server in a backend it does not own).
+    ReaddServer {
+        backend: String,
+        server: String,
+        endpoint: Endpoint,
+        weight: u16,
+        check: bool,
+        maxconn: Option<u32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        timing: Option<CheckTiming>,
+    },
 }
 
 impl Action {
@@ -101,7 +154,8 @@ impl Action {
         match self {
             Action::CreateBackend { .. }
             | Action::UpdateBackend { .. }
-            | Action::DeleteBackend { .. } => OpKind::Structural,
+            | Action::DeleteBackend { .. }
+            | Action::GrowSlots { .. } => OpKind::Structural,
             _ => OpKind::Runtime,
         }
     }
@@ -113,6 +167,7 @@ impl Action {
             Action::UpdateBackend { .. } => "update_backend",
             Action::DeleteBackend { .. } => "delete_backend",
             Action::AddServer { .. } => "add_server",
+            Action::GrowSlots { .. } => "grow_slots",
             Action::ReadyServer { .. } => "ready_server",
             Action::EnableCheck { .. } => "enable_check",
             Action::SetWeight { .. } => "set_weight",
@@ -121,7 +176,9 @@ impl Action {
             Action::AddRoute { .. } => "add_route",
             Action::SetRoute { .. } => "set_route",
             Action::RemoveRoute { .. } => "remove_route",
-            Action::InsertRouteRules => "insert_route_rules",
+            Action::InsertRouteRules { .. } => "insert_route_rules",
+            Action::RewriteMap { .. } => "rewrite_map",
+            Action::ReaddServer { .. } => "readd_server",
         }
     }
 
@@ -132,6 +189,8 @@ impl Action {
             | Action::UpdateBackend { backend, .. }
             | Action::DeleteBackend { backend }
             | Action::AddServer { backend, .. }
+            | Action::GrowSlots { backend, .. }
+            | Action::ReaddServer { backend, .. }
             | Action::ReadyServer { backend, .. }
             | Action::EnableCheck { backend, .. }
             | Action::SetWeight { backend, .. }
@@ -139,7 +198,9 @@ impl Action {
             | Action::RemoveServer { backend, .. }
             | Action::AddRoute { backend, .. }
             | Action::SetRoute { backend, .. } => Some(backend),
-            Action::RemoveRoute { .. } | Action::InsertRouteRules => None,
+            Action::RemoveRoute { .. }
+            | Action::InsertRouteRules { .. }
+            | Action::RewriteMap { .. } => None,
         }
     }
 
@@ -147,6 +208,7 @@ impl Action {
     pub fn server(&self) -> Option<&str> {
         match self {
             Action::AddServer { server, .. }
+            | Action::ReaddServer { server, .. }
             | Action::ReadyServer { server, .. }
             | Action::EnableCheck { server, .. }
             | Action::SetWeight { server, .. }
@@ -157,18 +219,21 @@ impl Action {
     }
 
     /// Execution order: structure first, then servers, routes to new servers, drains, and removals
-    /// last, so a route never points to a backend that is not there yet or already gone.
+    /// last, so a route never points to a backend that is not there yet or already gone; re-adds
+    /// after the reload close the plan.
     fn phase(&self) -> u8 {
         match self {
             Action::CreateBackend { .. } => 0,
-            Action::UpdateBackend { .. } | Action::InsertRouteRules => 1,
-            Action::AddServer { .. } => 2,
+            Action::UpdateBackend { .. } | Action::InsertRouteRules { .. } => 1,
+            Action::GrowSlots { .. } | Action::AddServer { .. } => 2,
             Action::ReadyServer { .. } | Action::EnableCheck { .. } | Action::SetWeight { .. } => 3,
-            Action::AddRoute { .. } | Action::SetRoute { .. } => 4,
+            // A map rewritten whole reloads: before the drains, which a reload would undo.
+            Action::AddRoute { .. } | Action::SetRoute { .. } | Action::RewriteMap { .. } => 4,
             Action::DrainServer { .. } => 5,
             Action::RemoveRoute { .. } => 6,
             Action::RemoveServer { .. } => 7,
             Action::DeleteBackend { .. } => 8,
+            Action::ReaddServer { .. } => 9,
         }
     }
 }
@@ -212,11 +277,47 @@ fn serialize_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::
 pub struct Plan {
     pub ops: Vec<Op>,
     pub pending_drains: Vec<PendingDrain>,
+    /// The reloads executing the plan costs, in order, once [`compile`]d for a driver (`None`
+    /// for the driver-neutral plan of [`diff`], which cannot know them); the driver reports one
+    /// [`ReloadReason`] per reload it caused, and these are they.
+    pub reloads: Option<Vec<ReloadReason>>,
+    /// The configuration version the plan was computed from (the Data Plane API's optimistic
+    /// concurrency token: the transaction starts from it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<i64>,
+    /// Settings of the backends not owned by the connector whose servers the plan writes: under a
+    /// slot driver each slot carries them itself (check and maxconn).
+    #[serde(skip)]
+    pub own_settings: BTreeMap<String, BackendSettings>,
+    /// For slots freed in such backends once no service is left there: the settings they carry,
+    /// by (backend, slot), written back so the write needs no reload.
+    #[serde(skip)]
+    pub slot_settings: BTreeMap<(String, String), Option<BackendSettings>>,
+    /// The state the plan leads to, for a driver that persists it ([`DriverProfile::persists_outcome`]).
+    #[serde(skip)]
+    pub outcome: Option<Outcome>,
 }
 
 impl Plan {
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
+    }
+
+    /// The reloads the plan costs (none known before [`compile`]).
+    pub fn reloads(&self) -> &[ReloadReason] {
+        self.reloads.as_deref().unwrap_or_default()
+    }
+
+    /// The settings a slot write to `server` of `backend` carries itself ([`Plan::own_settings`],
+    /// [`Plan::slot_settings`]); `None` in the connector's own backends.
+    pub fn slot_own(&self, backend: &str, server: &str) -> Option<&BackendSettings> {
+        match self
+            .slot_settings
+            .get(&(backend.to_string(), server.to_string()))
+        {
+            Some(kept) => kept.as_ref(),
+            None => self.own_settings.get(backend),
+        }
     }
 
     /// Whether any operation is structural.

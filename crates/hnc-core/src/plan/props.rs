@@ -259,7 +259,9 @@ fn assert_owned_only(plan: &Plan, live: &Live, desired: &Desired) {
             }
             Action::AddServer { server, .. } => assert!(is_owned_server(server)),
             Action::ReadyServer { backend, server }
-            | Action::EnableCheck { backend, server }
+            | Action::EnableCheck {
+                backend, server, ..
+            }
             | Action::SetWeight {
                 backend, server, ..
             }
@@ -278,7 +280,10 @@ fn assert_owned_only(plan: &Plan, live: &Live, desired: &Desired) {
             Action::AddRoute { .. }
             | Action::SetRoute { .. }
             | Action::RemoveRoute { .. }
-            | Action::InsertRouteRules => {}
+            | Action::InsertRouteRules { .. } => {}
+            Action::GrowSlots { .. } | Action::RewriteMap { .. } | Action::ReaddServer { .. } => {
+                panic!("the driver-neutral diff never emits {op:?}")
+            }
         }
         if let Some(b) = backend
             && !matches!(op.action, Action::AddRoute { .. } | Action::SetRoute { .. })
@@ -391,4 +396,111 @@ fn foreign_servers(live: &Live) -> Vec<(String, Vec<String>)> {
             )
         })
         .collect()
+}
+
+/// Checks a plan compiled for a slot driver against the neutral plan it came from.
+fn assert_slots_kept(neutral: &Plan, compiled: &Plan, live: &Live) -> Result<(), TestCaseError> {
+    use std::collections::BTreeSet;
+    let mut adds: BTreeMap<&str, usize> = BTreeMap::new();
+    for op in &neutral.ops {
+        if let Action::AddServer { backend, .. } = &op.action {
+            *adds.entry(backend).or_default() += 1;
+        }
+    }
+    let mut placed: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut taken: BTreeSet<(&str, &str)> = BTreeSet::new();
+    for op in &compiled.ops {
+        match &op.action {
+            Action::AddServer {
+                backend, server, ..
+            } => {
+                let free = live.free_slots.get(backend.as_str());
+                prop_assert!(
+                    free.is_some_and(|f| f.contains(server)),
+                    "{server} is not a free slot of {backend}"
+                );
+                prop_assert!(taken.insert((backend, server)), "two servers in {server}");
+                *placed.entry(backend).or_default() += 1;
+            }
+            Action::GrowSlots { backend, to, slots } => {
+                let b = live.backends.get(backend.as_str());
+                let free = live.free_slots.get(backend.as_str()).map_or(0, Vec::len);
+                prop_assert!(
+                    adds.get(backend.as_str()).copied().unwrap_or(0) > free,
+                    "{backend} grew with enough free slots"
+                );
+                for s in slots {
+                    prop_assert!(
+                        b.is_none_or(|b| !b.servers.contains_key(&s.name))
+                            && !live
+                                .free_slots
+                                .get(backend.as_str())
+                                .is_some_and(|f| f.contains(&s.name)),
+                        "new slot {} exists already",
+                        s.name
+                    );
+                    prop_assert!(
+                        taken.insert((backend, &s.name)),
+                        "two servers in {}",
+                        s.name
+                    );
+                    if s.server.is_some() {
+                        *placed.entry(backend).or_default() += 1;
+                    }
+                }
+                prop_assert!(*to >= slots.len());
+            }
+            _ => {}
+        }
+    }
+    prop_assert_eq!(adds, placed, "every add lands in exactly one slot");
+    let structural = compiled.has_structural();
+    prop_assert_eq!(
+        compiled
+            .reloads()
+            .iter()
+            .filter(|r| matches!(r, super::ReloadReason::Structural { .. }))
+            .count(),
+        usize::from(structural)
+    );
+    Ok(())
+}
+
+/// The profile of a driver that keeps servers in slots (the Data Plane API driver's, with every
+/// key addressable).
+const SLOTS: super::DriverProfile = super::DriverProfile {
+    servers: super::ServerPlacement::Slots,
+    enable_check_reloads: true,
+    readd_after_reload: false,
+    route_addressable: None,
+    persists_outcome: false,
+};
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Hostile sequences of catalogs (many backends, colliding endpoints, slots full and empty):
+    /// compiled for a slot driver, every add lands in exactly one free or new slot, growth only
+    /// when the free slots do not suffice, and applying the plans converges.
+    #[test]
+    fn slot_plans_place_every_server_once_and_converge(snaps in proptest::collection::vec(snapshot(), 1..4)) {
+        let policy = Policy::default();
+        let now = Instant::now();
+        let mut live = Live::default();
+        for snap in &snaps {
+            let mut converged = false;
+            for _ in 0..3 {
+                let d = build(snap, &live, &policy).expect("no foreign backend");
+                let neutral = diff(&d, &live, now, &policy);
+                let compiled = super::compile(neutral.clone(), &d, &live, &SLOTS);
+                assert_slots_kept(&neutral, &compiled, &live)?;
+                if compiled.is_empty() {
+                    converged = true;
+                    break;
+                }
+                apply(&mut live, &compiled);
+            }
+            prop_assert!(converged, "did not converge in 3 rounds");
+        }
+    }
 }

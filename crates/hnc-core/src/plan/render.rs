@@ -62,16 +62,49 @@ fn describe(a: &Action) -> (char, String) {
                 if *check { " with check" } else { "" }
             ),
         ),
+        Action::GrowSlots { backend, to, slots } => {
+            let filled: Vec<String> = slots
+                .iter()
+                .filter_map(|s| s.server.map(|x| format!("{} {}", s.name, x.endpoint)))
+                .collect();
+            (
+                '+',
+                format!(
+                    "grow backend {backend} to {to} server slots (+{}{})",
+                    slots.len(),
+                    if filled.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", filled: {}", filled.join(", "))
+                    }
+                ),
+            )
+        }
+        Action::ReaddServer {
+            backend,
+            server,
+            endpoint,
+            weight,
+            ..
+        } => (
+            '+',
+            format!("re-add server {backend}/{server} {endpoint} weight {weight} after the reload"),
+        ),
+        Action::RewriteMap { map, entries, .. } => (
+            '~',
+            format!("rewrite {} ({} entries)", map.map_file(), entries.len()),
+        ),
         Action::ReadyServer { backend, server } => {
             ('~', format!("set server {backend}/{server} ready"))
         }
-        Action::EnableCheck { backend, server } => {
-            ('~', format!("enable health check on {backend}/{server}"))
-        }
+        Action::EnableCheck {
+            backend, server, ..
+        } => ('~', format!("enable health check on {backend}/{server}")),
         Action::SetWeight {
             backend,
             server,
             weight,
+            ..
         } => ('~', format!("set weight of {backend}/{server} to {weight}")),
         Action::DrainServer { backend, server } => {
             ('~', format!("drain server {backend}/{server}"))
@@ -80,11 +113,11 @@ fn describe(a: &Action) -> (char, String) {
             ('-', format!("remove server {backend}/{server}"))
         }
         Action::AddRoute { route, backend } => ('+', format!("route {route} → {backend}")),
-        Action::SetRoute { route, backend } => ('~', format!("route {route} → {backend}")),
+        Action::SetRoute { route, backend, .. } => ('~', format!("route {route} → {backend}")),
         Action::RemoveRoute { route } => ('-', format!("remove route {route}")),
-        Action::InsertRouteRules => (
+        Action::InsertRouteRules { frontend, .. } => (
             '+',
-            "insert the host-map rules into the frontend".to_string(),
+            format!("insert the host-map rules into the frontend {frontend}"),
         ),
     }
 }
@@ -111,6 +144,12 @@ pub fn human(plan: &Plan, diagnostics: &[Diagnostic]) -> String {
             let (sign, text) = describe(&op.action);
             let _ = writeln!(out, "  {sign} {text}    # {}", op.reason);
         }
+        if let Some(reloads) = &plan.reloads {
+            let _ = writeln!(out, "Reloads: {}", reloads.len());
+            for r in reloads {
+                let _ = writeln!(out, "  {}: {r}", r.kind().as_str());
+            }
+        }
     }
     if !plan.pending_drains.is_empty() {
         out.push_str("Draining:\n");
@@ -134,13 +173,15 @@ pub fn human(plan: &Plan, diagnostics: &[Diagnostic]) -> String {
     out
 }
 
-/// The plan as JSON: `{"changes": bool, "summary": {op: n}, "ops": [...], "pending_drains": [...],
-/// "diagnostics": [...]}`.
+/// The plan as JSON: `{"changes": bool, "summary": {op: n}, "ops": [...], "reload_count": n,
+/// "reloads": [...], "pending_drains": [...], "diagnostics": [...]}`.
 pub fn json(plan: &Plan, diagnostics: &[Diagnostic]) -> serde_json::Value {
     serde_json::json!({
         "changes": !plan.is_empty(),
         "summary": plan.summary(),
         "ops": plan.ops,
+        "reload_count": plan.reloads.as_ref().map(Vec::len),
+        "reloads": plan.reloads,
         "pending_drains": plan.pending_drains,
         "diagnostics": diagnostics,
     })

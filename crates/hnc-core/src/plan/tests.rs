@@ -1,5 +1,6 @@
 //! Diff scenarios as narratives: register, scale, drain, drift, hands off what is not ours.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::sim::{apply, live_of};
@@ -459,4 +460,218 @@ fn rendering() {
     assert_eq!(json["ops"][2]["route"]["kind"], "exact");
     let empty = render::human(&Plan::default(), &[]);
     assert_eq!(empty, "No changes: HAProxy matches the desired state.\n");
+}
+
+/// A custom backend `be_custom` (hand-written, dynamic balance) as the runtime driver sees it.
+fn custom_live() -> Live {
+    let mut live = Live::default();
+    live.backends.insert(
+        "be_custom".into(),
+        LiveBackend {
+            name: "be_custom".into(),
+            owned: false,
+            mode: Mode::Http,
+            balance: Some("roundrobin".into()),
+            settings: None,
+            servers: BTreeMap::new(),
+        },
+    );
+    live
+}
+
+const CUSTOM_TAGS: &[&str] = &[
+    "haproxy.enable=true",
+    "haproxy.domain=c.test",
+    "haproxy.backend=custom",
+    "haproxy.backend.name=be_custom",
+];
+
+#[test]
+fn a_runtime_reload_is_followed_by_the_readds_it_costs() {
+    let profile = DriverProfile {
+        servers: ServerPlacement::Dynamic,
+        enable_check_reloads: false,
+        readd_after_reload: true,
+        route_addressable: None,
+        persists_outcome: true,
+    };
+    let mut live = custom_live();
+    let custom = mk_snapshot(vec![(
+        "default",
+        "c",
+        vec![mk_instance("c0", "10.0.0.5", 80, CUSTOM_TAGS)],
+    )]);
+    let d = desired(&custom, &live);
+    let plan = compile(
+        diff(&d, &live, Instant::now(), &Policy::default()),
+        &d,
+        &live,
+        &profile,
+    );
+    // Nothing structural: no reload, no re-add.
+    assert_eq!(
+        names(&plan),
+        vec![
+            "add_server be_custom/hnc_10.0.0.5_80",
+            "add_route exact c.test"
+        ]
+    );
+    assert_eq!(plan.reloads(), &[]);
+    apply(&mut live, &plan);
+    // A new owned service: one reload, and the custom backend's server comes back after it.
+    let mut both = custom.clone();
+    both.services.extend(web(&["10.0.0.1"], TAGS).services);
+    let d = desired(&both, &live);
+    let plan = compile(
+        diff(&d, &live, Instant::now(), &Policy::default()),
+        &d,
+        &live,
+        &profile,
+    );
+    assert_eq!(
+        names(&plan).last().map(String::as_str),
+        Some("readd_server be_custom/hnc_10.0.0.5_80")
+    );
+    assert_eq!(
+        plan.reloads(),
+        &[ReloadReason::Structural {
+            changes: vec![StructuralChange::CreateBackend {
+                backend: "web".into()
+            }]
+        }]
+    );
+    let outcome = plan
+        .outcome
+        .as_ref()
+        .expect("the runtime driver persists the outcome");
+    assert_eq!(outcome.backends["web"].servers.len(), 1);
+    assert!(
+        !outcome.backends.contains_key("be_custom"),
+        "not the connector's backend"
+    );
+    let text = render::human(&plan, &[]);
+    assert!(
+        text.contains("Reloads: 1\n  structural: create backend web\n"),
+        "{text}"
+    );
+    let json = render::json(&plan, &[]);
+    assert_eq!(json["reload_count"], 1);
+    assert_eq!(json["reloads"][0]["reason"], "structural");
+}
+
+#[test]
+fn a_slot_driver_fills_free_slots_grows_when_full_and_rewrites_maps_it_cannot_address() {
+    let profile = DriverProfile {
+        servers: ServerPlacement::Slots,
+        enable_check_reloads: true,
+        readd_after_reload: false,
+        route_addressable: Some(|k| !k.contains('$')),
+        persists_outcome: false,
+    };
+    let snap = web(&["10.0.0.1", "10.0.0.2"], TAGS);
+    let d = desired(&snap, &Live::default());
+    let plan = compile(
+        diff(&d, &Live::default(), Instant::now(), &Policy::default()),
+        &d,
+        &Live::default(),
+        &profile,
+    );
+    // A new backend: its servers go into the slots created with it, in the one transaction.
+    assert_eq!(
+        names(&plan),
+        vec![
+            "create_backend web",
+            "grow_slots web",
+            "add_route exact web.test"
+        ]
+    );
+    assert_eq!(
+        plan.reloads(),
+        &[ReloadReason::Structural {
+            changes: vec![StructuralChange::CreateBackend {
+                backend: "web".into()
+            }]
+        }]
+    );
+    let mut live = Live::default();
+    apply(&mut live, &plan);
+    assert_eq!(live.free_slots["web"], ["hnc_slot_0003", "hnc_slot_0004"]);
+    // Two more fit the free slots (run time); a third more grows the backend (structural).
+    let snap = web(&["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"], TAGS);
+    let d = desired(&snap, &live);
+    let plan = compile(
+        diff(&d, &live, Instant::now(), &Policy::default()),
+        &d,
+        &live,
+        &profile,
+    );
+    assert_eq!(
+        names(&plan),
+        vec![
+            "add_server web/hnc_slot_0003",
+            "add_server web/hnc_slot_0004"
+        ]
+    );
+    assert_eq!(plan.reloads(), &[]);
+    apply(&mut live, &plan);
+    let snap = web(
+        &["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5"],
+        TAGS,
+    );
+    let d = desired(&snap, &live);
+    let plan = compile(
+        diff(&d, &live, Instant::now(), &Policy::default()),
+        &d,
+        &live,
+        &profile,
+    );
+    assert_eq!(names(&plan), vec!["grow_slots web"]);
+    assert_eq!(
+        plan.reloads(),
+        &[ReloadReason::Structural {
+            changes: vec![StructuralChange::SlotGrowth {
+                backend: "web".into(),
+                to: 8
+            }]
+        }]
+    );
+    apply(&mut live, &plan);
+    // A regex route the API cannot address leaves: its map is rewritten whole, with a reload.
+    let key = RouteKey {
+        kind: MatchKind::Regex,
+        key: r"^old\.ex$".into(),
+    };
+    live.routes.insert(key, vec!["web".into()]);
+    // And a server whose check was disabled by hand: re-enabled with a reload.
+    if let Some(s) = live
+        .backends
+        .get_mut("web")
+        .and_then(|b| b.servers.get_mut("hnc_slot_0001"))
+    {
+        s.check_enabled = false;
+    }
+    let plan = compile(
+        diff(&d, &live, Instant::now(), &Policy::default()),
+        &d,
+        &live,
+        &profile,
+    );
+    assert_eq!(
+        names(&plan),
+        vec!["enable_check web/hnc_slot_0001", "rewrite_map "]
+    );
+    assert_eq!(
+        plan.reloads(),
+        &[
+            ReloadReason::EnableCheck {
+                backend: "web".into(),
+                server: "hnc_slot_0001".into()
+            },
+            ReloadReason::MapRewrite {
+                map: MatchKind::Regex
+            }
+        ]
+    );
+    apply(&mut live, &plan);
+    assert!(diff(&d, &live, Instant::now(), &Policy::default()).is_empty());
 }

@@ -13,35 +13,13 @@ use self::wire::{
     HttpCheckType, ProxyMode, ReturnHeader, Server, Toggle,
 };
 use crate::model::{
-    BackendSettings, Balance, CheckSpec, CheckTiming, Endpoint, Mode, OWNER_MARKER, SERVER_PREFIX,
+    BackendSettings, Balance, CheckSpec, CheckTiming, Endpoint, Mode, OWNER_MARKER,
 };
 
 pub const PLACEHOLDER_ADDRESS: &str = "127.0.0.1";
 pub const PLACEHOLDER_PORT: u16 = 1;
-/// Slots a backend starts with at least.
-pub const MIN_SLOTS: usize = 4;
-
-/// The name of slot `n` (1-based), zero-padded so names sort in slot order.
-pub fn slot_name(n: usize) -> String {
-    format!("{SERVER_PREFIX}slot_{n:04}")
-}
-
-/// The slot number of a slot name.
-pub fn slot_number(name: &str) -> Option<usize> {
-    name.strip_prefix(SERVER_PREFIX)?
-        .strip_prefix("slot_")?
-        .parse()
-        .ok()
-}
-
-/// Slots to have for `needed` servers when there are `current`: unchanged when they fit;
-/// otherwise doubled (at least to the next power of two ≥ `needed`, at least [`MIN_SLOTS`]).
-pub fn slot_target(current: usize, needed: usize) -> usize {
-    if needed <= current {
-        return current;
-    }
-    needed.next_power_of_two().max(current * 2).max(MIN_SLOTS)
-}
+// The slot naming and growth rules are the core's (the slot planner).
+pub use crate::plan::slots::{MIN_SLOTS, slot_name, slot_number, slot_target};
 
 /// A backend body for an owned backend. Check parameters sit in `default_server`, so the slots
 /// inherit them and a settings change rewrites one object.
