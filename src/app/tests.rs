@@ -9,7 +9,7 @@ use tower::ServiceExt;
 
 use super::*;
 use crate::desired::{Desired, Diagnostic, Reason, Severity};
-use crate::haproxy::Reload;
+use crate::haproxy::{Cause, Reload};
 use crate::metrics::expo::{self, Family};
 use crate::plan::{Action, Op, ReloadReason, StructuralChange};
 use crate::reconcile::pass::{PassError, PassOutcome};
@@ -159,7 +159,7 @@ async fn one_pass_report_drives_the_metrics_and_the_status_board() {
     let failed = PassReport::from_outcome(
         &snapshot,
         Err(PassError::Observe(DriverError::Unreachable(
-            "connection refused".into(),
+            Cause::message("connection refused"),
         ))),
         tokio::time::Instant::now(),
         false,

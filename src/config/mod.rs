@@ -44,13 +44,15 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    /// The config file is not valid JSON.
+    /// The config file is not valid JSON. `message` is the parser's, without its position.
     #[error("config file {} is not valid JSON: {message} (line {line}, column {column})", path.display())]
     Json {
         path: PathBuf,
         line: usize,
         column: usize,
         message: String,
+        #[source]
+        source: serde_json::Error,
     },
     /// The config file's top level is not an object.
     #[error("config file {} must hold a JSON object, found {found}", path.display())]
@@ -69,12 +71,15 @@ pub enum ConfigError {
         path: PathBuf,
         suggestion: Option<&'static str>,
     },
-    /// A value that does not fit its key.
+    /// A value that does not fit its key. `source` is the error that said so, when one did (a
+    /// URL parser, a file that cannot be read); `reason` already quotes it.
     #[error("invalid {key} (from {origin}): {reason}")]
     Invalid {
         key: &'static str,
         origin: Source,
         reason: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
     /// Several values were invalid; all are reported at once.
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
@@ -505,6 +510,7 @@ impl Config {
                 key: "(key registry)",
                 origin: Source::Default,
                 reason: "a required key has no default value in the key registry".to_string(),
+                source: None,
             }),
             (_, 1) => Err(errors.remove(0)),
             _ => Err(ConfigError::Many(errors)),

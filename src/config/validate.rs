@@ -22,15 +22,26 @@ pub(super) struct Validator<'a> {
 
 impl Validator<'_> {
     pub(super) fn fail(&mut self, key: Key, reason: String) {
-        let source = self
+        self.fail_because(key, reason, None);
+    }
+
+    /// As [`Validator::fail`], keeping the error that made the value invalid as the source.
+    pub(super) fn fail_because(
+        &mut self,
+        key: Key,
+        reason: String,
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    ) {
+        let origin = self
             .layer
             .get(key)
             .map(|s| s.source.clone())
             .unwrap_or(Source::Default);
         self.errors.push(ConfigError::Invalid {
             key: key.json(),
-            origin: source,
+            origin,
             reason,
+            source,
         });
     }
 
@@ -87,7 +98,8 @@ impl Validator<'_> {
             }
             Ok(url) => Some(url),
             Err(e) => {
-                self.fail(key, format!("`{text}` is not a valid URL: {e}"));
+                let reason = format!("`{text}` is not a valid URL: {e}");
+                self.fail_because(key, reason, Some(Box::new(e)));
                 None
             }
         }
@@ -406,7 +418,8 @@ impl Validator<'_> {
         match std::fs::File::open(&path) {
             Ok(_) => Some(path),
             Err(e) => {
-                self.fail(key, format!("cannot read {}: {e}", path.display()));
+                let reason = format!("cannot read {}: {e}", path.display());
+                self.fail_because(key, reason, Some(Box::new(e)));
                 None
             }
         }
