@@ -817,3 +817,56 @@ fn url_user_info_is_redacted_wherever_a_url_is_shown() {
         assert!(!e.contains("pw-3"), "{e}");
     }
 }
+
+/// The first error of type `T` in `e`'s source chain (below `e`).
+fn source_of<'e, T: std::error::Error + 'static>(
+    e: &'e (dyn std::error::Error + 'static),
+) -> Option<&'e T> {
+    let mut next = e.source();
+    while let Some(s) = next {
+        if let Some(t) = s.downcast_ref::<T>() {
+            return Some(t);
+        }
+        next = s.source();
+    }
+    None
+}
+
+#[test]
+fn errors_keep_the_error_that_said_so_as_their_source() {
+    // Invalid JSON: the parser's error, at the position the text names.
+    let e = from_file("{\n  \"nomad\": {\"address\": \"x\",}\n}").expect_err("invalid JSON");
+    let json = source_of::<serde_json::Error>(&e).expect("serde_json's error");
+    assert_eq!((json.line(), json.column()), (2, 28));
+    assert_eq!(
+        e.to_string(),
+        "config file test.json is not valid JSON: trailing comma (line 2, column 28)"
+    );
+
+    // A URL the parser refuses.
+    let e = from_env(&[("HAPROXY_DATAPLANE_URL", "http//missing-colon")]).expect_err("bad URL");
+    assert_eq!(
+        source_of::<url::ParseError>(&e),
+        Some(&url::ParseError::RelativeUrlWithoutBase)
+    );
+    assert_eq!(
+        e.to_string(),
+        "invalid haproxy.address (from environment variable HAPROXY_DATAPLANE_URL): `http//missing-colon` is not a valid URL: relative URL without a base"
+    );
+
+    // A file that cannot be read.
+    let e = from_env(&[("NOMAD_CACERT", "/nonexistent/ca.pem")]).expect_err("unreadable");
+    let io = source_of::<std::io::Error>(&e).expect("the io::Error");
+    assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
+    assert_eq!(
+        e.to_string(),
+        "invalid nomad.ca_cert (from environment variable NOMAD_CACERT): cannot read /nonexistent/ca.pem: No such file or directory (os error 2)"
+    );
+
+    // A value that is wrong by rule alone has no source.
+    let e = from_env(&[("NOMAD_NAMESPACE", "bad_name")]).expect_err("bad name");
+    assert!(
+        matches!(e, ConfigError::Invalid { source: None, .. }),
+        "{e:?}"
+    );
+}
