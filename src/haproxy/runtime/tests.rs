@@ -1,7 +1,8 @@
 //! The driver's file handling on the structural path, without HAProxy: `haproxy -c` is replaced
 //! by a shell command (the binary is `/bin/sh` and the first "configuration" is the command text,
 //! so the call `sh -c -f <command> -f <candidate>` runs it with the candidate as `$1`). Nothing
-//! here reaches a socket: every case fails before the reload.
+//! here reaches a socket: every case fails before the reload. The failure kinds and the errors
+//! they keep, sockets included, are tested in [`errors`].
 
 use std::collections::BTreeSet;
 use std::fs;
