@@ -314,8 +314,8 @@ impl Config {
 
     /// Validates a merged layer; keys it does not set take their registry defaults (the lowest
     /// layer, [`Layer::defaults`], validated like any other value). Every key is parsed and
-    /// checked from its declared [`keys::Kind`] ([`Validator`]); the rules between keys follow
-    /// ([`cross_key_rules`]). All invalid values are reported together.
+    /// checked from its declared [`keys::Kind`] (`Validator`); the rules between keys follow
+    /// (`cross_key_rules`). All invalid values are reported together.
     pub fn from_layer(layer: &Layer) -> Result<Config, ConfigError> {
         let layer = &Layer::defaults().merged(layer.clone());
         let mut v = Validator::new(layer);
