@@ -153,10 +153,7 @@ impl Layer {
     /// Replaces `*_file` keys by the secret read from the file they name. Setting both the secret
     /// and its file in one source is ambiguous and rejected.
     fn resolve_secret_files(mut self) -> Result<Layer, ConfigError> {
-        for (file_key, secret_key) in [
-            (Key::NomadTokenFile, Key::NomadToken),
-            (Key::HaproxyPasswordFile, Key::HaproxyPassword),
-        ] {
+        for (file_key, secret_key) in keys::secret_files() {
             let Some(file_entry) = self.values.remove(&file_key) else {
                 continue;
             };
