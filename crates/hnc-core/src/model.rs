@@ -173,6 +173,30 @@ pub struct BackendSettings {
     pub check: CheckSpec,
     /// Per-server connection limit applied to every server of the backend.
     pub maxconn: Option<u32>,
+    /// The backend's own timeouts; unset ones are the `defaults` section's.
+    pub timeouts: Timeouts,
+}
+
+/// A backend's `timeout server`, `timeout connect` and `timeout tunnel`, in whole milliseconds
+/// within HAProxy's timer range (at most [`MAX_TIMER_MS`]); `None`: not set on the backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Timeouts {
+    pub server_ms: Option<u32>,
+    pub connect_ms: Option<u32>,
+    /// Inactivity timeout of a tunnel (a websocket after its upgrade, CONNECT, …): it replaces the
+    /// client and server timeouts once the connection is one.
+    pub tunnel_ms: Option<u32>,
+}
+
+impl Timeouts {
+    /// Each timeout as (HAProxy's keyword after `timeout`, value).
+    pub fn entries(&self) -> [(&'static str, Option<u32>); 3] {
+        [
+            ("server", self.server_ms),
+            ("connect", self.connect_ms),
+            ("tunnel", self.tunnel_ms),
+        ]
+    }
 }
 
 /// How a host is matched. Each kind has its own map; lookups go exact, prefix, suffix, regex,

@@ -12,7 +12,7 @@ use std::fmt::Write;
 
 use crate::model::{
     BackendSettings, Balance, CheckSpec, CheckTiming, Endpoint, MatchKind, Mode, OWNER_MARKER,
-    RouteKey,
+    RouteKey, Timeouts,
 };
 
 /// The first line of every fragment.
@@ -58,6 +58,11 @@ pub fn render(backends: &BTreeMap<String, FragmentBackend>) -> String {
                 if let Some((lo, hi)) = expect {
                     let _ = writeln!(out, "    http-check expect status {lo}-{hi}");
                 }
+            }
+        }
+        for (name, ms) in s.timeouts.entries() {
+            if let Some(ms) = ms {
+                let _ = writeln!(out, "    timeout {name} {ms}ms");
             }
         }
         let mut default_server = String::new();
@@ -126,6 +131,11 @@ pub fn settings_line(s: &BackendSettings) -> String {
         " maxconn={}",
         s.maxconn.map(|m| m.to_string()).unwrap_or_default()
     );
+    for (name, ms) in s.timeouts.entries() {
+        if let Some(ms) = ms {
+            let _ = write!(line, " timeout.{name}={ms}");
+        }
+    }
     line
 }
 
@@ -175,11 +185,24 @@ pub fn parse_settings_line(line: &str) -> Option<BackendSettings> {
         "" => None,
         m => Some(m.parse().ok()?),
     };
+    // Absent: not set (a fragment written before timeouts existed reads the same).
+    let timeout = |k: &str| -> Option<Option<u32>> {
+        match get(k) {
+            None => Some(None),
+            Some(v) => Some(Some(v.parse().ok()?)),
+        }
+    };
+    let timeouts = Timeouts {
+        server_ms: timeout("timeout.server")?,
+        connect_ms: timeout("timeout.connect")?,
+        tunnel_ms: timeout("timeout.tunnel")?,
+    };
     Some(BackendSettings {
         mode,
         balance,
         check,
         maxconn,
+        timeouts,
     })
 }
 
@@ -242,6 +265,7 @@ mod tests {
                 },
             },
             maxconn: Some(20),
+            timeouts: Default::default(),
         }
     }
 
@@ -269,6 +293,7 @@ mod tests {
                         timing: CheckTiming::default(),
                     },
                     maxconn: None,
+                    timeouts: Default::default(),
                 },
                 servers: BTreeMap::new(),
             },
@@ -281,6 +306,7 @@ mod tests {
                     balance: Balance::Random,
                     check: CheckSpec::None,
                     maxconn: None,
+                    timeouts: Default::default(),
                 },
                 servers: [(e(1).server_name(), (e(1), 1))].into(),
             },
@@ -343,6 +369,43 @@ server hnc_127.0.0.1_9002 127.0.0.1:9002 check weight 3\n"
         }
         s.maxconn = None;
         assert_eq!(parse_settings_line(&settings_line(&s)), Some(s));
+    }
+
+    #[test]
+    fn timeouts_render_as_backend_timeouts_and_round_trip() {
+        let mut s = http_settings();
+        s.timeouts = Timeouts {
+            server_ms: Some(30_000),
+            connect_ms: None,
+            tunnel_ms: Some(3_600_000),
+        };
+        let backends: BTreeMap<String, FragmentBackend> = [(
+            "ws".to_string(),
+            FragmentBackend {
+                settings: s.clone(),
+                servers: BTreeMap::new(),
+            },
+        )]
+        .into();
+        let text = render(&backends);
+        assert!(text.contains("\n    timeout server 30000ms\n"), "{text}");
+        assert!(text.contains("\n    timeout tunnel 3600000ms\n"), "{text}");
+        assert!(!text.contains("timeout connect"), "{text}");
+        assert!(
+            text.contains(" timeout.server=30000 timeout.tunnel=3600000\n"),
+            "{text}"
+        );
+        assert_eq!(parse(&text).get("ws"), Some(&Some(s)));
+        // A settings line without timeouts (as written before they existed) reads as unset.
+        let old = "# hnc-settings mode=tcp balance=roundrobin check=none maxconn=";
+        assert_eq!(
+            parse_settings_line(old).map(|s| s.timeouts),
+            Some(Timeouts::default())
+        );
+        assert_eq!(
+            parse_settings_line(&format!("{old} timeout.server=x")),
+            None
+        );
     }
 
     #[test]

@@ -68,6 +68,7 @@ fn plan() -> Plan {
         balance: Balance::Roundrobin,
         check: CheckSpec::None,
         maxconn: None,
+        timeouts: Default::default(),
     };
     Plan {
         ops: vec![

@@ -325,6 +325,9 @@ pub(super) fn candidate(
     if differs(&|a, b| a.maxconn != b.maxconn) {
         disagreements.push("maxconn");
     }
+    if differs(&|a, b| a.timeouts != b.timeouts) {
+        disagreements.push("timeouts");
+    }
     let domains = variants
         .iter()
         .flat_map(|v| v.parsed.domains.iter().cloned())
@@ -468,6 +471,7 @@ fn instance_settings(inst: &Instance, t: &InstanceTags) -> (BackendSettings, Opt
         balance: t.balance.unwrap_or(Balance::Roundrobin),
         check,
         maxconn: t.maxconn,
+        timeouts: t.timeouts,
     };
     (settings, warning)
 }

@@ -371,6 +371,7 @@ pub fn build(snapshot: &Snapshot, live: &Live, policy: &Policy) -> Result<Desire
                     "mode" => c.settings.mode = current.mode,
                     "balance" => c.settings.balance = current.balance,
                     "check" => c.settings.check = current.check.clone(),
+                    "timeouts" => c.settings.timeouts = current.timeouts,
                     _ => c.settings.maxconn = current.maxconn,
                 }
             }
@@ -491,3 +492,6 @@ fn diag(
 
 #[cfg(test)]
 pub(crate) mod tests;
+
+#[cfg(test)]
+mod settings_tests;

@@ -4,15 +4,15 @@
 //! `enable`, `backend`, `backend.name`, `domain` (repeatable), `domain.type`, `check.path`,
 //! `check.method`, `check.host`, `check.type`, `check.disabled`, `check.interval`,
 //! `check.timeout`, `check.rise`, `check.fall`, `check.expect`, `balance`, `mode`, `maxconn`,
-//! `weight`.
+//! `weight`, `timeout.server`, `timeout.connect`, `timeout.tunnel`.
 
 use std::collections::BTreeMap;
 
 use super::grammar;
-use crate::model::{Balance, MatchKind, Mode};
+use crate::model::{Balance, MatchKind, Mode, Timeouts};
 
 /// Every key the grammar knows (for typo reports and documentation).
-pub const KEYS: [&str; 19] = [
+pub const KEYS: [&str; 22] = [
     "enable",
     "backend",
     "backend.name",
@@ -32,6 +32,9 @@ pub const KEYS: [&str; 19] = [
     "mode",
     "maxconn",
     "weight",
+    "timeout.server",
+    "timeout.connect",
+    "timeout.tunnel",
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,6 +94,8 @@ pub struct InstanceTags {
     pub mode: Option<Mode>,
     pub maxconn: Option<u32>,
     pub weight: Option<u16>,
+    /// The backend's timeouts (each within HAProxy's timer range).
+    pub timeouts: Timeouts,
     /// Keys under the prefix that the grammar does not know (typos), as written.
     pub unknown: Vec<String>,
 }
@@ -195,6 +200,11 @@ pub fn parse(tags: &[String], prefix: &str) -> Result<InstanceTags, TagError> {
         weight: p
             .single("weight", |v| grammar::number(v, 0, 256))?
             .map(|w| u16::try_from(w).unwrap_or(256)),
+        timeouts: Timeouts {
+            server_ms: p.single("timeout.server", grammar::duration_ms)?,
+            connect_ms: p.single("timeout.connect", grammar::duration_ms)?,
+            tunnel_ms: p.single("timeout.tunnel", grammar::duration_ms)?,
+        },
         unknown,
     };
     if parsed.mode == Some(Mode::Tcp) && !parsed.domains.is_empty() {

@@ -161,6 +161,7 @@ pub fn settings_carrying(c: &SlotCarries) -> Option<BackendSettings> {
         balance: Balance::Roundrobin,
         check,
         maxconn: c.maxconn,
+        timeouts: Default::default(),
     };
     (carries(Some(&s)) == *c).then_some(s)
 }

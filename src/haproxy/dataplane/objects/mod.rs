@@ -13,7 +13,7 @@ use self::wire::{
     HttpCheckType, ProxyMode, ReturnHeader, Server, Toggle,
 };
 use crate::model::{
-    BackendSettings, Balance, CheckSpec, CheckTiming, Endpoint, Mode, OWNER_MARKER,
+    BackendSettings, Balance, CheckSpec, CheckTiming, Endpoint, Mode, OWNER_MARKER, Timeouts,
 };
 
 pub const PLACEHOLDER_ADDRESS: &str = "127.0.0.1";
@@ -37,6 +37,9 @@ pub fn backend_body(name: &str, s: &BackendSettings) -> Backend {
         }),
         adv_check: matches!(s.check, CheckSpec::Http { .. }).then_some(AdvCheck::Httpchk),
         check_timeout: timing.map(|t| i64::from(t.timeout_ms)),
+        server_timeout: s.timeouts.server_ms.map(i64::from),
+        connect_timeout: s.timeouts.connect_ms.map(i64::from),
+        tunnel_timeout: s.timeouts.tunnel_ms.map(i64::from),
         default_server: Some(DefaultServer {
             check: Some(Toggle::from_bool(s.check.is_enabled())),
             inter: timing.map(|t| i64::from(t.interval_ms)),
@@ -223,6 +226,11 @@ pub fn parse_settings(b: &Backend) -> Option<BackendSettings> {
         balance,
         check,
         maxconn,
+        timeouts: Timeouts {
+            server_ms: u32_of(b.server_timeout),
+            connect_ms: u32_of(b.connect_timeout),
+            tunnel_ms: u32_of(b.tunnel_timeout),
+        },
     })
 }
 

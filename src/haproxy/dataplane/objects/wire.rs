@@ -233,6 +233,15 @@ pub struct Backend {
     /// Milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check_timeout: Option<i64>,
+    /// `timeout server`, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_timeout: Option<i64>,
+    /// `timeout connect`, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout: Option<i64>,
+    /// `timeout tunnel`, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel_timeout: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_server: Option<DefaultServer>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,0 +1,203 @@
+//! Backend settings tags of issue 14: timeouts (`timeout.server`, `timeout.connect`,
+//! `timeout.tunnel`). Grammar, isolation of a bad value and disagreement (the plan side is in
+//! `plan::settings_tests`).
+
+use proptest::prelude::*;
+
+use super::tests::{mk_instance, mk_snapshot};
+use super::*;
+use crate::live::LiveBackend;
+use crate::model::{MAX_TIMER_MS, Mode, Timeouts};
+
+fn build_tags(tags: &[&str]) -> Desired {
+    let snap = mk_snapshot(vec![(
+        "apps",
+        "chat",
+        vec![mk_instance("a", "10.0.0.1", 8080, tags)],
+    )]);
+    build(&snap, &Live::default(), &Policy::default()).expect("build")
+}
+
+fn with_healthy_neighbour(tags: &[&str]) -> Desired {
+    let snap = mk_snapshot(vec![
+        (
+            "apps",
+            "chat",
+            vec![mk_instance("a", "10.0.0.1", 8080, tags)],
+        ),
+        (
+            "apps",
+            "shop",
+            vec![mk_instance(
+                "b",
+                "10.0.0.2",
+                8080,
+                &["haproxy.enable=true", "haproxy.timeout.server=5s"],
+            )],
+        ),
+    ]);
+    build(&snap, &Live::default(), &Policy::default()).expect("build")
+}
+
+#[test]
+fn timeouts_are_read_in_milliseconds() {
+    let d = build_tags(&[
+        "haproxy.enable=true",
+        "haproxy.domain=chat.test",
+        "haproxy.timeout.server=45s",
+        "haproxy.timeout.connect=500ms",
+        "haproxy.timeout.tunnel=1h",
+    ]);
+    assert!(d.diagnostics.is_empty(), "{:?}", d.diagnostics);
+    assert_eq!(
+        d.backends["apps.chat"].settings.timeouts,
+        Timeouts {
+            server_ms: Some(45_000),
+            connect_ms: Some(500),
+            tunnel_ms: Some(3_600_000),
+        }
+    );
+    // Unset: nothing on the backend (the `defaults` section's values apply).
+    let d = build_tags(&["haproxy.enable=true"]);
+    assert_eq!(
+        d.backends["apps.chat"].settings.timeouts,
+        Timeouts::default()
+    );
+}
+
+#[test]
+fn a_bad_timeout_skips_only_its_registration_with_namespace_service_tag_and_reason() {
+    for (tag, reason) in [
+        ("haproxy.timeout.server=30", "needs a unit"),
+        ("haproxy.timeout.server=0s", "between 10ms and 24h"),
+        ("haproxy.timeout.tunnel=600h", "between 10ms and 24h"),
+        ("haproxy.timeout.tunnel=25d", "between 10ms and 24h"),
+        ("haproxy.timeout.connect=1ns", "between 10ms and 24h"),
+        (
+            "haproxy.timeout.connect=10500us",
+            "whole number of milliseconds",
+        ),
+        ("haproxy.timeout.connect=5 s", "contains whitespace"),
+        ("haproxy.timeout.server=5s\ntimeout", "contains whitespace"),
+        ("haproxy.timeout.server=5s#", "contains `#`"),
+        ("haproxy.timeout.tunnel=\u{202e}5s", "is not a duration"),
+        ("haproxy.timeout.tunnel=-1s", "is not a duration"),
+        (
+            "haproxy.timeout.server=18446744073709551615s",
+            "between 10ms and 24h",
+        ),
+    ] {
+        let d = with_healthy_neighbour(&["haproxy.enable=true", tag]);
+        assert!(!d.backends.contains_key("apps.chat"), "{tag} should skip");
+        assert!(d.frozen.contains("apps.chat"), "{tag}: live objects frozen");
+        assert_eq!(
+            d.backends["apps.shop"].settings.timeouts.server_ms,
+            Some(5000),
+            "{tag}: the neighbour is served"
+        );
+        assert_eq!(d.diagnostics.len(), 1, "{tag}: {:?}", d.diagnostics);
+        let diag = &d.diagnostics[0];
+        assert_eq!(
+            (diag.namespace.as_str(), diag.service.as_str()),
+            ("apps", "chat")
+        );
+        assert_eq!(diag.tag.as_deref(), Some(tag));
+        assert_eq!(diag.reason, Reason::InvalidTag);
+        assert_eq!(diag.severity, Severity::Skipped);
+        assert!(diag.message.contains(reason), "{tag}: {}", diag.message);
+    }
+    // Repeated with different values is a conflict, with the same value harmless.
+    let d = build_tags(&[
+        "haproxy.enable=true",
+        "haproxy.timeout.tunnel=1h",
+        "haproxy.timeout.tunnel=2h",
+    ]);
+    assert!(d.backends.is_empty());
+    assert!(d.diagnostics[0].message.contains("more than once"));
+    let d = build_tags(&[
+        "haproxy.enable=true",
+        "haproxy.timeout.tunnel=1h",
+        "haproxy.timeout.tunnel=60m",
+    ]);
+    assert_eq!(
+        d.backends["apps.chat"].settings.timeouts.tunnel_ms,
+        Some(3_600_000)
+    );
+}
+
+#[test]
+fn instances_disagreeing_on_timeouts_keep_the_live_value() {
+    let mut old = mk_instance(
+        "v1",
+        "10.0.0.1",
+        80,
+        &["haproxy.enable=true", "haproxy.timeout.tunnel=1h"],
+    );
+    old.modify_index = 10;
+    let mut new = mk_instance(
+        "v2",
+        "10.0.0.2",
+        80,
+        &["haproxy.enable=true", "haproxy.timeout.tunnel=2h"],
+    );
+    new.modify_index = 20;
+    let snap = mk_snapshot(vec![("apps", "chat", vec![old, new])]);
+    let d = build(&snap, &Live::default(), &Policy::default()).expect("build");
+    assert_eq!(
+        d.backends["apps.chat"].settings.timeouts.tunnel_ms,
+        Some(7_200_000)
+    );
+    assert!(d.diagnostics[0].message.contains("disagree on timeouts"));
+
+    let mut live_settings = d.backends["apps.chat"].settings.clone();
+    live_settings.timeouts.tunnel_ms = Some(3_600_000);
+    let mut live = Live::default();
+    live.backends.insert(
+        "apps.chat".into(),
+        LiveBackend {
+            name: "apps.chat".into(),
+            owned: true,
+            mode: Mode::Tcp,
+            balance: None,
+            settings: Some(live_settings.clone()),
+            servers: Default::default(),
+        },
+    );
+    let d = build(&snap, &live, &Policy::default()).expect("build");
+    assert_eq!(d.backends["apps.chat"].settings, live_settings);
+}
+
+proptest! {
+    /// Any value of a timeout tag: either a timer HAProxy accepts, or only that service skipped
+    /// with a diagnostic naming it and its tag.
+    #[test]
+    fn any_timeout_value_is_in_range_or_skips_only_its_service(
+        key in prop::sample::select(&["timeout.server", "timeout.connect", "timeout.tunnel"][..]),
+        value in prop_oneof![
+            any::<String>(),
+            "[0-9]{1,22}(ns|us|ms|s|m|h|d|w|y)?",
+            "[\\x00-\\x1f\\u{7f}\\u{202e} #;'\"0-9smh]{0,12}",
+        ],
+    ) {
+        let tag = format!("haproxy.{key}={value}");
+        let d = with_healthy_neighbour(&["haproxy.enable=true", &tag]);
+        prop_assert!(d.backends.contains_key("apps.shop"));
+        match d.backends.get("apps.chat") {
+            Some(b) => {
+                for (_, ms) in b.settings.timeouts.entries() {
+                    if let Some(ms) = ms {
+                        prop_assert!((10..=MAX_TIMER_MS).contains(&ms), "{}", ms);
+                    }
+                }
+                prop_assert!(d.diagnostics.is_empty());
+            }
+            None => {
+                prop_assert_eq!(d.diagnostics.len(), 1);
+                let diag = &d.diagnostics[0];
+                prop_assert_eq!(diag.service.as_str(), "chat");
+                prop_assert_eq!(diag.namespace.as_str(), "apps");
+                prop_assert_eq!(diag.tag.as_deref(), Some(tag.as_str()));
+            }
+        }
+    }
+}

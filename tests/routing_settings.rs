@@ -1,0 +1,543 @@
+//! Issue 14's per-backend settings with real traffic through real HAProxy (runtime driver; 2.6
+//! and 3.0 via `HAPROXY_BIN`) and through the Data Plane API double: timeouts (a websocket
+//! outlives the server timeout with `timeout.tunnel`).
+//!
+//! The runtime tests start their own HAProxy whose `defaults` have short client and server
+//! timeouts (1 s), so a backend's own timeouts are what keeps a connection open past them.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::support::dataplane::{BaseConfig, DataplaneDouble, FrontendSpec, Options as DpOptions};
+use crate::support::haproxy::{self, Haproxy};
+use haproxy_nomad_connector::call_metrics::CallMetrics;
+use haproxy_nomad_connector::catalog::{Instance as Registration, Service, ServiceKey, Snapshot};
+use haproxy_nomad_connector::config::RuntimeConfig;
+use haproxy_nomad_connector::desired::Policy;
+use haproxy_nomad_connector::haproxy::Driver;
+use haproxy_nomad_connector::haproxy::dataplane::client::Timeouts as CallTimeouts;
+use haproxy_nomad_connector::haproxy::dataplane::{DataplaneDriver, Options};
+use haproxy_nomad_connector::haproxy::runtime::{RuntimeDriver, state};
+use haproxy_nomad_connector::model::route_rules;
+use haproxy_nomad_connector::plan::{Action, ReloadReason, StructuralChange};
+use haproxy_nomad_connector::reconcile::pass::{PassOutcome, run_pass};
+use hnc_core::drains::DrainClock;
+use serde_json::{Value, json};
+
+/// The main configuration: short default timeouts, the connector's four map rules, a 404 default.
+fn main_body(port: u16, maps_dir: &str) -> String {
+    let mut rules = String::new();
+    for (expr, cond) in route_rules(maps_dir) {
+        rules.push_str(&format!("    use_backend {expr} if {cond}\n"));
+    }
+    format!(
+        "defaults\n    mode http\n    timeout connect 1s\n    timeout client 1s\n    timeout server 1s\n\n\
+         frontend fe\n    bind 127.0.0.1:{port}\n{rules}    default_backend hand_default\n\n\
+         backend hand_default\n    http-request return status 404 content-type text/plain string nobody\n"
+    )
+}
+
+struct Env {
+    lb: Haproxy,
+    files: tempfile::TempDir,
+    driver: RuntimeDriver,
+    port: u16,
+    policy: Policy,
+    drains: DrainClock,
+}
+
+impl Env {
+    fn start() -> Env {
+        let files = tempfile::Builder::new()
+            .prefix("hnc-settings-")
+            .tempdir()
+            .expect("temp dir");
+        let port = haproxy::free_port();
+        let cfg = |lb: Option<&Haproxy>| RuntimeConfig {
+            master_socket: lb.map(|l| l.master_socket.clone()).unwrap_or_default(),
+            admin_socket: lb.map(|l| l.admin_socket.clone()),
+            fragment: files.path().join("conf.d").join("hnc.cfg"),
+            maps_dir: files.path().join("maps").display().to_string(),
+            binary: haproxy::binary(),
+            configs: lb.map(|l| vec![l.config.clone()]).unwrap_or_default(),
+        };
+        RuntimeDriver::new(cfg(None), CallMetrics::disabled())
+            .ensure_files()
+            .expect("create files");
+        let lb = Haproxy::start_with(
+            &main_body(port, &cfg(None).maps_dir),
+            &[files.path().join("conf.d")],
+        );
+        let driver = RuntimeDriver::new(cfg(Some(&lb)), CallMetrics::disabled());
+        Env {
+            lb,
+            files,
+            driver,
+            port,
+            policy: Policy::default(),
+            drains: DrainClock::default(),
+        }
+    }
+
+    fn fragment_path(&self) -> PathBuf {
+        self.files.path().join("conf.d").join("hnc.cfg")
+    }
+
+    async fn pass(&mut self, snap: &Snapshot) -> PassOutcome {
+        let out = run_pass(&self.driver, snap, &self.policy, &mut self.drains, true)
+            .await
+            .unwrap_or_else(|e| panic!("pass failed: {e}\n{}", self.lb.log_text()));
+        assert!(
+            out.desired.diagnostics.is_empty(),
+            "{:?}",
+            out.desired.diagnostics
+        );
+        out
+    }
+
+    /// HAProxy's reload counter (`show proc` on the master).
+    fn reloads(&self) -> u64 {
+        state::proc(&self.lb.master("show proc"))
+            .expect("show proc")
+            .reloads
+    }
+
+    /// Waits until a `GET /` with `host` answers 200.
+    async fn wait_up(&self, host: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok((200, _)) = crate::support::http::get(self.port, host, "/") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{host} never served\n{}",
+                self.lb.admin("show servers state")
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn reg(id: &str, port: u16, tags: &[&str]) -> Registration {
+    Registration {
+        id: id.to_string(),
+        job_id: "job".into(),
+        alloc_id: format!("alloc-{id}"),
+        node_id: "node".into(),
+        datacenter: "dc1".into(),
+        tags: tags.iter().map(|t| t.to_string()).collect(),
+        address: "127.0.0.1".into(),
+        port,
+        create_index: 10,
+        modify_index: 10,
+        nomad_check: None,
+    }
+}
+
+fn snapshot(services: Vec<(&str, Vec<Registration>)>) -> Snapshot {
+    let mut s = Snapshot {
+        synced: true,
+        ..Snapshot::default()
+    };
+    for (name, instances) in services {
+        s.services.insert(
+            ServiceKey::new("default", name),
+            Arc::new(Service { instances }),
+        );
+    }
+    s
+}
+
+/// A tiny HTTP/1.1 server: `GET /slow` answers after 1.5 s, a request with `Upgrade` gets
+/// `101 Switching Protocols` (with the `Sec-WebSocket-Accept` of RFC 6455's sample key, which
+/// [`upgrade`] sends; HAProxy checks it) and then every byte echoed, anything else `200 <name>`.
+/// Stops when dropped.
+struct UpgradeServer {
+    port: u16,
+    stop: Arc<AtomicBool>,
+}
+
+impl UpgradeServer {
+    fn start(name: &str) -> UpgradeServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, name) = (stop.clone(), name.to_string());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let name = name.clone();
+                        std::thread::spawn(move || serve_upgrade(stream, &name));
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(_) => break,
+                }
+            }
+        });
+        UpgradeServer { port, stop }
+    }
+}
+
+impl Drop for UpgradeServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn serve_upgrade(stream: TcpStream, name: &str) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let Ok(read_half) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(read_half);
+    let mut stream = stream;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+        let mut upgrade = false;
+        loop {
+            let mut header = String::new();
+            if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                return;
+            }
+            if header.to_ascii_lowercase().starts_with("upgrade:") {
+                upgrade = true;
+            }
+            if header == "\r\n" || header == "\n" {
+                break;
+            }
+        }
+        if upgrade {
+            let _ = stream.write_all(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                  Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+            );
+            let mut buf = [0u8; 256];
+            loop {
+                match reader.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if stream.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        if path == "/slow" {
+            std::thread::sleep(Duration::from_millis(1500));
+        }
+        let body = if path == "/health" { "ok" } else { name };
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        if stream.write_all(response.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// Opens a websocket-style upgrade through HAProxy with `host`; returns the connection after the
+/// `101`.
+fn upgrade(port: u16, host: &str) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET /socket HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    .expect("send upgrade");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            other => panic!(
+                "{host}: upgrade answer cut short ({other:?}): {}",
+                String::from_utf8_lossy(&head)
+            ),
+        }
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{host}: {head}");
+    s
+}
+
+/// Sends `msg` on an upgraded connection and reads it back; `Err` when the connection is closed.
+fn echo(s: &mut TcpStream, msg: &[u8]) -> std::io::Result<Vec<u8>> {
+    s.write_all(msg)?;
+    let mut got = vec![0u8; msg.len()];
+    let mut n = 0;
+    while n < msg.len() {
+        match s.read(&mut got[n..])? {
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            k => n += k,
+        }
+    }
+    Ok(got)
+}
+
+const WS_TAGS: &[&str] = &[
+    "haproxy.enable=true",
+    "haproxy.domain=ws.example.test",
+    "haproxy.timeout.server=5s",
+    "haproxy.timeout.tunnel=30s",
+    "haproxy.check.path=/health",
+    "haproxy.check.interval=100ms",
+    "haproxy.check.rise=1",
+];
+
+const PLAIN_TAGS: &[&str] = &[
+    "haproxy.enable=true",
+    "haproxy.domain=plain.example.test",
+    "haproxy.check.path=/health",
+    "haproxy.check.interval=100ms",
+    "haproxy.check.rise=1",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_outlives_the_server_timeout_with_timeout_tunnel() {
+    let mut env = Env::start();
+    let server = UpgradeServer::start("ws0");
+    let snap = |ws_tags: &[&str]| {
+        snapshot(vec![
+            ("ws", vec![reg("ws0", server.port, ws_tags)]),
+            ("plain", vec![reg("plain0", server.port, PLAIN_TAGS)]),
+        ])
+    };
+
+    // Two new backends, one with timeouts: one reload, as planned and as reported.
+    let before = env.reloads();
+    let out = env.pass(&snap(WS_TAGS)).await;
+    assert_eq!(out.plan.reloads().len(), 1, "{:#?}", out.plan.reloads());
+    assert_eq!(out.report.as_ref().map(|r| r.reloads.len()), Some(1));
+    assert_eq!(env.reloads(), before + 1);
+    let text = std::fs::read_to_string(env.fragment_path()).expect("fragment");
+    let ws_section = text
+        .split("\nbackend ")
+        .find(|s| s.starts_with("ws\n"))
+        .expect("ws backend");
+    assert!(ws_section.contains("    timeout server 5000ms\n"), "{text}");
+    assert!(
+        ws_section.contains("    timeout tunnel 30000ms\n"),
+        "{text}"
+    );
+    let plain_section = text
+        .split("\nbackend ")
+        .find(|s| s.starts_with("plain\n"))
+        .expect("plain backend");
+    for t in ["server", "connect", "tunnel"] {
+        assert!(!plain_section.contains(&format!("timeout {t}")), "{text}");
+    }
+    // Read back as applied: the next pass plans nothing.
+    let again = env.pass(&snap(WS_TAGS)).await;
+    assert!(again.plan.is_empty(), "{:#?}", again.plan);
+    assert_eq!(env.reloads(), before + 1);
+
+    env.wait_up("ws.example.test").await;
+    env.wait_up("plain.example.test").await;
+
+    // A websocket idle for longer than the default client and server timeouts (1 s) stays open
+    // on the backend with `timeout tunnel 30s`; on the one without, HAProxy closes it.
+    let mut ws = upgrade(env.port, "ws.example.test");
+    let mut plain = upgrade(env.port, "plain.example.test");
+    assert_eq!(echo(&mut ws, b"hello").expect("echo"), b"hello");
+    assert_eq!(echo(&mut plain, b"hello").expect("echo"), b"hello");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        echo(&mut ws, b"still here").expect("the tunnel outlives timeout server"),
+        b"still here"
+    );
+    assert!(
+        echo(&mut plain, b"gone?").is_err(),
+        "without timeout.tunnel the idle websocket is closed after the default timeouts"
+    );
+
+    // `timeout.server=5s` lets a slow answer (1.5 s) through; the default (1 s) gives 504.
+    let port = env.port;
+    let slow = |host: &str| crate::support::http::get(port, host, "/slow").expect("request");
+    assert_eq!(slow("ws.example.test"), (200, "ws0".to_string()));
+    assert_eq!(slow("plain.example.test").0, 504);
+
+    // Adding a timeout to a live backend: an update naming the field, one reload.
+    let mut tags = WS_TAGS.to_vec();
+    tags.push("haproxy.timeout.connect=3s");
+    let before = env.reloads();
+    let out = env.pass(&snap(&tags)).await;
+    let update: Vec<&Action> = out
+        .plan
+        .ops
+        .iter()
+        .map(|o| &o.action)
+        .filter(|a| matches!(a, Action::UpdateBackend { .. }))
+        .collect();
+    assert!(
+        matches!(update.as_slice(), [Action::UpdateBackend { backend, changed, .. }]
+            if backend == "ws" && changed == &["timeout.connect".to_string()]),
+        "{:#?}",
+        out.plan
+    );
+    assert_eq!(
+        out.plan.reloads(),
+        &[ReloadReason::Structural {
+            changes: vec![StructuralChange::UpdateBackend {
+                backend: "ws".into(),
+                changed: vec!["timeout.connect".into()],
+            }]
+        }]
+    );
+    assert_eq!(out.report.as_ref().map(|r| r.reloads.len()), Some(1));
+    assert_eq!(env.reloads(), before + 1);
+    assert!(env.pass(&snap(&tags)).await.plan.is_empty());
+    env.wait_up("ws.example.test").await;
+    assert_eq!(slow("ws.example.test"), (200, "ws0".to_string()));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The Data Plane API driver against the double.
+
+const MAPS: &str = "/etc/haproxy/maps";
+
+fn dp_base() -> BaseConfig {
+    let mut fe = FrontendSpec::new("http-in");
+    for (name, cond) in route_rules(MAPS) {
+        fe = fe.rule(json!({"name": name, "cond": "if", "cond_test": cond}));
+    }
+    let mut b = BaseConfig::new().frontend(fe);
+    for f in [
+        "hnc_exact.map",
+        "hnc_prefix.map",
+        "hnc_suffix.map",
+        "hnc_regex.map",
+    ] {
+        b = b.map_file(f, "");
+    }
+    b
+}
+
+fn dp_driver(dp: &DataplaneDouble) -> DataplaneDriver {
+    DataplaneDriver::new(
+        Options {
+            address: dp.url().parse().expect("url"),
+            username: dp.user(),
+            password: Some(haproxy_nomad_connector::config::Secret::new(dp.password())),
+            frontend: None,
+            maps_dir: MAPS.into(),
+            timeouts: CallTimeouts {
+                call: Duration::from_secs(5),
+                reload: Duration::from_secs(5),
+            },
+        },
+        CallMetrics::disabled(),
+    )
+    .expect("driver")
+}
+
+async fn dp_pass<D: Driver>(d: &D, snap: &Snapshot, drains: &mut DrainClock) -> PassOutcome {
+    let out = run_pass(d, snap, &Policy::default(), drains, true)
+        .await
+        .unwrap_or_else(|e| panic!("pass failed: {e}"));
+    assert!(
+        out.desired.diagnostics.is_empty(),
+        "{:?}",
+        out.desired.diagnostics
+    );
+    out
+}
+
+fn dp_backend(dp: &DataplaneDouble, name: &str) -> Value {
+    dp.config_snapshot()["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .find(|b| b["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no backend {name}"))
+}
+
+fn dp_snap(tags: &[&str]) -> Snapshot {
+    snapshot(vec![(
+        "ws",
+        vec![reg("ws0", 8080, tags), {
+            let mut r = reg("ws1", 8080, tags);
+            r.address = "127.0.0.2".into();
+            r
+        }],
+    )])
+}
+
+#[tokio::test]
+async fn dataplane_timeouts_are_backend_fields_read_back_without_flapping() {
+    let dp = DataplaneDouble::start(dp_base(), DpOptions::fast()).await;
+    let d = dp_driver(&dp);
+    let mut drains = DrainClock::default();
+    let out = dp_pass(&d, &dp_snap(WS_TAGS), &mut drains).await;
+    dp.wait_reloads_idle().await;
+    assert_eq!(out.plan.reloads().len(), 1, "{:#?}", out.plan.reloads());
+    assert_eq!(out.report.as_ref().map(|r| r.reloads.len()), Some(1));
+    assert_eq!(dp.reload_count(), 1, "{:?}", dp.reloads());
+    assert!(
+        dp.validation_failures().is_empty(),
+        "{:?}",
+        dp.validation_failures()
+    );
+    let b = dp_backend(&dp, "ws");
+    assert_eq!(b["server_timeout"], 5000);
+    assert_eq!(b["tunnel_timeout"], 30000);
+    assert!(b.get("connect_timeout").is_none(), "{b}");
+    assert!(
+        dp_pass(&d, &dp_snap(WS_TAGS), &mut drains)
+            .await
+            .plan
+            .is_empty()
+    );
+
+    // A changed timeout: one update naming it, one reload; then nothing.
+    let tags: Vec<&str> = WS_TAGS
+        .iter()
+        .map(|t| {
+            if t.starts_with("haproxy.timeout.tunnel=") {
+                "haproxy.timeout.tunnel=1h"
+            } else {
+                t
+            }
+        })
+        .collect();
+    let out = dp_pass(&d, &dp_snap(&tags), &mut drains).await;
+    dp.wait_reloads_idle().await;
+    let changed: Vec<Vec<String>> = out
+        .plan
+        .ops
+        .iter()
+        .filter_map(|o| match &o.action {
+            Action::UpdateBackend { changed, .. } => Some(changed.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(changed, vec![vec!["timeout.tunnel".to_string()]]);
+    assert_eq!(out.report.as_ref().map(|r| r.reloads.len()), Some(1));
+    assert_eq!(dp.reload_count(), 2, "{:?}", dp.reloads());
+    assert_eq!(dp_backend(&dp, "ws")["tunnel_timeout"], 3_600_000);
+    assert!(
+        dp_pass(&d, &dp_snap(&tags), &mut drains)
+            .await
+            .plan
+            .is_empty()
+    );
+}
