@@ -12,8 +12,8 @@ use haproxy_nomad_connector::haproxy::dataplane::objects::{
     backend_body, http_checks, slot_body, slot_name,
 };
 use haproxy_nomad_connector::model::{
-    BackendSettings, Balance, CheckSpec, CheckTiming, Endpoint, MAX_TIMER_MS, Mode, Timeouts,
-    route_rules,
+    BackendSettings, Balance, CheckSpec, CheckTiming, Endpoint, MAX_TIMER_MS, Mode, StickyCookie,
+    Timeouts, route_rules,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -83,6 +83,9 @@ fn all_settings() -> Vec<BackendSettings> {
                         tunnel_ms: Some(MAX_TIMER_MS),
                     }
                 },
+                sticky: (mode == Mode::Http && i % 2 == 1).then(|| StickyCookie {
+                    name: "app_srv".into(),
+                }),
             });
         }
     }

@@ -541,3 +541,219 @@ async fn dataplane_timeouts_are_backend_fields_read_back_without_flapping() {
             .is_empty()
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Sticky sessions.
+
+/// A `GET /` with `host` and, when given, the cookie `name=value`; returns (status, body, the
+/// value of the `Set-Cookie` for `name`, if any).
+fn get_cookie(
+    port: u16,
+    host: &str,
+    name: &str,
+    cookie: Option<&str>,
+) -> (u16, String, Option<String>) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let header = cookie.map_or(String::new(), |v| format!("Cookie: {name}={v}\r\n"));
+    write!(
+        s,
+        "GET / HTTP/1.1\r\nHost: {host}\r\n{header}Connection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("read");
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw.as_str(), ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {raw:?}"));
+    let set = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        if !k.eq_ignore_ascii_case("set-cookie") {
+            return None;
+        }
+        let v = v.trim().strip_prefix(&format!("{name}="))?;
+        Some(v.split(';').next().unwrap_or("").to_string())
+    });
+    (status, body.to_string(), set)
+}
+
+const STICKY_TAGS: &[&str] = &[
+    "haproxy.enable=true",
+    "haproxy.domain=shop.example.test",
+    "haproxy.sticky=cookie",
+    "haproxy.sticky.cookie=shop_srv",
+    "haproxy.check.path=/health",
+    "haproxy.check.interval=100ms",
+    "haproxy.check.rise=1",
+    "haproxy.check.fall=1",
+];
+
+fn shop(instances: &[&crate::support::http::Instance]) -> Snapshot {
+    snapshot(vec![(
+        "shop",
+        instances
+            .iter()
+            .map(|i| reg(&i.name, i.port, STICKY_TAGS))
+            .collect(),
+    )])
+}
+
+/// Passes until one plans nothing; returns the reloads the driver reported.
+async fn converge(env: &mut Env, snap: &Snapshot) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut reloads = 0;
+    loop {
+        let out = env.pass(snap).await;
+        if out.plan.is_empty() && out.plan.pending_drains.is_empty() {
+            return reloads;
+        }
+        reloads += out.report.map_or(0, |r| r.reloads.len());
+        assert!(Instant::now() < deadline, "no convergence: {:#?}", out.plan);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Requests without a cookie until one reaches `want`; returns the cookie HAProxy set with it.
+async fn cookie_for(env: &Env, want: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body, set) = get_cookie(env.port, "shop.example.test", "shop_srv", None);
+        if status == 200 && body == want {
+            let value = set.unwrap_or_else(|| panic!("{want} answered without a cookie"));
+            assert!(
+                !value.is_empty(),
+                "{want} has no dynamic cookie (HAProxy cleared it)"
+            );
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never reached {want}\n{}",
+            env.lb.admin("show servers state shop")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_keeping_its_cookie_stays_on_its_instance_until_it_is_drained() {
+    use crate::support::http::Instance;
+    let mut env = Env::start();
+    let inst: Vec<Instance> = (0..4).map(|i| Instance::start(&format!("s{i}"))).collect();
+    let three: Vec<&Instance> = inst.iter().take(3).collect();
+
+    // A new sticky backend: one reload, planned and reported.
+    let before = env.reloads();
+    let out = env.pass(&shop(&three)).await;
+    assert_eq!(out.plan.reloads().len(), 1, "{:#?}", out.plan.reloads());
+    assert_eq!(out.report.as_ref().map(|r| r.reloads.len()), Some(1));
+    let text = std::fs::read_to_string(env.fragment_path()).expect("fragment");
+    assert!(
+        text.contains(
+            "    cookie shop_srv insert indirect nocache dynamic\n    dynamic-cookie-key hnc-shop\n"
+        ),
+        "{text}"
+    );
+    assert!(env.pass(&shop(&three)).await.plan.is_empty());
+    assert_eq!(env.reloads(), before + 1);
+
+    // Each of the three gets its own cookie, and a client keeping one stays there.
+    let mut cookies = Vec::new();
+    for i in &three {
+        cookies.push(cookie_for(&env, &i.name).await);
+    }
+    cookies.sort();
+    cookies.dedup();
+    assert_eq!(cookies.len(), 3, "one cookie per instance: {cookies:?}");
+    let c1 = cookie_for(&env, "s1").await;
+    for _ in 0..100 {
+        let (status, body, _) = get_cookie(env.port, "shop.example.test", "shop_srv", Some(&c1));
+        assert_eq!((status, body.as_str()), (200, "s1"));
+    }
+
+    // A fourth instance is added at run time, with no reload, and gets a cookie of its own
+    // (HAProxy 2.6 needs the backend's dynamic cookies enabled again for it).
+    let four: Vec<&Instance> = inst.iter().collect();
+    let out = env.pass(&shop(&four)).await;
+    assert!(
+        out.plan
+            .ops
+            .iter()
+            .any(|o| matches!(o.action, Action::AddServer { .. })),
+        "{:#?}",
+        out.plan
+    );
+    assert!(out.plan.reloads().is_empty(), "{:#?}", out.plan.reloads());
+    assert_eq!(out.report.as_ref().map(|r| r.reloads.len()), Some(0));
+    let c3 = cookie_for(&env, "s3").await;
+    assert!(!cookies.contains(&c3), "{c3} is another instance's");
+    for _ in 0..100 {
+        let (status, body, _) = get_cookie(env.port, "shop.example.test", "shop_srv", Some(&c3));
+        assert_eq!((status, body.as_str()), (200, "s3"));
+    }
+
+    // s3 leaves: drained and removed, still without a reload; the client with its cookie moves
+    // to another instance and gets that one's cookie.
+    let rest: Vec<&Instance> = inst.iter().take(3).collect();
+    assert_eq!(converge(&mut env, &shop(&rest)).await, 0);
+    assert_eq!(env.reloads(), before + 1);
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..10 {
+        let (status, body, set) = get_cookie(env.port, "shop.example.test", "shop_srv", Some(&c3));
+        assert_eq!(status, 200);
+        assert_ne!(body, "s3");
+        let set = set.expect("a new cookie for the new instance");
+        assert!(cookies.contains(&set), "{set} is not a serving instance's");
+        seen.insert(body);
+    }
+    assert!(!seen.is_empty());
+    // And the client that kept s1's cookie was never disturbed.
+    for _ in 0..10 {
+        let (_, body, _) = get_cookie(env.port, "shop.example.test", "shop_srv", Some(&c1));
+        assert_eq!(body, "s1");
+    }
+}
+
+#[tokio::test]
+async fn dataplane_sticky_backends_carry_a_dynamic_cookie_and_fill_slots_without_a_reload() {
+    let dp = DataplaneDouble::start(dp_base(), DpOptions::fast()).await;
+    let d = dp_driver(&dp);
+    let mut drains = DrainClock::default();
+    let one = dp_snap(STICKY_TAGS);
+    let out = dp_pass(&d, &one, &mut drains).await;
+    dp.wait_reloads_idle().await;
+    assert_eq!(out.plan.reloads().len(), 1, "{:#?}", out.plan.reloads());
+    assert_eq!(out.report.as_ref().map(|r| r.reloads.len()), Some(1));
+    assert_eq!(dp.reload_count(), 1, "{:?}", dp.reloads());
+    assert!(
+        dp.validation_failures().is_empty(),
+        "{:?}",
+        dp.validation_failures()
+    );
+    let b = dp_backend(&dp, "ws");
+    assert_eq!(
+        b["cookie"],
+        json!({"name": "shop_srv", "type": "insert", "indirect": true, "nocache": true, "dynamic": true})
+    );
+    assert_eq!(b["dynamic_cookie_key"], "hnc-ws");
+    assert_eq!(b["mode"], "http");
+    assert!(dp_pass(&d, &one, &mut drains).await.plan.is_empty());
+
+    // A third instance fills a free slot: no reload (its cookie is computed from its address).
+    let mut three = one.clone();
+    let key = ServiceKey::new("default", "ws");
+    let mut instances = three.services[&key].instances.clone();
+    let mut r = reg("ws2", 8080, STICKY_TAGS);
+    r.address = "127.0.0.3".into();
+    instances.push(r);
+    three.services.insert(key, Arc::new(Service { instances }));
+    let out = dp_pass(&d, &three, &mut drains).await;
+    dp.wait_reloads_idle().await;
+    assert!(out.plan.reloads().is_empty(), "{:#?}", out.plan.reloads());
+    assert_eq!(dp.reload_count(), 1, "{:?}", dp.reloads());
+    assert!(dp_pass(&d, &three, &mut drains).await.plan.is_empty());
+}

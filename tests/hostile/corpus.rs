@@ -267,6 +267,8 @@ fn poison() -> impl Strategy<Value = Poison> {
                 "haproxy.timeout.tunnel=600h",
                 "haproxy.timeout.server=25d",
                 "haproxy.timeout.connect=5",
+                "haproxy.sticky.cookie=a=b",
+                "haproxy.sticky=source",
                 "haproxy.domain=^a<<",
                 "haproxy.domain=\u{0}",
                 "haproxy.domain=00000000000000é",

@@ -175,6 +175,27 @@ pub struct BackendSettings {
     pub maxconn: Option<u32>,
     /// The backend's own timeouts; unset ones are the `defaults` section's.
     pub timeouts: Timeouts,
+    /// Cookie-based sticky sessions (HAProxy's dynamic cookies), when set.
+    pub sticky: Option<StickyCookie>,
+}
+
+/// Sticky sessions by a cookie HAProxy inserts (`cookie <name> insert indirect nocache dynamic`):
+/// each server's value is a hash of its address and port under the backend's
+/// [`dynamic_cookie_key`], so a server added at run time gets one without a reload.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct StickyCookie {
+    /// The cookie's name (an RFC 6265 token).
+    pub name: String,
+}
+
+/// The cookie name `haproxy.sticky=cookie` uses without `haproxy.sticky.cookie`.
+pub const DEFAULT_STICKY_COOKIE: &str = "SERVERID";
+
+/// The `dynamic-cookie-key` of a sticky backend. Derived from the backend's name so it is the
+/// same after every reload and restart (clients keep their servers); it is not a secret: it only
+/// spreads the servers' cookie values.
+pub fn dynamic_cookie_key(backend: &str) -> String {
+    format!("hnc-{backend}")
 }
 
 /// A backend's `timeout server`, `timeout connect` and `timeout tunnel`, in whole milliseconds

@@ -7,8 +7,8 @@ use tracing::{info, warn};
 use super::socket::{self, Outcome};
 use super::{RuntimeDriver, file_error, files};
 use crate::haproxy::{ApplyReport, DriverError};
-use crate::model::{CheckTiming, Endpoint};
-use crate::plan::{Action, Plan};
+use crate::model::{BackendSettings, CheckTiming, Endpoint};
+use crate::plan::{Action, Outcome as PlanOutcome, Plan};
 
 impl RuntimeDriver {
     /// Executes `plan`: through a reload when it has structure, else command by command.
@@ -30,7 +30,10 @@ impl RuntimeDriver {
                 op.action,
                 Action::AddRoute { .. } | Action::SetRoute { .. } | Action::RemoveRoute { .. }
             );
-            match self.apply_runtime_op(&op.action, &mut report).await? {
+            match self
+                .apply_runtime_op(&op.action, outcome, &mut report)
+                .await?
+            {
                 OpOutcome::Applied => report.applied += 1,
                 OpOutcome::Refused(m) => refused.push(m),
             }
@@ -62,6 +65,7 @@ impl RuntimeDriver {
         check: bool,
         maxconn: Option<u32>,
         timing: Option<CheckTiming>,
+        owned: Option<&BackendSettings>,
         report: &mut ApplyReport,
     ) -> Result<OpOutcome, DriverError> {
         let target = match args(
@@ -91,6 +95,15 @@ impl RuntimeDriver {
         if check {
             steps.push((format!("enable health {target}"), &[]));
         }
+        if owned.is_some_and(|s| s.sticky.is_some()) {
+            // HAProxy 2.6 gives a server added at run time no dynamic cookie; enabling the
+            // backend's dynamic cookies again computes it (3.0 does so itself; harmless there).
+            let [b] = match args("add_server", backend, server, [Arg::Plain(backend)]) {
+                Ok(a) => a,
+                Err(m) => return Ok(OpOutcome::Refused(m)),
+            };
+            steps.push((format!("enable dynamic-cookie backend {b}"), &[]));
+        }
         steps.push((format!("set server {target} state ready"), &[]));
         for (cmd, success) in &steps {
             if let Some(m) = self.change(cmd, success, report).await?.failure(cmd) {
@@ -107,6 +120,7 @@ impl RuntimeDriver {
     pub(super) async fn apply_runtime_op(
         &self,
         action: &Action,
+        outcome: &PlanOutcome,
         report: &mut ApplyReport,
     ) -> Result<OpOutcome, DriverError> {
         macro_rules! args {
@@ -127,8 +141,9 @@ impl RuntimeDriver {
                 maxconn,
                 timing,
             } => {
+                let owned = outcome.backends.get(backend).map(|b| &b.settings);
                 self.add_server(
-                    backend, server, *endpoint, *weight, *check, *maxconn, *timing, report,
+                    backend, server, *endpoint, *weight, *check, *maxconn, *timing, owned, report,
                 )
                 .await
             }

@@ -12,7 +12,7 @@ use std::fmt::Write;
 
 use crate::model::{
     BackendSettings, Balance, CheckSpec, CheckTiming, Endpoint, MatchKind, Mode, OWNER_MARKER,
-    RouteKey, Timeouts,
+    RouteKey, StickyCookie, Timeouts, dynamic_cookie_key,
 };
 
 /// The first line of every fragment.
@@ -64,6 +64,10 @@ pub fn render(backends: &BTreeMap<String, FragmentBackend>) -> String {
             if let Some(ms) = ms {
                 let _ = writeln!(out, "    timeout {name} {ms}ms");
             }
+        }
+        if let Some(c) = &s.sticky {
+            let _ = writeln!(out, "    cookie {} insert indirect nocache dynamic", c.name);
+            let _ = writeln!(out, "    dynamic-cookie-key {}", dynamic_cookie_key(name));
         }
         let mut default_server = String::new();
         if let Some(t) = s.check.timing() {
@@ -136,6 +140,9 @@ pub fn settings_line(s: &BackendSettings) -> String {
             let _ = write!(line, " timeout.{name}={ms}");
         }
     }
+    if let Some(c) = &s.sticky {
+        let _ = write!(line, " sticky.cookie={}", c.name);
+    }
     line
 }
 
@@ -197,12 +204,16 @@ pub fn parse_settings_line(line: &str) -> Option<BackendSettings> {
         connect_ms: timeout("timeout.connect")?,
         tunnel_ms: timeout("timeout.tunnel")?,
     };
+    let sticky = get("sticky.cookie").map(|n| StickyCookie {
+        name: n.to_string(),
+    });
     Some(BackendSettings {
         mode,
         balance,
         check,
         maxconn,
         timeouts,
+        sticky,
     })
 }
 
@@ -266,6 +277,7 @@ mod tests {
             },
             maxconn: Some(20),
             timeouts: Default::default(),
+            sticky: None,
         }
     }
 
@@ -294,6 +306,7 @@ mod tests {
                     },
                     maxconn: None,
                     timeouts: Default::default(),
+                    sticky: None,
                 },
                 servers: BTreeMap::new(),
             },
@@ -307,6 +320,7 @@ mod tests {
                     check: CheckSpec::None,
                     maxconn: None,
                     timeouts: Default::default(),
+                    sticky: None,
                 },
                 servers: [(e(1).server_name(), (e(1), 1))].into(),
             },
@@ -406,6 +420,29 @@ server hnc_127.0.0.1_9002 127.0.0.1:9002 check weight 3\n"
             parse_settings_line(&format!("{old} timeout.server=x")),
             None
         );
+    }
+
+    #[test]
+    fn a_sticky_backend_has_a_dynamic_cookie_and_round_trips() {
+        let mut s = http_settings();
+        s.sticky = Some(StickyCookie {
+            name: "app_srv".into(),
+        });
+        let backends: BTreeMap<String, FragmentBackend> = [(
+            "default.shop".to_string(),
+            FragmentBackend {
+                settings: s.clone(),
+                servers: BTreeMap::new(),
+            },
+        )]
+        .into();
+        let text = render(&backends);
+        assert!(
+            text.contains("\n    cookie app_srv insert indirect nocache dynamic\n    dynamic-cookie-key hnc-default.shop\n"),
+            "{text}"
+        );
+        assert!(text.contains(" sticky.cookie=app_srv\n"), "{text}");
+        assert_eq!(parse(&text).get("default.shop"), Some(&Some(s)));
     }
 
     #[test]

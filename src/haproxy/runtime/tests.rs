@@ -69,6 +69,7 @@ fn plan() -> Plan {
         check: CheckSpec::None,
         maxconn: None,
         timeouts: Default::default(),
+        sticky: None,
     };
     Plan {
         ops: vec![

@@ -328,6 +328,9 @@ pub(super) fn candidate(
     if differs(&|a, b| a.timeouts != b.timeouts) {
         disagreements.push("timeouts");
     }
+    if differs(&|a, b| a.sticky != b.sticky) {
+        disagreements.push("sticky");
+    }
     let domains = variants
         .iter()
         .flat_map(|v| v.parsed.domains.iter().cloned())
@@ -459,19 +462,20 @@ fn instance_settings(inst: &Instance, t: &InstanceTags) -> (BackendSettings, Opt
             _ => CheckSpec::Tcp { timing },
         }
     };
-    let mode = t
-        .mode
-        .unwrap_or(if !t.domains.is_empty() || explicit.wants_http() {
+    let mode = t.mode.unwrap_or(
+        if !t.domains.is_empty() || explicit.wants_http() || t.sticky.is_some() {
             Mode::Http
         } else {
             Mode::Tcp
-        });
+        },
+    );
     let settings = BackendSettings {
         mode,
         balance: t.balance.unwrap_or(Balance::Roundrobin),
         check,
         maxconn: t.maxconn,
         timeouts: t.timeouts,
+        sticky: t.sticky.clone(),
     };
     (settings, warning)
 }

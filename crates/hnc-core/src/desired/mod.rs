@@ -372,6 +372,7 @@ pub fn build(snapshot: &Snapshot, live: &Live, policy: &Policy) -> Result<Desire
                     "balance" => c.settings.balance = current.balance,
                     "check" => c.settings.check = current.check.clone(),
                     "timeouts" => c.settings.timeouts = current.timeouts,
+                    "sticky" => c.settings.sticky = current.sticky.clone(),
                     _ => c.settings.maxconn = current.maxconn,
                 }
             }

@@ -1,5 +1,5 @@
 //! Backend settings tags of issue 14: timeouts (`timeout.server`, `timeout.connect`,
-//! `timeout.tunnel`). Grammar, isolation of a bad value and disagreement (the plan side is in
+//! `timeout.tunnel`) and sticky sessions (`sticky`, `sticky.cookie`). Grammar, isolation of a bad value and disagreement (the plan side is in
 //! `plan::settings_tests`).
 
 use proptest::prelude::*;
@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use super::tests::{mk_instance, mk_snapshot};
 use super::*;
 use crate::live::LiveBackend;
-use crate::model::{MAX_TIMER_MS, Mode, Timeouts};
+use crate::model::{DEFAULT_STICKY_COOKIE, MAX_TIMER_MS, Mode, StickyCookie, Timeouts};
 
 fn build_tags(tags: &[&str]) -> Desired {
     let snap = mk_snapshot(vec![(
@@ -165,6 +165,147 @@ fn instances_disagreeing_on_timeouts_keep_the_live_value() {
     );
     let d = build(&snap, &live, &Policy::default()).expect("build");
     assert_eq!(d.backends["apps.chat"].settings, live_settings);
+}
+
+#[test]
+fn sticky_cookie_tags() {
+    let d = build_tags(&["haproxy.enable=true", "haproxy.sticky=cookie"]);
+    assert!(d.diagnostics.is_empty(), "{:?}", d.diagnostics);
+    let s = &d.backends["apps.chat"].settings;
+    assert_eq!(
+        s.sticky,
+        Some(StickyCookie {
+            name: DEFAULT_STICKY_COOKIE.into()
+        })
+    );
+    // A sticky cookie is HTTP: it implies mode http.
+    assert_eq!(s.mode, Mode::Http);
+    let d = build_tags(&[
+        "haproxy.enable=true",
+        "haproxy.sticky=cookie",
+        "haproxy.sticky.cookie=shop_srv",
+    ]);
+    assert_eq!(
+        d.backends["apps.chat"].settings.sticky,
+        Some(StickyCookie {
+            name: "shop_srv".into()
+        })
+    );
+    assert_eq!(
+        build_tags(&["haproxy.enable=true"]).backends["apps.chat"]
+            .settings
+            .sticky,
+        None
+    );
+}
+
+#[test]
+fn a_bad_sticky_tag_skips_only_its_registration_with_namespace_service_tag_and_reason() {
+    for (tags, tag, reason) in [
+        (
+            &["haproxy.sticky=source"][..],
+            "haproxy.sticky=source",
+            "expected cookie",
+        ),
+        (
+            &["haproxy.sticky=Cookie"][..],
+            "haproxy.sticky=Cookie",
+            "expected cookie",
+        ),
+        (
+            &["haproxy.sticky.cookie=srv"][..],
+            "haproxy.sticky.cookie=srv",
+            "needs sticky=cookie",
+        ),
+        (
+            &["haproxy.sticky=cookie", "haproxy.sticky.cookie=a b"][..],
+            "haproxy.sticky.cookie=a b",
+            "contains whitespace",
+        ),
+        (
+            &["haproxy.sticky=cookie", "haproxy.sticky.cookie=a;b"][..],
+            "haproxy.sticky.cookie=a;b",
+            "contains `;`",
+        ),
+        (
+            &["haproxy.sticky=cookie", "haproxy.sticky.cookie=a=b"][..],
+            "haproxy.sticky.cookie=a=b",
+            "contains `=`",
+        ),
+        (
+            &["haproxy.sticky=cookie", "haproxy.sticky.cookie=a,b"][..],
+            "haproxy.sticky.cookie=a,b",
+            "contains `,`",
+        ),
+        (
+            &["haproxy.sticky=cookie", "haproxy.sticky.cookie=sess\u{e9}"][..],
+            "haproxy.sticky.cookie=sess\u{e9}",
+            "contains `\u{e9}`",
+        ),
+        (
+            &["haproxy.sticky=cookie", "haproxy.sticky.cookie=\u{7f}"][..],
+            "haproxy.sticky.cookie=\u{7f}",
+            "control character",
+        ),
+        (
+            &["haproxy.sticky=cookie", "haproxy.sticky.cookie="][..],
+            "haproxy.sticky.cookie=",
+            "is empty",
+        ),
+        (
+            &["haproxy.sticky=cookie", "haproxy.mode=tcp"][..],
+            "haproxy.mode=tcp",
+            "need mode http",
+        ),
+    ] {
+        let mut all = vec!["haproxy.enable=true"];
+        all.extend_from_slice(tags);
+        let d = with_healthy_neighbour(&all);
+        assert!(!d.backends.contains_key("apps.chat"), "{tag} should skip");
+        assert!(
+            d.backends.contains_key("apps.shop"),
+            "{tag}: neighbour served"
+        );
+        assert_eq!(d.diagnostics.len(), 1, "{tag}: {:?}", d.diagnostics);
+        let diag = &d.diagnostics[0];
+        assert_eq!(
+            (diag.namespace.as_str(), diag.service.as_str()),
+            ("apps", "chat")
+        );
+        assert_eq!(diag.tag.as_deref(), Some(tag));
+        assert_eq!(diag.reason, Reason::InvalidTag);
+        assert!(diag.message.contains(reason), "{tag}: {}", diag.message);
+    }
+    let long = format!("haproxy.sticky.cookie={}", "a".repeat(65));
+    let d = build_tags(&["haproxy.enable=true", "haproxy.sticky=cookie", &long]);
+    assert!(d.diagnostics[0].message.contains("longer than 64"));
+}
+
+proptest! {
+    /// Any cookie name: a token safe in HAProxy's syntax, or only that service skipped.
+    #[test]
+    fn any_cookie_name_is_a_safe_token_or_skips_only_its_service(
+        value in prop_oneof![
+            any::<String>(),
+            "[\\x00-\\x1f\\u{7f}\\u{202e} #;'\"=,a-zA-Z0-9_!|~-]{0,70}",
+        ],
+    ) {
+        let tag = format!("haproxy.sticky.cookie={value}");
+        let d = with_healthy_neighbour(&["haproxy.enable=true", "haproxy.sticky=cookie", &tag]);
+        prop_assert!(d.backends.contains_key("apps.shop"));
+        match d.backends.get("apps.chat") {
+            Some(b) => {
+                let name = &b.settings.sticky.as_ref().expect("sticky").name;
+                prop_assert!(grammar::is_safe_token(name), "{:?}", name);
+                prop_assert!(name.len() <= 64 && name.is_ascii());
+                prop_assert!(!name.contains(['=', ',', ';']));
+            }
+            None => {
+                prop_assert_eq!(d.diagnostics.len(), 1);
+                prop_assert_eq!(d.diagnostics[0].tag.as_deref(), Some(tag.as_str()));
+            }
+        }
+    }
 }
 
 proptest! {

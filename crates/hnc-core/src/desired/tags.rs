@@ -4,15 +4,15 @@
 //! `enable`, `backend`, `backend.name`, `domain` (repeatable), `domain.type`, `check.path`,
 //! `check.method`, `check.host`, `check.type`, `check.disabled`, `check.interval`,
 //! `check.timeout`, `check.rise`, `check.fall`, `check.expect`, `balance`, `mode`, `maxconn`,
-//! `weight`, `timeout.server`, `timeout.connect`, `timeout.tunnel`.
+//! `weight`, `timeout.server`, `timeout.connect`, `timeout.tunnel`, `sticky`, `sticky.cookie`.
 
 use std::collections::BTreeMap;
 
 use super::grammar;
-use crate::model::{Balance, MatchKind, Mode, Timeouts};
+use crate::model::{Balance, DEFAULT_STICKY_COOKIE, MatchKind, Mode, StickyCookie, Timeouts};
 
 /// Every key the grammar knows (for typo reports and documentation).
-pub const KEYS: [&str; 22] = [
+pub const KEYS: [&str; 24] = [
     "enable",
     "backend",
     "backend.name",
@@ -35,6 +35,8 @@ pub const KEYS: [&str; 22] = [
     "timeout.server",
     "timeout.connect",
     "timeout.tunnel",
+    "sticky",
+    "sticky.cookie",
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,6 +98,8 @@ pub struct InstanceTags {
     pub weight: Option<u16>,
     /// The backend's timeouts (each within HAProxy's timer range).
     pub timeouts: Timeouts,
+    /// Cookie-based sticky sessions (`sticky=cookie`, named by `sticky.cookie`).
+    pub sticky: Option<StickyCookie>,
     /// Keys under the prefix that the grammar does not know (typos), as written.
     pub unknown: Vec<String>,
 }
@@ -205,8 +209,17 @@ pub fn parse(tags: &[String], prefix: &str) -> Result<InstanceTags, TagError> {
             connect_ms: p.single("timeout.connect", grammar::duration_ms)?,
             tunnel_ms: p.single("timeout.tunnel", grammar::duration_ms)?,
         },
+        sticky: sticky(&mut p, &values)?,
         unknown,
     };
+    if parsed.mode == Some(Mode::Tcp) && parsed.sticky.is_some() {
+        let (tag, value) = first_tag(&values, "mode");
+        return Err(TagError {
+            tag,
+            value,
+            reason: "sticky cookies need mode http".into(),
+        });
+    }
     if parsed.mode == Some(Mode::Tcp) && !parsed.domains.is_empty() {
         let (tag, value) = values
             .get("mode")
@@ -226,6 +239,42 @@ impl CheckTags {
     fn wants_http_fields(&self) -> bool {
         self.path.is_some() || self.method.is_some() || self.host.is_some() || self.expect.is_some()
     }
+}
+
+/// `sticky` and `sticky.cookie`: a cookie name only with `sticky=cookie`.
+fn sticky(
+    p: &mut Parser<'_>,
+    values: &BTreeMap<&str, Vec<(&str, &str)>>,
+) -> Result<Option<StickyCookie>, TagError> {
+    let on = p
+        .single("sticky", |v| match v {
+            "cookie" => Ok(()),
+            _ => Err("expected cookie".to_string()),
+        })?
+        .is_some();
+    let name = p.single("sticky.cookie", grammar::cookie_name)?;
+    match (on, name) {
+        (true, name) => Ok(Some(StickyCookie {
+            name: name.unwrap_or_else(|| DEFAULT_STICKY_COOKIE.to_string()),
+        })),
+        (false, None) => Ok(None),
+        (false, Some(_)) => {
+            let (tag, value) = first_tag(values, "sticky.cookie");
+            Err(TagError {
+                tag,
+                value,
+                reason: "sticky.cookie needs sticky=cookie".into(),
+            })
+        }
+    }
+}
+
+fn first_tag(values: &BTreeMap<&str, Vec<(&str, &str)>>, key: &str) -> (String, String) {
+    values
+        .get(key)
+        .and_then(|v| v.first())
+        .map(|(t, v)| ((*t).to_string(), (*v).to_string()))
+        .unwrap_or_default()
 }
 
 fn check_http_field_tag(values: &BTreeMap<&str, Vec<(&str, &str)>>) -> (String, String) {

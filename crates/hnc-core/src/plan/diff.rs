@@ -161,6 +161,7 @@ fn changed_fields(live: Option<&BackendSettings>, want: &BackendSettings) -> Vec
             "timeout.server",
             "timeout.connect",
             "timeout.tunnel",
+            "sticky",
         ];
     };
     let mut out = Vec::new();
@@ -189,6 +190,9 @@ fn changed_fields(live: Option<&BackendSettings>, want: &BackendSettings) -> Vec
                 _ => "timeout.tunnel",
             });
         }
+    }
+    if l.sticky != want.sticky {
+        out.push("sticky");
     }
     out
 }

@@ -70,3 +70,37 @@ fn a_timeout_change_is_an_update_naming_the_field_and_costs_one_reload() {
         "{plan:#?}"
     );
 }
+
+#[test]
+fn turning_stickiness_on_is_an_update_naming_sticky() {
+    let before = build_tags(&["haproxy.enable=true", "haproxy.mode=http"]);
+    let after = build_tags(&["haproxy.enable=true", "haproxy.sticky=cookie"]);
+    let mut live = Live::default();
+    live.backends.insert(
+        "apps.chat".into(),
+        LiveBackend {
+            name: "apps.chat".into(),
+            owned: true,
+            mode: Mode::Http,
+            balance: None,
+            settings: Some(before.backends["apps.chat"].settings.clone()),
+            servers: Default::default(),
+        },
+    );
+    let plan = diff(&after, &live, Instant::now(), &Policy::default());
+    let update: Vec<(Vec<String>, String)> = plan
+        .ops
+        .iter()
+        .filter_map(|o| match &o.action {
+            Action::UpdateBackend { changed, .. } => Some((changed.clone(), o.reason.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        update,
+        vec![(
+            vec!["sticky".to_string()],
+            "sticky changed for service apps/chat".to_string()
+        )]
+    );
+}

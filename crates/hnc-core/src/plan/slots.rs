@@ -162,6 +162,7 @@ pub fn settings_carrying(c: &SlotCarries) -> Option<BackendSettings> {
         check,
         maxconn: c.maxconn,
         timeouts: Default::default(),
+        sticky: None,
     };
     (carries(Some(&s)) == *c).then_some(s)
 }

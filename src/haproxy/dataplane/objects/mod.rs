@@ -9,11 +9,12 @@
 pub mod wire;
 
 use self::wire::{
-    AdvCheck, Backend, Balance as WireBalance, DefaultServer, ExpectMatch, HttpCheck,
-    HttpCheckType, ProxyMode, ReturnHeader, Server, Toggle,
+    AdvCheck, Backend, Balance as WireBalance, Cookie, CookieType, DefaultServer, ExpectMatch,
+    HttpCheck, HttpCheckType, ProxyMode, ReturnHeader, Server, Toggle,
 };
 use crate::model::{
-    BackendSettings, Balance, CheckSpec, CheckTiming, Endpoint, Mode, OWNER_MARKER, Timeouts,
+    BackendSettings, Balance, CheckSpec, CheckTiming, Endpoint, Mode, OWNER_MARKER, StickyCookie,
+    Timeouts, dynamic_cookie_key,
 };
 
 pub const PLACEHOLDER_ADDRESS: &str = "127.0.0.1";
@@ -40,6 +41,14 @@ pub fn backend_body(name: &str, s: &BackendSettings) -> Backend {
         server_timeout: s.timeouts.server_ms.map(i64::from),
         connect_timeout: s.timeouts.connect_ms.map(i64::from),
         tunnel_timeout: s.timeouts.tunnel_ms.map(i64::from),
+        cookie: s.sticky.as_ref().map(|c| Cookie {
+            name: c.name.clone(),
+            kind: Some(CookieType::Insert),
+            indirect: Some(true),
+            nocache: Some(true),
+            dynamic: Some(true),
+        }),
+        dynamic_cookie_key: s.sticky.as_ref().map(|_| dynamic_cookie_key(name)),
         default_server: Some(DefaultServer {
             check: Some(Toggle::from_bool(s.check.is_enabled())),
             inter: timing.map(|t| i64::from(t.interval_ms)),
@@ -230,6 +239,23 @@ pub fn parse_settings(b: &Backend) -> Option<BackendSettings> {
             server_ms: u32_of(b.server_timeout),
             connect_ms: u32_of(b.connect_timeout),
             tunnel_ms: u32_of(b.tunnel_timeout),
+        },
+        sticky: match &b.cookie {
+            None => None,
+            // Only the shape the connector writes reads as sticky; another is rewritten.
+            Some(c)
+                if c.kind == Some(CookieType::Insert)
+                    && c.indirect == Some(true)
+                    && c.nocache == Some(true)
+                    && c.dynamic == Some(true)
+                    && b.dynamic_cookie_key.as_deref()
+                        == Some(dynamic_cookie_key(&b.name).as_str()) =>
+            {
+                Some(StickyCookie {
+                    name: c.name.clone(),
+                })
+            }
+            Some(_) => return None,
         },
     })
 }

@@ -29,6 +29,7 @@ fn http_settings(host: Option<&str>, expect: Option<(u16, u16)>) -> BackendSetti
         },
         maxconn: Some(10),
         timeouts: Default::default(),
+        sticky: None,
     }
 }
 
@@ -46,6 +47,7 @@ fn settings_round_trip_through_the_api_objects() {
             },
             maxconn: None,
             timeouts: Default::default(),
+            sticky: None,
         },
         BackendSettings {
             mode: Mode::Tcp,
@@ -53,6 +55,7 @@ fn settings_round_trip_through_the_api_objects() {
             check: CheckSpec::None,
             maxconn: None,
             timeouts: Default::default(),
+            sticky: None,
         },
         BackendSettings {
             mode: Mode::Http,
@@ -64,6 +67,9 @@ fn settings_round_trip_through_the_api_objects() {
                 connect_ms: Some(10),
                 tunnel_ms: Some(crate::model::MAX_TIMER_MS),
             },
+            sticky: Some(crate::model::StickyCookie {
+                name: "app_srv".into(),
+            }),
         },
     ] {
         let mut b = backend_body("web", &s);
@@ -358,6 +364,7 @@ fn written_bodies_carry_only_what_the_connector_sets() {
         check: CheckSpec::None,
         maxconn: None,
         timeouts: Default::default(),
+        sticky: None,
     };
     assert_eq!(
         sent(&backend_body("db", &tcp)),

@@ -242,12 +242,40 @@ pub struct Backend {
     /// `timeout tunnel`, milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tunnel_timeout: Option<i64>,
+    /// Cookie persistence (`cookie <name> …`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<Cookie>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dynamic_cookie_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_server: Option<DefaultServer>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub servers: Option<BTreeMap<String, Server>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_check_list: Option<Vec<HttpCheck>>,
+}
+
+/// `cookie.type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CookieType {
+    Rewrite,
+    Insert,
+    Prefix,
+}
+
+/// `cookie` (`name` is required): the fields the connector sets.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cookie {
+    pub name: String,
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<CookieType>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub indirect: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nocache: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dynamic: Option<bool>,
 }
 
 /// `native_stat.type`.
