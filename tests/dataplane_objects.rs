@@ -12,8 +12,8 @@ use haproxy_nomad_connector::haproxy::dataplane::objects::{
     backend_body, http_checks, slot_body, slot_name,
 };
 use haproxy_nomad_connector::model::{
-    BackendSettings, Balance, CheckSpec, CheckTiming, Endpoint, MAX_TIMER_MS, Mode, StickyCookie,
-    Timeouts, route_rules,
+    BackendSettings, Balance, CheckSpec, CheckTiming, Endpoint, MAX_TIMER_MS, Mode, ServerTls, Sni,
+    StickyCookie, Timeouts, route_rules,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -86,6 +86,17 @@ fn all_settings() -> Vec<BackendSettings> {
                 sticky: (mode == Mode::Http && i % 2 == 1).then(|| StickyCookie {
                     name: "app_srv".into(),
                 }),
+                tls: match i % 3 {
+                    0 => None,
+                    1 => Some(ServerTls {
+                        sni: Some(Sni::Auto),
+                        ca_file: Some("/etc/haproxy/ca.pem".into()),
+                    }),
+                    _ => Some(ServerTls {
+                        sni: Some(Sni::Host("api.internal".into())),
+                        ca_file: None,
+                    }),
+                },
             });
         }
     }
@@ -99,7 +110,7 @@ fn backend_and_http_check_bodies_validate_against_the_spec() {
         let got: schema::Backend = valid("backend", &body);
         assert_eq!(got.name, "svc_web-1.a:b");
         assert!(got.httpchk_params.is_none(), "{s:?}");
-        valid::<schema::Backend, _>("staged backend", &ConfigBody::Backend(body));
+        valid::<schema::Backend, _>("staged backend", &ConfigBody::Backend(Box::new(body)));
 
         let checks = http_checks(&s.check);
         let got: Vec<schema::HttpCheck> = valid("http_checks", &checks);

@@ -757,3 +757,269 @@ async fn dataplane_sticky_backends_carry_a_dynamic_cookie_and_fill_slots_without
     assert_eq!(dp.reload_count(), 1, "{:?}", dp.reloads());
     assert!(dp_pass(&d, &three, &mut drains).await.plan.is_empty());
 }
+
+// ---------------------------------------------------------------------------------------------
+// TLS to servers.
+
+/// A test CA and a server configuration whose certificate (signed by it) names
+/// `app.example.test` and `api.internal`; the CA's PEM is written to `dir/ca.pem`.
+fn test_pki(dir: &std::path::Path) -> Arc<tokio_rustls::rustls::ServerConfig> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    use tokio_rustls::rustls;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "hnc test CA");
+    let ca_key = KeyPair::generate().expect("ca key");
+    let ca = ca_params.self_signed(&ca_key).expect("ca cert");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().expect("key");
+    let cert = CertificateParams::new(vec![
+        "app.example.test".to_string(),
+        "api.internal".to_string(),
+    ])
+    .expect("params")
+    .signed_by(&key, &issuer)
+    .expect("cert");
+    std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write ca");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).expect("key der"),
+        )
+        .expect("server config");
+    Arc::new(cfg)
+}
+
+/// An HTTPS instance: `/health` answers `ok`, anything else `<name> sni=<the SNI it received>`;
+/// one request per connection. Stops when the test's runtime ends.
+async fn https_instance(name: &str, tls: Arc<tokio_rustls::rustls::ServerConfig>) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let name = name.to_string();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, name) = (acceptor.clone(), name.clone());
+            tokio::spawn(async move {
+                let Ok(mut s) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&head);
+                let path = head.split_whitespace().nth(1).unwrap_or("/");
+                let sni = s.get_ref().1.server_name().unwrap_or("-").to_string();
+                let body = if path == "/health" {
+                    "ok".to_string()
+                } else {
+                    format!("{name} sni={sni}")
+                };
+                let _ = s
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    port
+}
+
+const TLS_AUTO_TAGS: &[&str] = &[
+    "haproxy.enable=true",
+    "haproxy.domain=app.example.test",
+    "haproxy.server.ssl=true",
+    "haproxy.server.sni=auto",
+    "haproxy.check.path=/health",
+    "haproxy.check.interval=100ms",
+    "haproxy.check.rise=1",
+];
+
+const TLS_FIXED_TAGS: &[&str] = &[
+    "haproxy.enable=true",
+    "haproxy.domain=internal.example.test",
+    "haproxy.server.ssl=true",
+    "haproxy.server.sni=api.internal",
+    "haproxy.server.verify=none",
+    "haproxy.check.path=/health",
+    "haproxy.check.interval=100ms",
+    "haproxy.check.rise=1",
+];
+
+/// Waits until a `GET /` with `host` answers 200 with `body`.
+async fn wait_body(env: &Env, host: &str, body: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = crate::support::http::get(env.port, host, "/");
+        if matches!(&got, Ok((200, b)) if b == body) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{host}: want {body:?}, last {got:?}\n{}",
+            env.lb.admin("show servers state")
+        );
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_are_reached_over_verified_tls_with_the_request_s_or_a_fixed_sni() {
+    let mut env = Env::start();
+    let pki = test_pki(env.files.path());
+    env.policy.server_ca_file = Some(env.files.path().join("ca.pem").display().to_string());
+    let p0 = https_instance("t0", pki.clone()).await;
+    let p1 = https_instance("t1", pki.clone()).await;
+    let q0 = https_instance("i0", pki.clone()).await;
+    let snap = |app: &[u16]| {
+        snapshot(vec![
+            (
+                "app",
+                app.iter()
+                    .enumerate()
+                    .map(|(i, p)| reg(&format!("t{i}"), *p, TLS_AUTO_TAGS))
+                    .collect(),
+            ),
+            ("internal", vec![reg("i0", q0, TLS_FIXED_TAGS)]),
+        ])
+    };
+
+    // Two new backends with TLS: one reload, planned and reported.
+    let before = env.reloads();
+    let out = env.pass(&snap(&[p0])).await;
+    assert_eq!(out.plan.reloads().len(), 1, "{:#?}", out.plan.reloads());
+    assert_eq!(out.report.as_ref().map(|r| r.reloads.len()), Some(1));
+    assert_eq!(env.reloads(), before + 1);
+    let text = std::fs::read_to_string(env.fragment_path()).expect("fragment");
+    let ca = env.policy.server_ca_file.clone().expect("ca");
+    assert!(
+        text.contains(&format!(
+            " ssl verify required ca-file {ca} sni req.hdr(host),field(1,:) check-ssl\n"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(" ssl verify none sni str(api.internal) check-ssl check-sni api.internal\n"),
+        "{text}"
+    );
+    assert!(env.pass(&snap(&[p0])).await.plan.is_empty());
+
+    // HTTPS to the servers (their health checks too: a plain check would mark them down), with
+    // the request's host as SNI (and the certificate verified against it), or the fixed one.
+    wait_body(&env, "app.example.test", "t0 sni=app.example.test").await;
+    wait_body(&env, "APP.example.test:8443", "t0 sni=app.example.test").await;
+    wait_body(&env, "internal.example.test", "i0 sni=api.internal").await;
+
+    // A server added at run time carries TLS too, with no reload.
+    let out = env.pass(&snap(&[p0, p1])).await;
+    assert!(out.plan.reloads().is_empty(), "{:#?}", out.plan.reloads());
+    assert_eq!(out.report.as_ref().map(|r| r.reloads.len()), Some(0));
+    wait_body(&env, "app.example.test", "t1 sni=app.example.test").await;
+    assert_eq!(env.reloads(), before + 1);
+    assert!(env.pass(&snap(&[p0, p1])).await.plan.is_empty());
+}
+
+#[tokio::test]
+async fn dataplane_tls_to_servers_is_on_the_default_server_and_read_back() {
+    let dp = DataplaneDouble::start(dp_base(), DpOptions::fast()).await;
+    let d = dp_driver(&dp);
+    let mut drains = DrainClock::default();
+    let policy = Policy {
+        server_ca_file: Some("/etc/haproxy/ca.pem".into()),
+        ..Policy::default()
+    };
+    let snap = dp_snap(TLS_AUTO_TAGS);
+    let out = run_pass(&d, &snap, &policy, &mut drains, true)
+        .await
+        .expect("pass");
+    assert!(
+        out.desired.diagnostics.is_empty(),
+        "{:?}",
+        out.desired.diagnostics
+    );
+    dp.wait_reloads_idle().await;
+    assert_eq!(out.plan.reloads().len(), 1, "{:#?}", out.plan.reloads());
+    assert_eq!(out.report.as_ref().map(|r| r.reloads.len()), Some(1));
+    assert_eq!(dp.reload_count(), 1, "{:?}", dp.reloads());
+    assert!(
+        dp.validation_failures().is_empty(),
+        "{:?}",
+        dp.validation_failures()
+    );
+    let ds = &dp_backend(&dp, "ws")["default_server"];
+    assert_eq!(ds["ssl"], "enabled");
+    assert_eq!(ds["verify"], "required");
+    assert_eq!(ds["ssl_cafile"], "/etc/haproxy/ca.pem");
+    assert_eq!(ds["sni"], "req.hdr(host),field(1,:)");
+    assert_eq!(ds["check-ssl"], "enabled");
+    let again = run_pass(&d, &snap, &policy, &mut drains, true)
+        .await
+        .expect("pass");
+    assert!(again.plan.is_empty(), "{:#?}", again.plan);
+
+    // Without a CA file the service is skipped with a diagnostic naming the tag; its backend
+    // is left as it is.
+    let out = run_pass(&d, &snap, &Policy::default(), &mut drains, true)
+        .await
+        .expect("pass");
+    assert!(out.plan.is_empty(), "{:#?}", out.plan);
+    let diag = &out.desired.diagnostics[0];
+    assert_eq!(diag.tag.as_deref(), Some("haproxy.server.ssl=true"));
+    assert!(
+        diag.message.contains("haproxy.server_ca_file"),
+        "{}",
+        diag.message
+    );
+}
+
+/// `haproxy.server_ca_file` is an absolute path HAProxy can take as one word; anything else is a
+/// configuration error naming the key.
+#[test]
+fn the_server_ca_file_is_an_absolute_path_without_syntax() {
+    use haproxy_nomad_connector::config::{Config, Layer};
+    let load = |v: &str| {
+        let v = v.to_string();
+        Config::load(
+            None,
+            |k| (k == "HAPROXY_SERVER_CA_FILE").then(|| v.clone()),
+            Layer::default(),
+        )
+    };
+    let ok = load("/etc/haproxy/ca.pem").expect("valid");
+    assert_eq!(
+        ok.haproxy.server_ca_file.as_deref(),
+        Some("/etc/haproxy/ca.pem")
+    );
+    for bad in [
+        "ca.pem",
+        "/etc/ca file.pem",
+        "/etc/ca.pem;x",
+        "/etc/#ca.pem",
+    ] {
+        let e = load(bad).expect_err(bad).to_string();
+        assert!(e.contains("haproxy.server_ca_file"), "{bad}: {e}");
+    }
+}

@@ -211,6 +211,8 @@ pub struct HaproxyConfig {
     pub allow_regex_domains: bool,
     /// Extra server-address ranges to refuse, sorted and de-duplicated.
     pub deny_address_ranges: Vec<ipnet::IpNet>,
+    /// The CA file (on the HAProxy host) servers' certificates are verified with.
+    pub server_ca_file: Option<String>,
     pub driver: DriverKind,
     /// Where the runtime driver finds HAProxy and its files (used when `driver` is `runtime`).
     pub runtime: RuntimeConfig,
@@ -384,6 +386,14 @@ impl Config {
         let deny_address_ranges = v
             .cidr_list(Key::HaproxyDenyAddressRanges)
             .unwrap_or_default();
+        let server_ca_file = v.string(Key::HaproxyServerCaFile);
+        if let Some(f) = &server_ca_file {
+            v.check(
+                Key::HaproxyServerCaFile,
+                f.starts_with('/') && hnc_core::desired::grammar::is_safe_token(f),
+                || format!("`{f}` is not an absolute path without whitespace or HAProxy syntax"),
+            );
+        }
         if let Some(name) = &frontend {
             v.check(Key::HaproxyFrontend, is_haproxy_name(name), || {
                 format!("`{name}` is not a valid HAProxy section name (allowed: letters, digits, `-`, `_`, `.`, `:`)")
@@ -472,6 +482,7 @@ impl Config {
                     frontend,
                     allow_regex_domains: allow_regex_domains?,
                     deny_address_ranges,
+                    server_ca_file,
                     driver: driver?,
                     runtime: RuntimeConfig {
                         master_socket: master_socket?,
@@ -549,6 +560,7 @@ impl Config {
                 "frontend": self.haproxy.frontend,
                 "allow_regex_domains": self.haproxy.allow_regex_domains,
                 "deny_address_ranges": self.haproxy.deny_address_ranges.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "server_ca_file": self.haproxy.server_ca_file,
                 "driver": self.haproxy.driver.as_str(),
                 "master_socket": self.haproxy.runtime.master_socket.display().to_string(),
                 "admin_socket": path(&self.haproxy.runtime.admin_socket),

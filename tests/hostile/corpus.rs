@@ -269,6 +269,8 @@ fn poison() -> impl Strategy<Value = Poison> {
                 "haproxy.timeout.connect=5",
                 "haproxy.sticky.cookie=a=b",
                 "haproxy.sticky=source",
+                "haproxy.server.sni=auto",
+                "haproxy.server.verify=maybe",
                 "haproxy.domain=^a<<",
                 "haproxy.domain=\u{0}",
                 "haproxy.domain=00000000000000é",

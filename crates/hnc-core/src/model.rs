@@ -177,6 +177,71 @@ pub struct BackendSettings {
     pub timeouts: Timeouts,
     /// Cookie-based sticky sessions (HAProxy's dynamic cookies), when set.
     pub sticky: Option<StickyCookie>,
+    /// TLS to the servers, when set.
+    pub tls: Option<ServerTls>,
+}
+
+/// TLS from HAProxy to every server of a backend (`ssl`), health checks included (`check-ssl`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct ServerTls {
+    /// The SNI sent, if any.
+    pub sni: Option<Sni>,
+    /// `verify required` against this CA file; `None`: `verify none`.
+    pub ca_file: Option<String>,
+}
+
+/// The server name sent in the TLS handshake.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sni {
+    /// A fixed host name (also the health check's SNI).
+    Host(String),
+    /// The request's Host header, without its port.
+    Auto,
+}
+
+/// HAProxy's sample expression for [`Sni::Auto`].
+pub const AUTO_SNI: &str = "req.hdr(host),field(1,:)";
+
+impl Sni {
+    /// The `sni` argument as HAProxy takes it: a sample expression (a fixed host is a string).
+    pub fn expression(&self) -> String {
+        match self {
+            Sni::Host(h) => format!("str({h})"),
+            Sni::Auto => AUTO_SNI.to_string(),
+        }
+    }
+
+    /// Reads [`Sni::expression`] back.
+    pub fn parse_expression(e: &str) -> Option<Sni> {
+        if e == AUTO_SNI {
+            return Some(Sni::Auto);
+        }
+        let host = e.strip_prefix("str(")?.strip_suffix(')')?;
+        (!host.is_empty()).then(|| Sni::Host(host.to_string()))
+    }
+}
+
+impl ServerTls {
+    /// The server keywords, in order: `ssl verify … [ca-file …] [sni …]`, then with a health
+    /// check `check-ssl [check-sni …]`.
+    pub fn server_keywords(&self, check: bool) -> Vec<String> {
+        let mut out = vec!["ssl".to_string(), "verify".to_string()];
+        match &self.ca_file {
+            Some(ca) => out.extend(["required".into(), "ca-file".into(), ca.clone()]),
+            None => out.push("none".into()),
+        }
+        if let Some(sni) = &self.sni {
+            out.extend(["sni".into(), sni.expression()]);
+        }
+        if check {
+            out.push("check-ssl".into());
+            if let Some(Sni::Host(h)) = &self.sni {
+                out.extend(["check-sni".into(), h.clone()]);
+            }
+        }
+        out
+    }
 }
 
 /// Sticky sessions by a cookie HAProxy inserts (`cookie <name> insert indirect nocache dynamic`):

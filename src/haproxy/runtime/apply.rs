@@ -91,6 +91,24 @@ impl RuntimeDriver {
         if let Some(m) = maxconn {
             cmd.push_str(&format!(" maxconn {m}"));
         }
+        // A server added at run time inherits nothing from `default-server`: TLS to it is
+        // written on the command (every word escaped for the CLI).
+        if let Some(tls) = owned.and_then(|s| s.tls.as_ref()) {
+            for k in tls.server_keywords(check) {
+                match socket::cli_arg(&k) {
+                    Ok(k) => {
+                        cmd.push(' ');
+                        cmd.push_str(&k);
+                    }
+                    Err(e) => {
+                        warn!(backend, object = server, op = "add_server", error = %e, "operation refused before reaching HAProxy");
+                        return Ok(OpOutcome::Refused(format!(
+                            "add_server {server}: not sent: {e}"
+                        )));
+                    }
+                }
+            }
+        }
         let mut steps: Vec<(String, &[&str])> = vec![(cmd, &["New server registered."])];
         if check {
             steps.push((format!("enable health {target}"), &[]));

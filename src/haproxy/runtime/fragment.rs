@@ -12,7 +12,7 @@ use std::fmt::Write;
 
 use crate::model::{
     BackendSettings, Balance, CheckSpec, CheckTiming, Endpoint, MatchKind, Mode, OWNER_MARKER,
-    RouteKey, StickyCookie, Timeouts, dynamic_cookie_key,
+    RouteKey, ServerTls, Sni, StickyCookie, Timeouts, dynamic_cookie_key,
 };
 
 /// The first line of every fragment.
@@ -81,6 +81,11 @@ pub fn render(backends: &BTreeMap<String, FragmentBackend>) -> String {
         if let Some(m) = s.maxconn {
             let _ = write!(default_server, " maxconn {m}");
         }
+        if let Some(t) = &s.tls {
+            for k in t.server_keywords(s.check.is_enabled()) {
+                let _ = write!(default_server, " {k}");
+            }
+        }
         if !default_server.is_empty() {
             let _ = writeln!(out, "    default-server{default_server}");
         }
@@ -142,6 +147,14 @@ pub fn settings_line(s: &BackendSettings) -> String {
     }
     if let Some(c) = &s.sticky {
         let _ = write!(line, " sticky.cookie={}", c.name);
+    }
+    if let Some(t) = &s.tls {
+        let _ = write!(
+            line,
+            " tls.sni={} tls.ca={}",
+            t.sni.as_ref().map(Sni::expression).unwrap_or_default(),
+            t.ca_file.as_deref().unwrap_or("")
+        );
     }
     line
 }
@@ -207,6 +220,17 @@ pub fn parse_settings_line(line: &str) -> Option<BackendSettings> {
     let sticky = get("sticky.cookie").map(|n| StickyCookie {
         name: n.to_string(),
     });
+    let tls = match (get("tls.sni"), get("tls.ca")) {
+        (None, None) => None,
+        (Some(sni), Some(ca)) => Some(ServerTls {
+            sni: match sni {
+                "" => None,
+                e => Some(Sni::parse_expression(e)?),
+            },
+            ca_file: (!ca.is_empty()).then(|| ca.to_string()),
+        }),
+        _ => return None,
+    };
     Some(BackendSettings {
         mode,
         balance,
@@ -214,6 +238,7 @@ pub fn parse_settings_line(line: &str) -> Option<BackendSettings> {
         maxconn,
         timeouts,
         sticky,
+        tls,
     })
 }
 
@@ -278,6 +303,7 @@ mod tests {
             maxconn: Some(20),
             timeouts: Default::default(),
             sticky: None,
+            tls: None,
         }
     }
 
@@ -307,6 +333,7 @@ mod tests {
                     maxconn: None,
                     timeouts: Default::default(),
                     sticky: None,
+                    tls: None,
                 },
                 servers: BTreeMap::new(),
             },
@@ -321,6 +348,7 @@ mod tests {
                     maxconn: None,
                     timeouts: Default::default(),
                     sticky: None,
+                    tls: None,
                 },
                 servers: [(e(1).server_name(), (e(1), 1))].into(),
             },
@@ -443,6 +471,66 @@ server hnc_127.0.0.1_9002 127.0.0.1:9002 check weight 3\n"
         );
         assert!(text.contains(" sticky.cookie=app_srv\n"), "{text}");
         assert_eq!(parse(&text).get("default.shop"), Some(&Some(s)));
+    }
+
+    #[test]
+    fn tls_to_servers_is_on_the_default_server_and_round_trips() {
+        for tls in [
+            ServerTls {
+                sni: Some(Sni::Auto),
+                ca_file: Some("/etc/haproxy/ca.pem".into()),
+            },
+            ServerTls {
+                sni: Some(Sni::Host("api.internal".into())),
+                ca_file: None,
+            },
+            ServerTls {
+                sni: None,
+                ca_file: None,
+            },
+        ] {
+            let mut s = http_settings();
+            s.tls = Some(tls.clone());
+            let backends: BTreeMap<String, FragmentBackend> = [(
+                "api".to_string(),
+                FragmentBackend {
+                    settings: s.clone(),
+                    servers: BTreeMap::new(),
+                },
+            )]
+            .into();
+            let text = render(&backends);
+            let keywords = tls.server_keywords(true).join(" ");
+            assert!(
+                text.contains(&format!(" maxconn 20 {keywords}\n")),
+                "{text}"
+            );
+            assert_eq!(parse(&text).get("api"), Some(&Some(s)), "{text}");
+        }
+        let s = {
+            let mut s = http_settings();
+            s.tls = Some(ServerTls {
+                sni: Some(Sni::Auto),
+                ca_file: Some("/ca.pem".into()),
+            });
+            s
+        };
+        let text = render(
+            &[(
+                "api".to_string(),
+                FragmentBackend {
+                    settings: s,
+                    servers: BTreeMap::new(),
+                },
+            )]
+            .into(),
+        );
+        assert!(
+            text.contains(
+                " ssl verify required ca-file /ca.pem sni req.hdr(host),field(1,:) check-ssl\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

@@ -70,6 +70,7 @@ fn plan() -> Plan {
         maxconn: None,
         timeouts: Default::default(),
         sticky: None,
+        tls: None,
     };
     Plan {
         ops: vec![

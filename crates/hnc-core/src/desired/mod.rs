@@ -59,6 +59,8 @@ pub struct Policy {
     /// Server addresses no registration may use, on top of those [`always_denied`] refuses
     /// (`haproxy.deny_address_ranges`).
     pub denied_ranges: Vec<ipnet::IpNet>,
+    /// The CA file HAProxy verifies servers' certificates with (`haproxy.server_ca_file`).
+    pub server_ca_file: Option<String>,
 }
 
 impl Default for Policy {
@@ -69,6 +71,7 @@ impl Default for Policy {
             drain_timeout: Duration::from_secs(30),
             allow_regex_domains: true,
             denied_ranges: Vec::new(),
+            server_ca_file: None,
         }
     }
 }
@@ -373,6 +376,7 @@ pub fn build(snapshot: &Snapshot, live: &Live, policy: &Policy) -> Result<Desire
                     "check" => c.settings.check = current.check.clone(),
                     "timeouts" => c.settings.timeouts = current.timeouts,
                     "sticky" => c.settings.sticky = current.sticky.clone(),
+                    "server.tls" => c.settings.tls = current.tls.clone(),
                     _ => c.settings.maxconn = current.maxconn,
                 }
             }

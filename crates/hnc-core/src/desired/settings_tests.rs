@@ -1,5 +1,6 @@
 //! Backend settings tags of issue 14: timeouts (`timeout.server`, `timeout.connect`,
-//! `timeout.tunnel`) and sticky sessions (`sticky`, `sticky.cookie`). Grammar, isolation of a bad value and disagreement (the plan side is in
+//! `timeout.tunnel`), sticky sessions (`sticky`, `sticky.cookie`) and TLS to servers
+//! (`server.ssl`, `server.sni`, `server.verify`). Grammar, isolation of a bad value and disagreement (the plan side is in
 //! `plan::settings_tests`).
 
 use proptest::prelude::*;
@@ -7,7 +8,9 @@ use proptest::prelude::*;
 use super::tests::{mk_instance, mk_snapshot};
 use super::*;
 use crate::live::LiveBackend;
-use crate::model::{DEFAULT_STICKY_COOKIE, MAX_TIMER_MS, Mode, StickyCookie, Timeouts};
+use crate::model::{
+    DEFAULT_STICKY_COOKIE, MAX_TIMER_MS, Mode, ServerTls, Sni, StickyCookie, Timeouts,
+};
 
 fn build_tags(tags: &[&str]) -> Desired {
     let snap = mk_snapshot(vec![(
@@ -279,6 +282,180 @@ fn a_bad_sticky_tag_skips_only_its_registration_with_namespace_service_tag_and_r
     let long = format!("haproxy.sticky.cookie={}", "a".repeat(65));
     let d = build_tags(&["haproxy.enable=true", "haproxy.sticky=cookie", &long]);
     assert!(d.diagnostics[0].message.contains("longer than 64"));
+}
+
+fn with_ca(tags: &[&str]) -> Desired {
+    let snap = mk_snapshot(vec![(
+        "apps",
+        "chat",
+        vec![mk_instance("a", "10.0.0.1", 8080, tags)],
+    )]);
+    let policy = Policy {
+        server_ca_file: Some("/etc/haproxy/ca.pem".into()),
+        ..Policy::default()
+    };
+    build(&snap, &Live::default(), &policy).expect("build")
+}
+
+#[test]
+fn tls_to_servers_tags() {
+    let d = with_ca(&["haproxy.enable=true", "haproxy.server.ssl=true"]);
+    assert!(d.diagnostics.is_empty(), "{:?}", d.diagnostics);
+    assert_eq!(
+        d.backends["apps.chat"].settings.tls,
+        Some(ServerTls {
+            sni: None,
+            ca_file: Some("/etc/haproxy/ca.pem".into())
+        })
+    );
+    let d = with_ca(&[
+        "haproxy.enable=true",
+        "haproxy.server.ssl=true",
+        "haproxy.server.sni=auto",
+        "haproxy.server.verify=none",
+    ]);
+    assert_eq!(
+        d.backends["apps.chat"].settings.tls,
+        Some(ServerTls {
+            sni: Some(Sni::Auto),
+            ca_file: None
+        })
+    );
+    let d = with_ca(&[
+        "haproxy.enable=true",
+        "haproxy.server.ssl=true",
+        "haproxy.server.sni=API.Internal",
+    ]);
+    assert_eq!(
+        d.backends["apps.chat"]
+            .settings
+            .tls
+            .as_ref()
+            .and_then(|t| t.sni.clone()),
+        Some(Sni::Host("api.internal".into()))
+    );
+    // Off: nothing.
+    let d = with_ca(&["haproxy.enable=true", "haproxy.server.ssl=false"]);
+    assert_eq!(d.backends["apps.chat"].settings.tls, None);
+    // Verifying needs the CA file of the configuration.
+    let d = with_healthy_neighbour(&["haproxy.enable=true", "haproxy.server.ssl=true"]);
+    assert!(!d.backends.contains_key("apps.chat"));
+    assert!(d.frozen.contains("apps.chat"));
+    assert_eq!(d.diagnostics.len(), 1);
+    assert_eq!(
+        d.diagnostics[0].tag.as_deref(),
+        Some("haproxy.server.ssl=true")
+    );
+    assert!(d.diagnostics[0].message.contains("haproxy.server_ca_file"));
+    let d = with_healthy_neighbour(&[
+        "haproxy.enable=true",
+        "haproxy.server.ssl=true",
+        "haproxy.server.verify=none",
+    ]);
+    assert!(d.diagnostics.is_empty(), "{:?}", d.diagnostics);
+}
+
+#[test]
+fn a_bad_tls_tag_skips_only_its_registration_with_namespace_service_tag_and_reason() {
+    for (tags, tag, reason) in [
+        (
+            &["haproxy.server.ssl=yes"][..],
+            "haproxy.server.ssl=yes",
+            "expected true or false",
+        ),
+        (
+            &["haproxy.server.sni=auto"][..],
+            "haproxy.server.sni=auto",
+            "needs server.ssl=true",
+        ),
+        (
+            &["haproxy.server.ssl=false", "haproxy.server.verify=none"][..],
+            "haproxy.server.verify=none",
+            "needs server.ssl=true",
+        ),
+        (
+            &["haproxy.server.ssl=true", "haproxy.server.verify=optional"][..],
+            "haproxy.server.verify=optional",
+            "expected required or none",
+        ),
+        (
+            &["haproxy.server.ssl=true", "haproxy.server.sni=a b"][..],
+            "haproxy.server.sni=a b",
+            "contains whitespace",
+        ),
+        (
+            &["haproxy.server.ssl=true", "haproxy.server.sni=a)b"][..],
+            "haproxy.server.sni=a)b",
+            "contains `)`",
+        ),
+        (
+            &["haproxy.server.ssl=true", "haproxy.server.sni=a.test:443"][..],
+            "haproxy.server.sni=a.test:443",
+            "must not contain a port",
+        ),
+        (
+            &["haproxy.server.ssl=true", "haproxy.server.sni=\u{202e}x"][..],
+            "haproxy.server.sni=\u{202e}x",
+            "contains",
+        ),
+    ] {
+        let mut all = vec!["haproxy.enable=true", "haproxy.server.verify=none"];
+        if tags.iter().any(|t| t.starts_with("haproxy.server.verify=")) {
+            all.pop();
+        }
+        all.extend_from_slice(tags);
+        let d = with_healthy_neighbour(&all);
+        assert!(!d.backends.contains_key("apps.chat"), "{tag} should skip");
+        assert!(
+            d.backends.contains_key("apps.shop"),
+            "{tag}: neighbour served"
+        );
+        assert_eq!(d.diagnostics.len(), 1, "{tag}: {:?}", d.diagnostics);
+        let diag = &d.diagnostics[0];
+        assert_eq!(
+            (diag.namespace.as_str(), diag.service.as_str()),
+            ("apps", "chat")
+        );
+        assert_eq!(diag.tag.as_deref(), Some(tag));
+        assert_eq!(diag.reason, Reason::InvalidTag);
+        assert!(diag.message.contains(reason), "{tag}: {}", diag.message);
+    }
+}
+
+proptest! {
+    /// Any SNI value: a host name safe in HAProxy's syntax, `auto`, or only that service skipped.
+    #[test]
+    fn any_sni_is_a_safe_host_or_skips_only_its_service(
+        value in prop_oneof![
+            any::<String>(),
+            "[\\x00-\\x1f\\u{7f}\\u{202e} #;'\"(),:a-zA-Z0-9._-]{0,40}",
+            Just("a".repeat(300)),
+        ],
+    ) {
+        let tag = format!("haproxy.server.sni={value}");
+        let d = with_healthy_neighbour(&[
+            "haproxy.enable=true",
+            "haproxy.server.ssl=true",
+            "haproxy.server.verify=none",
+            &tag,
+        ]);
+        prop_assert!(d.backends.contains_key("apps.shop"));
+        match d.backends.get("apps.chat") {
+            Some(b) => match b.settings.tls.as_ref().and_then(|t| t.sni.as_ref()) {
+                Some(Sni::Host(h)) => {
+                    prop_assert!(grammar::is_safe_token(h), "{:?}", h);
+                    prop_assert!(h.len() <= 253 && h.is_ascii());
+                    prop_assert!(!h.contains(['(', ')', ',', ':']));
+                }
+                Some(Sni::Auto) => prop_assert_eq!(value.as_str(), "auto"),
+                None => prop_assert!(false, "ssl without its sni"),
+            },
+            None => {
+                prop_assert_eq!(d.diagnostics.len(), 1);
+                prop_assert_eq!(d.diagnostics[0].tag.as_deref(), Some(tag.as_str()));
+            }
+        }
+    }
 }
 
 proptest! {

@@ -4,15 +4,16 @@
 //! `enable`, `backend`, `backend.name`, `domain` (repeatable), `domain.type`, `check.path`,
 //! `check.method`, `check.host`, `check.type`, `check.disabled`, `check.interval`,
 //! `check.timeout`, `check.rise`, `check.fall`, `check.expect`, `balance`, `mode`, `maxconn`,
-//! `weight`, `timeout.server`, `timeout.connect`, `timeout.tunnel`, `sticky`, `sticky.cookie`.
+//! `weight`, `timeout.server`, `timeout.connect`, `timeout.tunnel`, `sticky`, `sticky.cookie`,
+//! `server.ssl`, `server.sni`, `server.verify`.
 
 use std::collections::BTreeMap;
 
 use super::grammar;
-use crate::model::{Balance, DEFAULT_STICKY_COOKIE, MatchKind, Mode, StickyCookie, Timeouts};
+use crate::model::{Balance, DEFAULT_STICKY_COOKIE, MatchKind, Mode, Sni, StickyCookie, Timeouts};
 
 /// Every key the grammar knows (for typo reports and documentation).
-pub const KEYS: [&str; 24] = [
+pub const KEYS: [&str; 27] = [
     "enable",
     "backend",
     "backend.name",
@@ -37,6 +38,9 @@ pub const KEYS: [&str; 24] = [
     "timeout.tunnel",
     "sticky",
     "sticky.cookie",
+    "server.ssl",
+    "server.sni",
+    "server.verify",
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,8 +104,18 @@ pub struct InstanceTags {
     pub timeouts: Timeouts,
     /// Cookie-based sticky sessions (`sticky=cookie`, named by `sticky.cookie`).
     pub sticky: Option<StickyCookie>,
+    /// TLS to the servers (`server.ssl=true`, with `server.sni` and `server.verify`).
+    pub tls: Option<TlsTags>,
     /// Keys under the prefix that the grammar does not know (typos), as written.
     pub unknown: Vec<String>,
+}
+
+/// The TLS-to-servers tags as written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsTags {
+    pub sni: Option<Sni>,
+    /// `server.verify=required` (the default) or `none`.
+    pub verify: bool,
 }
 
 /// Why a tag was rejected.
@@ -210,6 +224,7 @@ pub fn parse(tags: &[String], prefix: &str) -> Result<InstanceTags, TagError> {
             tunnel_ms: p.single("timeout.tunnel", grammar::duration_ms)?,
         },
         sticky: sticky(&mut p, &values)?,
+        tls: tls(&mut p, &values)?,
         unknown,
     };
     if parsed.mode == Some(Mode::Tcp) && parsed.sticky.is_some() {
@@ -267,6 +282,41 @@ fn sticky(
             })
         }
     }
+}
+
+/// `server.ssl`, `server.sni` and `server.verify`: the last two only with `server.ssl=true`.
+fn tls(
+    p: &mut Parser<'_>,
+    values: &BTreeMap<&str, Vec<(&str, &str)>>,
+) -> Result<Option<TlsTags>, TagError> {
+    let on = p.single("server.ssl", grammar::boolean)?.unwrap_or(false);
+    let sni = p.single("server.sni", |v| match v {
+        "auto" => Ok(Sni::Auto),
+        h => grammar::host(h).map(Sni::Host),
+    })?;
+    let verify = p.single("server.verify", |v| match v {
+        "required" => Ok(true),
+        "none" => Ok(false),
+        _ => Err("expected required or none".to_string()),
+    })?;
+    if on {
+        return Ok(Some(TlsTags {
+            sni,
+            verify: verify.unwrap_or(true),
+        }));
+    }
+    if let Some(key) = ["server.sni", "server.verify"]
+        .into_iter()
+        .find(|k| values.contains_key(k))
+    {
+        let (tag, value) = first_tag(values, key);
+        return Err(TagError {
+            tag,
+            value,
+            reason: format!("{key} needs server.ssl=true"),
+        });
+    }
+    Ok(None)
 }
 
 fn first_tag(values: &BTreeMap<&str, Vec<(&str, &str)>>, key: &str) -> (String, String) {

@@ -111,6 +111,7 @@ fn defaults_for_a_bare_service() {
             maxconn: None,
             timeouts: Default::default(),
             sticky: None,
+            tls: None,
         }
     );
     let e = Endpoint::new("10.0.0.1".parse().expect("ip"), 8080);

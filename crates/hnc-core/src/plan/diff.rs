@@ -162,6 +162,7 @@ fn changed_fields(live: Option<&BackendSettings>, want: &BackendSettings) -> Vec
             "timeout.connect",
             "timeout.tunnel",
             "sticky",
+            "server.tls",
         ];
     };
     let mut out = Vec::new();
@@ -193,6 +194,9 @@ fn changed_fields(live: Option<&BackendSettings>, want: &BackendSettings) -> Vec
     }
     if l.sticky != want.sticky {
         out.push("sticky");
+    }
+    if l.tls != want.tls {
+        out.push("server.tls");
     }
     out
 }

@@ -163,6 +163,7 @@ pub fn settings_carrying(c: &SlotCarries) -> Option<BackendSettings> {
         maxconn: c.maxconn,
         timeouts: Default::default(),
         sticky: None,
+        tls: None,
     };
     (carries(Some(&s)) == *c).then_some(s)
 }

@@ -10,11 +10,11 @@ pub mod wire;
 
 use self::wire::{
     AdvCheck, Backend, Balance as WireBalance, Cookie, CookieType, DefaultServer, ExpectMatch,
-    HttpCheck, HttpCheckType, ProxyMode, ReturnHeader, Server, Toggle,
+    HttpCheck, HttpCheckType, ProxyMode, ReturnHeader, Server, Toggle, Verify,
 };
 use crate::model::{
-    BackendSettings, Balance, CheckSpec, CheckTiming, Endpoint, Mode, OWNER_MARKER, StickyCookie,
-    Timeouts, dynamic_cookie_key,
+    BackendSettings, Balance, CheckSpec, CheckTiming, Endpoint, Mode, OWNER_MARKER, ServerTls, Sni,
+    StickyCookie, Timeouts, dynamic_cookie_key,
 };
 
 pub const PLACEHOLDER_ADDRESS: &str = "127.0.0.1";
@@ -55,6 +55,28 @@ pub fn backend_body(name: &str, s: &BackendSettings) -> Backend {
             rise: timing.map(|t| i64::from(t.rise)),
             fall: timing.map(|t| i64::from(t.fall)),
             maxconn: s.maxconn.map(i64::from),
+            ssl: s.tls.as_ref().map(|_| Toggle::Enabled),
+            verify: s.tls.as_ref().map(|t| {
+                if t.ca_file.is_some() {
+                    Verify::Required
+                } else {
+                    Verify::None
+                }
+            }),
+            ssl_cafile: s.tls.as_ref().and_then(|t| t.ca_file.clone()),
+            sni: s
+                .tls
+                .as_ref()
+                .and_then(|t| t.sni.as_ref().map(Sni::expression)),
+            check_ssl: s
+                .tls
+                .as_ref()
+                .filter(|_| s.check.is_enabled())
+                .map(|_| Toggle::Enabled),
+            check_sni: match s.tls.as_ref().and_then(|t| t.sni.as_ref()) {
+                Some(Sni::Host(h)) if s.check.is_enabled() => Some(h.clone()),
+                _ => None,
+            },
         }),
         servers: None,
         http_check_list: None,
@@ -230,11 +252,26 @@ pub fn parse_settings(b: &Backend) -> Option<BackendSettings> {
             CheckSpec::Tcp { timing }
         }
     };
+    let tls = match ds.ssl {
+        Some(Toggle::Enabled) => Some(ServerTls {
+            sni: match ds.sni.as_deref() {
+                None => None,
+                Some(e) => Some(Sni::parse_expression(e)?),
+            },
+            ca_file: match ds.verify {
+                Some(Verify::Required) => Some(ds.ssl_cafile.clone()?),
+                Some(Verify::None) => None,
+                None => return None,
+            },
+        }),
+        _ => None,
+    };
     Some(BackendSettings {
         mode,
         balance,
         check,
         maxconn,
+        tls,
         timeouts: Timeouts {
             server_ms: u32_of(b.server_timeout),
             connect_ms: u32_of(b.connect_timeout),

@@ -30,6 +30,7 @@ fn http_settings(host: Option<&str>, expect: Option<(u16, u16)>) -> BackendSetti
         maxconn: Some(10),
         timeouts: Default::default(),
         sticky: None,
+        tls: None,
     }
 }
 
@@ -48,6 +49,7 @@ fn settings_round_trip_through_the_api_objects() {
             maxconn: None,
             timeouts: Default::default(),
             sticky: None,
+            tls: None,
         },
         BackendSettings {
             mode: Mode::Tcp,
@@ -56,6 +58,7 @@ fn settings_round_trip_through_the_api_objects() {
             maxconn: None,
             timeouts: Default::default(),
             sticky: None,
+            tls: None,
         },
         BackendSettings {
             mode: Mode::Http,
@@ -69,6 +72,24 @@ fn settings_round_trip_through_the_api_objects() {
             },
             sticky: Some(crate::model::StickyCookie {
                 name: "app_srv".into(),
+            }),
+            tls: Some(crate::model::ServerTls {
+                sni: Some(crate::model::Sni::Auto),
+                ca_file: Some("/etc/haproxy/ca.pem".into()),
+            }),
+        },
+        BackendSettings {
+            mode: Mode::Http,
+            balance: Balance::Roundrobin,
+            check: CheckSpec::Tcp {
+                timing: CheckTiming::default(),
+            },
+            maxconn: None,
+            timeouts: Default::default(),
+            sticky: None,
+            tls: Some(crate::model::ServerTls {
+                sni: Some(crate::model::Sni::Host("api.internal".into())),
+                ca_file: None,
             }),
         },
     ] {
@@ -365,6 +386,7 @@ fn written_bodies_carry_only_what_the_connector_sets() {
         maxconn: None,
         timeouts: Default::default(),
         sticky: None,
+        tls: None,
     };
     assert_eq!(
         sent(&backend_body("db", &tcp)),

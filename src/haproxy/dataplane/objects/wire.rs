@@ -114,6 +114,20 @@ pub struct Balance {
 pub struct DefaultServer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check: Option<Toggle>,
+    /// TLS to the servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssl: Option<Toggle>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<Verify>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssl_cafile: Option<String>,
+    /// A sample expression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    #[serde(rename = "check-ssl", default, skip_serializing_if = "Option::is_none")]
+    pub check_ssl: Option<Toggle>,
+    #[serde(rename = "check-sni", default, skip_serializing_if = "Option::is_none")]
+    pub check_sni: Option<String>,
     /// Milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inter: Option<i64>,
@@ -253,6 +267,14 @@ pub struct Backend {
     pub servers: Option<BTreeMap<String, Server>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_check_list: Option<Vec<HttpCheck>>,
+}
+
+/// `server_params.verify`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verify {
+    None,
+    Required,
 }
 
 /// `cookie.type`.
@@ -443,7 +465,8 @@ pub struct ApiError {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum ConfigBody {
-    Backend(Backend),
+    /// Boxed: a backend body is much larger than the others.
+    Backend(Box<Backend>),
     HttpChecks(Vec<HttpCheck>),
     Server(Server),
     BackendSwitchingRule(BackendSwitchingRule),
