@@ -104,3 +104,32 @@ fn turning_stickiness_on_is_an_update_naming_sticky() {
         )]
     );
 }
+
+#[test]
+fn plan_text_names_the_new_settings() {
+    let snap = mk_snapshot(vec![(
+        "apps",
+        "chat",
+        vec![mk_instance(
+            "a",
+            "10.0.0.1",
+            8080,
+            &[
+                "haproxy.enable=true",
+                "haproxy.timeout.tunnel=1h",
+                "haproxy.sticky=cookie",
+                "haproxy.server.ssl=true",
+                "haproxy.server.sni=auto",
+            ],
+        )],
+    )]);
+    let policy = Policy {
+        server_ca_file: Some("/ca.pem".into()),
+        ..Policy::default()
+    };
+    let d = build(&snap, &Live::default(), &policy).expect("build");
+    assert_eq!(
+        super::render::settings(&d.backends["apps.chat"].settings),
+        "http, roundrobin, check tcp every 2000ms, timeout tunnel 3600000ms, sticky cookie SERVERID, tls to servers sni from the request verified"
+    );
+}
