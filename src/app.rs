@@ -105,6 +105,7 @@ fn policy(config: &Config) -> Policy {
         drain_timeout: config.haproxy.drain_timeout,
         allow_regex_domains: config.haproxy.allow_regex_domains,
         denied_ranges: config.haproxy.deny_address_ranges.clone(),
+        server_ca_file: config.haproxy.server_ca_file.clone(),
     }
 }
 

@@ -12,7 +12,8 @@ use haproxy_nomad_connector::haproxy::dataplane::objects::{
     backend_body, http_checks, slot_body, slot_name,
 };
 use haproxy_nomad_connector::model::{
-    BackendSettings, Balance, CheckSpec, CheckTiming, Endpoint, Mode, route_rules,
+    BackendSettings, Balance, CheckSpec, CheckTiming, Endpoint, MAX_TIMER_MS, Mode, ServerTls, Sni,
+    StickyCookie, Timeouts, route_rules,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -43,8 +44,8 @@ fn timing() -> CheckTiming {
     }
 }
 
-/// Every kind of settings: each check kind, with and without Host, expected statuses and maxconn,
-/// in both modes and with every balance algorithm.
+/// Every kind of settings: each check kind, with and without Host, expected statuses, maxconn and
+/// timeouts, in both modes and with every balance algorithm.
 fn all_settings() -> Vec<BackendSettings> {
     let mut checks = vec![CheckSpec::None, CheckSpec::Tcp { timing: timing() }];
     for host in [None, Some("api.example.com".to_string())] {
@@ -73,6 +74,29 @@ fn all_settings() -> Vec<BackendSettings> {
                 balance,
                 check: check.clone(),
                 maxconn: (i % 2 == 1).then_some(100),
+                timeouts: if i % 2 == 0 {
+                    Timeouts::default()
+                } else {
+                    Timeouts {
+                        server_ms: Some(30_000),
+                        connect_ms: Some(10),
+                        tunnel_ms: Some(MAX_TIMER_MS),
+                    }
+                },
+                sticky: (mode == Mode::Http && i % 2 == 1).then(|| StickyCookie {
+                    name: "app_srv".into(),
+                }),
+                tls: match i % 3 {
+                    0 => None,
+                    1 => Some(ServerTls {
+                        sni: Some(Sni::Auto),
+                        ca_file: Some("/etc/haproxy/ca.pem".into()),
+                    }),
+                    _ => Some(ServerTls {
+                        sni: Some(Sni::Host("api.internal".into())),
+                        ca_file: None,
+                    }),
+                },
             });
         }
     }
@@ -86,7 +110,7 @@ fn backend_and_http_check_bodies_validate_against_the_spec() {
         let got: schema::Backend = valid("backend", &body);
         assert_eq!(got.name, "svc_web-1.a:b");
         assert!(got.httpchk_params.is_none(), "{s:?}");
-        valid::<schema::Backend, _>("staged backend", &ConfigBody::Backend(body));
+        valid::<schema::Backend, _>("staged backend", &ConfigBody::Backend(Box::new(body)));
 
         let checks = http_checks(&s.check);
         let got: Vec<schema::HttpCheck> = valid("http_checks", &checks);

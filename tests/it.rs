@@ -26,6 +26,7 @@ mod nomad_tls;
 mod nomad_watcher;
 mod plan_word;
 mod preflight;
+mod routing_settings;
 mod runtime_driver;
 
 /// With `autotests = false` Cargo builds no other test binary, so a `tests/*.rs` file missing

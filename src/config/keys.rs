@@ -280,6 +280,14 @@ keys! {
         default: Absent("(none)"),
         doc: "CIDR ranges no server address may be in, on top of the always-denied link-local, unspecified, multicast and broadcast addresses (JSON array, or comma-separated in the environment and flag), e.g. `127.0.0.0/8,10.0.0.0/8`.",
     },
+    HaproxyServerCaFile {
+        json: "haproxy.server_ca_file",
+        env: ["HAPROXY_SERVER_CA_FILE"],
+        flag: "--haproxy-server-ca-file" <PATH> "CA file (PEM, on the HAProxy host) to verify servers' certificates",
+        kind: Text(HaproxyFilePath),
+        default: Absent("(none)"),
+        doc: "CA file, as a path on the HAProxy host, that HAProxy verifies servers' certificates with for services tagged `haproxy.server.ssl=true` (`verify required ca-file …`). Unset: such services need `haproxy.server.verify=none`, else they are skipped with a diagnostic.",
+    },
     ReconcileResyncInterval {
         json: "reconcile.resync_interval",
         env: ["RECONCILE_RESYNC_INTERVAL"],

@@ -73,6 +73,9 @@ pub enum TextRule {
     HaproxyName,
     /// A log level or `tracing` filter directive.
     LogFilter,
+    /// An absolute path on the HAProxy host, written into HAProxy's configuration and CLI
+    /// commands: no whitespace, control characters or HAProxy syntax (`#`, `;`, quotes, `\\`…).
+    HaproxyFilePath,
 }
 
 impl TextRule {
@@ -84,6 +87,9 @@ impl TextRule {
             TextRule::TagPrefix => is_tag_prefix(text),
             TextRule::BasicAuthUser => !text.contains(':'),
             TextRule::HaproxyName => is_haproxy_name(text),
+            TextRule::HaproxyFilePath => {
+                text.starts_with('/') && hnc_core::desired::grammar::is_safe_token(text)
+            }
             TextRule::LogFilter => {
                 return check_log_filter(text)
                     .map_err(|e| format!("`{text}` is not a log level or filter directive: {e}"));
@@ -103,6 +109,9 @@ impl TextRule {
             TextRule::HaproxyName => format!(
                 "`{text}` is not a valid HAProxy section name (allowed: letters, digits, `-`, `_`, `.`, `:`)"
             ),
+            TextRule::HaproxyFilePath => {
+                format!("`{text}` is not an absolute path without whitespace or HAProxy syntax")
+            }
             TextRule::Any | TextRule::LogFilter => String::new(),
         })
     }

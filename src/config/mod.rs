@@ -219,6 +219,8 @@ pub struct HaproxyConfig {
     pub allow_regex_domains: bool,
     /// Extra server-address ranges to refuse, sorted and de-duplicated.
     pub deny_address_ranges: Vec<ipnet::IpNet>,
+    /// The CA file (on the HAProxy host) servers' certificates are verified with.
+    pub server_ca_file: Option<String>,
     pub driver: DriverKind,
     /// Where the runtime driver finds HAProxy and its files (used when `driver` is `runtime`).
     pub runtime: RuntimeConfig,
@@ -355,6 +357,7 @@ impl Config {
                     frontend: v.get(Key::HaproxyFrontend),
                     allow_regex_domains: v.get(Key::HaproxyAllowRegexDomains)?,
                     deny_address_ranges: v.get(Key::HaproxyDenyAddressRanges).unwrap_or_default(),
+                    server_ca_file: v.get(Key::HaproxyServerCaFile),
                     driver: v.get(Key::HaproxyDriver)?,
                     runtime: RuntimeConfig {
                         master_socket: v.get(Key::HaproxyMasterSocket)?,
@@ -436,6 +439,7 @@ impl Config {
                 "frontend": self.haproxy.frontend,
                 "allow_regex_domains": self.haproxy.allow_regex_domains,
                 "deny_address_ranges": self.haproxy.deny_address_ranges.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "server_ca_file": self.haproxy.server_ca_file,
                 "driver": self.haproxy.driver.as_str(),
                 "master_socket": self.haproxy.runtime.master_socket.display().to_string(),
                 "admin_socket": path(&self.haproxy.runtime.admin_socket),

@@ -941,12 +941,16 @@ fn every_key_is_read_as_its_declared_kind() {
         "nomad": {"token": "t", "region": "eu", "namespace_deny": ["ops"], "ca_cert": pem,
                   "client_cert": pem, "client_key": pem, "tls_server_name": "s"},
         "haproxy": {"password": "pw", "frontend": "fe", "deny_address_ranges": ["10.0.0.0/8"],
-                    "admin_socket": "/a.sock"}
+                    "admin_socket": "/a.sock", "server_ca_file": "/etc/haproxy/ca.pem"}
     });
     let c = from_file(&json.to_string()).expect("valid");
     assert_eq!(c.nomad.token, Some(Secret::new("t")));
     assert_eq!(c.nomad.namespace_deny, vec!["ops".to_string()]);
     assert_eq!(c.haproxy.deny_address_ranges.len(), 1);
+    assert_eq!(
+        c.haproxy.server_ca_file.as_deref(),
+        Some("/etc/haproxy/ca.pem")
+    );
     assert_eq!(
         c.haproxy.runtime.admin_socket,
         Some(PathBuf::from("/a.sock"))

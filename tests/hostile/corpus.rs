@@ -228,7 +228,7 @@ fn hostile_tag() -> impl Strategy<Value = String> {
         2 => proptest::sample::select(REGEXES).prop_map(|r| format!("haproxy.domain={r}")),
         1 => Just("haproxy.domain.type=regex".to_string()),
         1 => Just("haproxy.domain.type=prefix".to_string()),
-        2 => (proptest::sample::select(&["check.interval", "check.timeout"][..]), proptest::sample::select(DURATIONS))
+        2 => (proptest::sample::select(&["check.interval", "check.timeout", "timeout.server", "timeout.connect", "timeout.tunnel"][..]), proptest::sample::select(DURATIONS))
             .prop_map(|(k, d)| format!("haproxy.{k}={d}")),
         1 => proptest::sample::select(&[
             "haproxy.domain=web.test",
@@ -264,6 +264,13 @@ fn poison() -> impl Strategy<Value = Poison> {
                 "haproxy.domain=(?u)x",
                 "haproxy.check.interval=600h",
                 "haproxy.check.timeout=100y",
+                "haproxy.timeout.tunnel=600h",
+                "haproxy.timeout.server=25d",
+                "haproxy.timeout.connect=5",
+                "haproxy.sticky.cookie=a=b",
+                "haproxy.sticky=source",
+                "haproxy.server.sni=auto",
+                "haproxy.server.verify=maybe",
                 "haproxy.domain=^a<<",
                 "haproxy.domain=\u{0}",
                 "haproxy.domain=00000000000000é",

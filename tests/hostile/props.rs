@@ -115,6 +115,11 @@ fn assert_safe(d: &Desired) -> Result<(), TestCaseError> {
             prop_assert!(t.interval_ms <= MAX_TIMER_MS && t.timeout_ms <= MAX_TIMER_MS);
             prop_assert!(t.interval_ms >= 10 && t.timeout_ms >= 10);
         }
+        for (name, ms) in b.settings.timeouts.entries() {
+            if let Some(ms) = ms {
+                prop_assert!((10..=MAX_TIMER_MS).contains(&ms), "timeout {} {}", name, ms);
+            }
+        }
         for e in b.servers.keys() {
             prop_assert!(
                 haproxy_nomad_connector::desired::always_denied(e.addr).is_none(),

@@ -173,6 +173,116 @@ pub struct BackendSettings {
     pub check: CheckSpec,
     /// Per-server connection limit applied to every server of the backend.
     pub maxconn: Option<u32>,
+    /// The backend's own timeouts; unset ones are the `defaults` section's.
+    pub timeouts: Timeouts,
+    /// Cookie-based sticky sessions (HAProxy's dynamic cookies), when set.
+    pub sticky: Option<StickyCookie>,
+    /// TLS to the servers, when set.
+    pub tls: Option<ServerTls>,
+}
+
+/// TLS from HAProxy to every server of a backend (`ssl`), health checks included (`check-ssl`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct ServerTls {
+    /// The SNI sent, if any.
+    pub sni: Option<Sni>,
+    /// `verify required` against this CA file; `None`: `verify none`.
+    pub ca_file: Option<String>,
+}
+
+/// The server name sent in the TLS handshake.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sni {
+    /// A fixed host name (also the health check's SNI).
+    Host(String),
+    /// The request's Host header, without its port.
+    Auto,
+}
+
+/// HAProxy's sample expression for [`Sni::Auto`].
+pub const AUTO_SNI: &str = "req.hdr(host),field(1,:)";
+
+impl Sni {
+    /// The `sni` argument as HAProxy takes it: a sample expression (a fixed host is a string).
+    pub fn expression(&self) -> String {
+        match self {
+            Sni::Host(h) => format!("str({h})"),
+            Sni::Auto => AUTO_SNI.to_string(),
+        }
+    }
+
+    /// Reads [`Sni::expression`] back.
+    pub fn parse_expression(e: &str) -> Option<Sni> {
+        if e == AUTO_SNI {
+            return Some(Sni::Auto);
+        }
+        let host = e.strip_prefix("str(")?.strip_suffix(')')?;
+        (!host.is_empty()).then(|| Sni::Host(host.to_string()))
+    }
+}
+
+impl ServerTls {
+    /// The server keywords, in order: `ssl verify … [ca-file …] [sni …]`, then with a health
+    /// check `check-ssl [check-sni …]`.
+    pub fn server_keywords(&self, check: bool) -> Vec<String> {
+        let mut out = vec!["ssl".to_string(), "verify".to_string()];
+        match &self.ca_file {
+            Some(ca) => out.extend(["required".into(), "ca-file".into(), ca.clone()]),
+            None => out.push("none".into()),
+        }
+        if let Some(sni) = &self.sni {
+            out.extend(["sni".into(), sni.expression()]);
+        }
+        if check {
+            out.push("check-ssl".into());
+            if let Some(Sni::Host(h)) = &self.sni {
+                out.extend(["check-sni".into(), h.clone()]);
+            }
+        }
+        out
+    }
+}
+
+/// Sticky sessions by a cookie HAProxy inserts (`cookie <name> insert indirect nocache dynamic`):
+/// each server's value is a hash of its address and port under the backend's
+/// [`dynamic_cookie_key`], so a server added at run time gets one without a reload.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct StickyCookie {
+    /// The cookie's name (an RFC 6265 token).
+    pub name: String,
+}
+
+/// The cookie name `haproxy.sticky=cookie` uses without `haproxy.sticky.cookie`.
+pub const DEFAULT_STICKY_COOKIE: &str = "SERVERID";
+
+/// The `dynamic-cookie-key` of a sticky backend. Derived from the backend's name so it is the
+/// same after every reload and restart (clients keep their servers); it is not a secret: it only
+/// spreads the servers' cookie values.
+pub fn dynamic_cookie_key(backend: &str) -> String {
+    format!("hnc-{backend}")
+}
+
+/// A backend's `timeout server`, `timeout connect` and `timeout tunnel`, in whole milliseconds
+/// within HAProxy's timer range (at most [`MAX_TIMER_MS`]); `None`: not set on the backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Timeouts {
+    pub server_ms: Option<u32>,
+    pub connect_ms: Option<u32>,
+    /// Inactivity timeout of a tunnel (a websocket after its upgrade, CONNECT, …): it replaces the
+    /// client and server timeouts once the connection is one.
+    pub tunnel_ms: Option<u32>,
+}
+
+impl Timeouts {
+    /// Each timeout as (HAProxy's keyword after `timeout`, value).
+    pub fn entries(&self) -> [(&'static str, Option<u32>); 3] {
+        [
+            ("server", self.server_ms),
+            ("connect", self.connect_ms),
+            ("tunnel", self.tunnel_ms),
+        ]
+    }
 }
 
 /// How a host is matched. Each kind has its own map; lookups go exact, prefix, suffix, regex,

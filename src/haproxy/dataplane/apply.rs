@@ -46,7 +46,9 @@ impl DataplaneDriver {
                         Method::POST,
                         "backends",
                         vec!["backends".into()],
-                        Some(ConfigBody::Backend(backend_body(backend, settings))),
+                        Some(ConfigBody::Backend(Box::new(backend_body(
+                            backend, settings,
+                        )))),
                     ));
                     if matches!(settings.check, CheckSpec::Http { .. }) {
                         staged.push((
@@ -64,7 +66,9 @@ impl DataplaneDriver {
                         Method::PUT,
                         "backends",
                         vec!["backends".into(), backend.clone()],
-                        Some(ConfigBody::Backend(backend_body(backend, settings))),
+                        Some(ConfigBody::Backend(Box::new(backend_body(
+                            backend, settings,
+                        )))),
                     ));
                     staged.push((
                         Method::PUT,

@@ -7,8 +7,8 @@ use tracing::{info, warn};
 use super::socket::{self, Outcome};
 use super::{RuntimeDriver, file_error, files};
 use crate::haproxy::{ApplyReport, Cause, DriverError};
-use crate::model::{CheckTiming, Endpoint};
-use crate::plan::{Action, Plan};
+use crate::model::{BackendSettings, CheckTiming, Endpoint};
+use crate::plan::{Action, Outcome as PlanOutcome, Plan};
 
 impl RuntimeDriver {
     /// Executes `plan`: through a reload when it has structure, else command by command.
@@ -30,7 +30,10 @@ impl RuntimeDriver {
                 op.action,
                 Action::AddRoute { .. } | Action::SetRoute { .. } | Action::RemoveRoute { .. }
             );
-            match self.apply_runtime_op(&op.action, &mut report).await? {
+            match self
+                .apply_runtime_op(&op.action, outcome, &mut report)
+                .await?
+            {
                 OpOutcome::Applied => report.applied += 1,
                 OpOutcome::Refused(m) => refused.push(m),
             }
@@ -62,6 +65,7 @@ impl RuntimeDriver {
         check: bool,
         maxconn: Option<u32>,
         timing: Option<CheckTiming>,
+        owned: Option<&BackendSettings>,
         report: &mut ApplyReport,
     ) -> Result<OpOutcome, DriverError> {
         let target = match args(
@@ -87,9 +91,36 @@ impl RuntimeDriver {
         if let Some(m) = maxconn {
             cmd.push_str(&format!(" maxconn {m}"));
         }
+        // A server added at run time inherits nothing from `default-server`: TLS to it is
+        // written on the command (every word escaped for the CLI).
+        if let Some(tls) = owned.and_then(|s| s.tls.as_ref()) {
+            for k in tls.server_keywords(check) {
+                match socket::cli_arg(&k) {
+                    Ok(k) => {
+                        cmd.push(' ');
+                        cmd.push_str(&k);
+                    }
+                    Err(e) => {
+                        warn!(backend, object = server, op = "add_server", error = %e, "operation refused before reaching HAProxy");
+                        return Ok(OpOutcome::Refused(format!(
+                            "add_server {server}: not sent: {e}"
+                        )));
+                    }
+                }
+            }
+        }
         let mut steps: Vec<(String, &[&str])> = vec![(cmd, &["New server registered."])];
         if check {
             steps.push((format!("enable health {target}"), &[]));
+        }
+        if owned.is_some_and(|s| s.sticky.is_some()) {
+            // HAProxy 2.6 gives a server added at run time no dynamic cookie; enabling the
+            // backend's dynamic cookies again computes it (3.0 does so itself; harmless there).
+            let [b] = match args("add_server", backend, server, [Arg::Plain(backend)]) {
+                Ok(a) => a,
+                Err(m) => return Ok(OpOutcome::Refused(m)),
+            };
+            steps.push((format!("enable dynamic-cookie backend {b}"), &[]));
         }
         steps.push((format!("set server {target} state ready"), &[]));
         for (cmd, success) in &steps {
@@ -107,6 +138,7 @@ impl RuntimeDriver {
     pub(super) async fn apply_runtime_op(
         &self,
         action: &Action,
+        outcome: &PlanOutcome,
         report: &mut ApplyReport,
     ) -> Result<OpOutcome, DriverError> {
         macro_rules! args {
@@ -127,8 +159,9 @@ impl RuntimeDriver {
                 maxconn,
                 timing,
             } => {
+                let owned = outcome.backends.get(backend).map(|b| &b.settings);
                 self.add_server(
-                    backend, server, *endpoint, *weight, *check, *maxconn, *timing, report,
+                    backend, server, *endpoint, *weight, *check, *maxconn, *timing, owned, report,
                 )
                 .await
             }

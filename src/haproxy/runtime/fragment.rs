@@ -12,7 +12,7 @@ use std::fmt::Write;
 
 use crate::model::{
     BackendSettings, Balance, CheckSpec, CheckTiming, Endpoint, MatchKind, Mode, OWNER_MARKER,
-    RouteKey,
+    RouteKey, ServerTls, Sni, StickyCookie, Timeouts, dynamic_cookie_key,
 };
 
 /// The first line of every fragment.
@@ -60,6 +60,15 @@ pub fn render(backends: &BTreeMap<String, FragmentBackend>) -> String {
                 }
             }
         }
+        for (name, ms) in s.timeouts.entries() {
+            if let Some(ms) = ms {
+                let _ = writeln!(out, "    timeout {name} {ms}ms");
+            }
+        }
+        if let Some(c) = &s.sticky {
+            let _ = writeln!(out, "    cookie {} insert indirect nocache dynamic", c.name);
+            let _ = writeln!(out, "    dynamic-cookie-key {}", dynamic_cookie_key(name));
+        }
         let mut default_server = String::new();
         if let Some(t) = s.check.timing() {
             let _ = writeln!(out, "    timeout check {}ms", t.timeout_ms);
@@ -71,6 +80,11 @@ pub fn render(backends: &BTreeMap<String, FragmentBackend>) -> String {
         }
         if let Some(m) = s.maxconn {
             let _ = write!(default_server, " maxconn {m}");
+        }
+        if let Some(t) = &s.tls {
+            for k in t.server_keywords(s.check.is_enabled()) {
+                let _ = write!(default_server, " {k}");
+            }
         }
         if !default_server.is_empty() {
             let _ = writeln!(out, "    default-server{default_server}");
@@ -126,6 +140,22 @@ pub fn settings_line(s: &BackendSettings) -> String {
         " maxconn={}",
         s.maxconn.map(|m| m.to_string()).unwrap_or_default()
     );
+    for (name, ms) in s.timeouts.entries() {
+        if let Some(ms) = ms {
+            let _ = write!(line, " timeout.{name}={ms}");
+        }
+    }
+    if let Some(c) = &s.sticky {
+        let _ = write!(line, " sticky.cookie={}", c.name);
+    }
+    if let Some(t) = &s.tls {
+        let _ = write!(
+            line,
+            " tls.sni={} tls.ca={}",
+            t.sni.as_ref().map(Sni::expression).unwrap_or_default(),
+            t.ca_file.as_deref().unwrap_or("")
+        );
+    }
     line
 }
 
@@ -175,11 +205,40 @@ pub fn parse_settings_line(line: &str) -> Option<BackendSettings> {
         "" => None,
         m => Some(m.parse().ok()?),
     };
+    // Absent: not set (a fragment written before timeouts existed reads the same).
+    let timeout = |k: &str| -> Option<Option<u32>> {
+        match get(k) {
+            None => Some(None),
+            Some(v) => Some(Some(v.parse().ok()?)),
+        }
+    };
+    let timeouts = Timeouts {
+        server_ms: timeout("timeout.server")?,
+        connect_ms: timeout("timeout.connect")?,
+        tunnel_ms: timeout("timeout.tunnel")?,
+    };
+    let sticky = get("sticky.cookie").map(|n| StickyCookie {
+        name: n.to_string(),
+    });
+    let tls = match (get("tls.sni"), get("tls.ca")) {
+        (None, None) => None,
+        (Some(sni), Some(ca)) => Some(ServerTls {
+            sni: match sni {
+                "" => None,
+                e => Some(Sni::parse_expression(e)?),
+            },
+            ca_file: (!ca.is_empty()).then(|| ca.to_string()),
+        }),
+        _ => return None,
+    };
     Some(BackendSettings {
         mode,
         balance,
         check,
         maxconn,
+        timeouts,
+        sticky,
+        tls,
     })
 }
 
@@ -242,6 +301,9 @@ mod tests {
                 },
             },
             maxconn: Some(20),
+            timeouts: Default::default(),
+            sticky: None,
+            tls: None,
         }
     }
 
@@ -269,6 +331,9 @@ mod tests {
                         timing: CheckTiming::default(),
                     },
                     maxconn: None,
+                    timeouts: Default::default(),
+                    sticky: None,
+                    tls: None,
                 },
                 servers: BTreeMap::new(),
             },
@@ -281,6 +346,9 @@ mod tests {
                     balance: Balance::Random,
                     check: CheckSpec::None,
                     maxconn: None,
+                    timeouts: Default::default(),
+                    sticky: None,
+                    tls: None,
                 },
                 servers: [(e(1).server_name(), (e(1), 1))].into(),
             },
@@ -343,6 +411,126 @@ server hnc_127.0.0.1_9002 127.0.0.1:9002 check weight 3\n"
         }
         s.maxconn = None;
         assert_eq!(parse_settings_line(&settings_line(&s)), Some(s));
+    }
+
+    #[test]
+    fn timeouts_render_as_backend_timeouts_and_round_trip() {
+        let mut s = http_settings();
+        s.timeouts = Timeouts {
+            server_ms: Some(30_000),
+            connect_ms: None,
+            tunnel_ms: Some(3_600_000),
+        };
+        let backends: BTreeMap<String, FragmentBackend> = [(
+            "ws".to_string(),
+            FragmentBackend {
+                settings: s.clone(),
+                servers: BTreeMap::new(),
+            },
+        )]
+        .into();
+        let text = render(&backends);
+        assert!(text.contains("\n    timeout server 30000ms\n"), "{text}");
+        assert!(text.contains("\n    timeout tunnel 3600000ms\n"), "{text}");
+        assert!(!text.contains("timeout connect"), "{text}");
+        assert!(
+            text.contains(" timeout.server=30000 timeout.tunnel=3600000\n"),
+            "{text}"
+        );
+        assert_eq!(parse(&text).get("ws"), Some(&Some(s)));
+        // A settings line without timeouts (as written before they existed) reads as unset.
+        let old = "# hnc-settings mode=tcp balance=roundrobin check=none maxconn=";
+        assert_eq!(
+            parse_settings_line(old).map(|s| s.timeouts),
+            Some(Timeouts::default())
+        );
+        assert_eq!(
+            parse_settings_line(&format!("{old} timeout.server=x")),
+            None
+        );
+    }
+
+    #[test]
+    fn a_sticky_backend_has_a_dynamic_cookie_and_round_trips() {
+        let mut s = http_settings();
+        s.sticky = Some(StickyCookie {
+            name: "app_srv".into(),
+        });
+        let backends: BTreeMap<String, FragmentBackend> = [(
+            "default.shop".to_string(),
+            FragmentBackend {
+                settings: s.clone(),
+                servers: BTreeMap::new(),
+            },
+        )]
+        .into();
+        let text = render(&backends);
+        assert!(
+            text.contains("\n    cookie app_srv insert indirect nocache dynamic\n    dynamic-cookie-key hnc-default.shop\n"),
+            "{text}"
+        );
+        assert!(text.contains(" sticky.cookie=app_srv\n"), "{text}");
+        assert_eq!(parse(&text).get("default.shop"), Some(&Some(s)));
+    }
+
+    #[test]
+    fn tls_to_servers_is_on_the_default_server_and_round_trips() {
+        for tls in [
+            ServerTls {
+                sni: Some(Sni::Auto),
+                ca_file: Some("/etc/haproxy/ca.pem".into()),
+            },
+            ServerTls {
+                sni: Some(Sni::Host("api.internal".into())),
+                ca_file: None,
+            },
+            ServerTls {
+                sni: None,
+                ca_file: None,
+            },
+        ] {
+            let mut s = http_settings();
+            s.tls = Some(tls.clone());
+            let backends: BTreeMap<String, FragmentBackend> = [(
+                "api".to_string(),
+                FragmentBackend {
+                    settings: s.clone(),
+                    servers: BTreeMap::new(),
+                },
+            )]
+            .into();
+            let text = render(&backends);
+            let keywords = tls.server_keywords(true).join(" ");
+            assert!(
+                text.contains(&format!(" maxconn 20 {keywords}\n")),
+                "{text}"
+            );
+            assert_eq!(parse(&text).get("api"), Some(&Some(s)), "{text}");
+        }
+        let s = {
+            let mut s = http_settings();
+            s.tls = Some(ServerTls {
+                sni: Some(Sni::Auto),
+                ca_file: Some("/ca.pem".into()),
+            });
+            s
+        };
+        let text = render(
+            &[(
+                "api".to_string(),
+                FragmentBackend {
+                    settings: s,
+                    servers: BTreeMap::new(),
+                },
+            )]
+            .into(),
+        );
+        assert!(
+            text.contains(
+                " ssl verify required ca-file /ca.pem sni req.hdr(host),field(1,:) check-ssl\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

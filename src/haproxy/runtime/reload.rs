@@ -270,8 +270,11 @@ impl RuntimeDriver {
                     maxconn,
                     timing,
                 } => {
+                    // Re-adds are the connector's servers in backends it does not own: their
+                    // settings are not the connector's.
                     self.add_server(
-                        backend, server, *endpoint, *weight, *check, *maxconn, *timing, report,
+                        backend, server, *endpoint, *weight, *check, *maxconn, *timing, None,
+                        report,
                     )
                     .await?
                 }

@@ -69,6 +69,9 @@ fn plan() -> Plan {
         balance: Balance::Roundrobin,
         check: CheckSpec::None,
         maxconn: None,
+        timeouts: Default::default(),
+        sticky: None,
+        tls: None,
     };
     Plan {
         ops: vec![

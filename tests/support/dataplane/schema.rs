@@ -1,5 +1,5 @@
 //! Request bodies of the Data Plane API v3.2, as typed Rust written from reading the spec's
-//! definitions (`backend`, `server`, `default_server`, `http_check`, `acl`,
+//! definitions (`backend`, `cookie`, `server`, `default_server`, `http_check`, `acl`,
 //! `backend_switching_rule`, `map_entry`, `runtime_server`, `runtime_add_server`).
 //!
 //! Only the spec's own fields are modelled, and every struct denies unknown fields: the real API
@@ -415,6 +415,8 @@ pub struct Backend {
     pub log_health_checks: Option<Toggle>,
     pub http_connection_mode: Option<HttpConnectionMode>,
     pub http_reuse: Option<HttpReuse>,
+    pub cookie: Option<Cookie>,
+    pub dynamic_cookie_key: Option<String>,
     pub default_server: Option<DefaultServer>,
     pub metadata: Option<Metadata>,
     /// Child list: only read or replaced with `full_section=true`; never stored in this struct.
@@ -455,6 +457,62 @@ impl Validate for Backend {
         }
         if let Some(checks) = &self.http_check_list {
             checks.validate(&format!("{p}http_check_list."))?;
+        }
+        if let Some(c) = &self.cookie {
+            c.validate(&format!("{p}cookie."))?;
+        }
+        check_pattern(
+            p,
+            "dynamic_cookie_key",
+            self.dynamic_cookie_key.as_deref(),
+            Pat::NoWs,
+        )?;
+        Ok(())
+    }
+}
+
+str_enum!(CookieType { Rewrite = "rewrite", Insert = "insert", Prefix = "prefix" });
+
+/// One `value` of `cookie.attr` / `cookie.domain`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CookieValue {
+    pub value: Option<String>,
+}
+
+/// `cookie` (`name` is required).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cookie {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: Option<CookieType>,
+    pub attr: Option<Vec<CookieValue>>,
+    pub domain: Option<Vec<CookieValue>>,
+    pub dynamic: Option<bool>,
+    pub httponly: Option<bool>,
+    pub indirect: Option<bool>,
+    pub maxidle: Option<i64>,
+    pub maxlife: Option<i64>,
+    pub nocache: Option<bool>,
+    pub postonly: Option<bool>,
+    pub preserve: Option<bool>,
+    pub secure: Option<bool>,
+}
+
+impl Validate for Cookie {
+    fn validate(&self, p: &str) -> Result<(), ApiError> {
+        check_required(p, "name", &self.name)?;
+        check_pattern(p, "name", Some(&self.name), Pat::NoWs)?;
+        for (list, what) in [(&self.attr, "attr"), (&self.domain, "domain")] {
+            for v in list.iter().flatten() {
+                check_pattern(
+                    &format!("{p}{what}."),
+                    "value",
+                    v.value.as_deref(),
+                    Pat::NoWs,
+                )?;
+            }
         }
         Ok(())
     }

@@ -14,6 +14,7 @@ use super::{
 use crate::catalog::{Instance, NomadCheckKind, ServiceKey};
 use crate::model::{
     BackendSettings, Balance, CheckSpec, CheckTiming, Endpoint, MAX_TIMER_MS, MatchKind, Mode,
+    ServerTls,
 };
 
 /// One service after its registrations were parsed, before cross-service checks.
@@ -99,6 +100,28 @@ pub(super) fn candidate(
                     message: "regex domains are disabled on this connector (haproxy.allow_regex_domains=false); service skipped, its live objects left unchanged".into(),
                 });
             }
+            Ok(t)
+                if t.enabled
+                    && policy.server_ca_file.is_none()
+                    && t.tls.as_ref().is_some_and(|x| x.verify) =>
+            {
+                rejected.push(&inst.tags);
+                let tag = [".server.verify=", ".server.ssl="]
+                    .iter()
+                    .find_map(|k| {
+                        let k = format!("{prefix}{k}");
+                        inst.tags.iter().find(|t| t.starts_with(&k)).cloned()
+                    })
+                    .unwrap_or_else(|| format!("{prefix}.server.ssl"));
+                let value = tag.split_once('=').map_or("", |(_, v)| v).to_string();
+                invalid.push(diag(
+                    key,
+                    Severity::Skipped,
+                    Reason::InvalidTag,
+                    Some((&tag, &value)),
+                    "verifying the servers' certificates (server.verify=required, the default with server.ssl=true) needs haproxy.server_ca_file in the connector's configuration; set it, or server.verify=none; service skipped, its live objects left unchanged".into(),
+                ));
+            }
             Ok(t) if t.enabled => {
                 for u in &t.unknown {
                     desired.diagnostics.push(diag(
@@ -109,7 +132,8 @@ pub(super) fn candidate(
                         format!("unknown key; known keys: {}", tags::KEYS.join(", ")),
                     ));
                 }
-                let (settings, warning) = instance_settings(inst, &t);
+                let (settings, warning) =
+                    instance_settings(inst, &t, policy.server_ca_file.as_deref());
                 if let Some(message) = warning {
                     desired.diagnostics.push(diag(
                         key,
@@ -325,6 +349,15 @@ pub(super) fn candidate(
     if differs(&|a, b| a.maxconn != b.maxconn) {
         disagreements.push("maxconn");
     }
+    if differs(&|a, b| a.timeouts != b.timeouts) {
+        disagreements.push("timeouts");
+    }
+    if differs(&|a, b| a.sticky != b.sticky) {
+        disagreements.push("sticky");
+    }
+    if differs(&|a, b| a.tls != b.tls) {
+        disagreements.push("server.tls");
+    }
     let domains = variants
         .iter()
         .flat_map(|v| v.parsed.domains.iter().cloned())
@@ -357,7 +390,11 @@ fn kind_rank(k: BackendKind) -> u8 {
 /// The backend settings one registration asks for. Check precedence: explicit tags > the check
 /// in the Nomad job > a TCP connect check. The job's check is untrusted too: a value that fails
 /// its grammar turns that check into a TCP check, with a warning.
-fn instance_settings(inst: &Instance, t: &InstanceTags) -> (BackendSettings, Option<String>) {
+fn instance_settings(
+    inst: &Instance,
+    t: &InstanceTags,
+    ca_file: Option<&str>,
+) -> (BackendSettings, Option<String>) {
     let mut warning = None;
     let exact_domain = t
         .domains
@@ -456,18 +493,24 @@ fn instance_settings(inst: &Instance, t: &InstanceTags) -> (BackendSettings, Opt
             _ => CheckSpec::Tcp { timing },
         }
     };
-    let mode = t
-        .mode
-        .unwrap_or(if !t.domains.is_empty() || explicit.wants_http() {
+    let mode = t.mode.unwrap_or(
+        if !t.domains.is_empty() || explicit.wants_http() || t.sticky.is_some() {
             Mode::Http
         } else {
             Mode::Tcp
-        });
+        },
+    );
     let settings = BackendSettings {
         mode,
         balance: t.balance.unwrap_or(Balance::Roundrobin),
         check,
         maxconn: t.maxconn,
+        timeouts: t.timeouts,
+        sticky: t.sticky.clone(),
+        tls: t.tls.as_ref().map(|x| ServerTls {
+            sni: x.sni.clone(),
+            ca_file: x.verify.then(|| ca_file.map(str::to_string)).flatten(),
+        }),
     };
     (settings, warning)
 }

@@ -213,6 +213,30 @@ pub fn duration_ms(value: &str) -> Result<u32, String> {
     u32::try_from(d.as_millis()).map_err(|_| "is too long".to_string())
 }
 
+/// A cookie name: an RFC 6265 token of at most 64 characters (letters, digits and
+/// `!$%&*+-.^_|~`; the token's other characters are syntax to HAProxy).
+pub fn cookie_name(value: &str) -> Result<String, String> {
+    no_forbidden(value)?;
+    if value.is_empty() {
+        return Err("is empty".into());
+    }
+    if value.len() > 64 {
+        return Err("is longer than 64 characters".into());
+    }
+    if let Some(c) = value.chars().find(|c| {
+        !(c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                '!' | '$' | '%' | '&' | '*' | '+' | '-' | '.' | '^' | '_' | '|' | '~'
+            ))
+    }) {
+        return Err(format!(
+            "contains `{c}`; a cookie name has only letters, digits and !$%&*+-.^_|~"
+        ));
+    }
+    Ok(value.to_string())
+}
+
 /// A whole number in `min..=max`.
 pub fn number(value: &str, min: u32, max: u32) -> Result<u32, String> {
     let n: u32 = value

@@ -59,6 +59,8 @@ pub struct Policy {
     /// Server addresses no registration may use, on top of those [`always_denied`] refuses
     /// (`haproxy.deny_address_ranges`).
     pub denied_ranges: Vec<ipnet::IpNet>,
+    /// The CA file HAProxy verifies servers' certificates with (`haproxy.server_ca_file`).
+    pub server_ca_file: Option<String>,
 }
 
 impl Default for Policy {
@@ -69,6 +71,7 @@ impl Default for Policy {
             drain_timeout: Duration::from_secs(30),
             allow_regex_domains: true,
             denied_ranges: Vec::new(),
+            server_ca_file: None,
         }
     }
 }
@@ -371,6 +374,9 @@ pub fn build(snapshot: &Snapshot, live: &Live, policy: &Policy) -> Result<Desire
                     "mode" => c.settings.mode = current.mode,
                     "balance" => c.settings.balance = current.balance,
                     "check" => c.settings.check = current.check.clone(),
+                    "timeouts" => c.settings.timeouts = current.timeouts,
+                    "sticky" => c.settings.sticky = current.sticky.clone(),
+                    "server.tls" => c.settings.tls = current.tls.clone(),
                     _ => c.settings.maxconn = current.maxconn,
                 }
             }
@@ -491,3 +497,6 @@ fn diag(
 
 #[cfg(test)]
 pub(crate) mod tests;
+
+#[cfg(test)]
+mod settings_tests;

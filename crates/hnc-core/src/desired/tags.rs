@@ -4,15 +4,16 @@
 //! `enable`, `backend`, `backend.name`, `domain` (repeatable), `domain.type`, `check.path`,
 //! `check.method`, `check.host`, `check.type`, `check.disabled`, `check.interval`,
 //! `check.timeout`, `check.rise`, `check.fall`, `check.expect`, `balance`, `mode`, `maxconn`,
-//! `weight`.
+//! `weight`, `timeout.server`, `timeout.connect`, `timeout.tunnel`, `sticky`, `sticky.cookie`,
+//! `server.ssl`, `server.sni`, `server.verify`.
 
 use std::collections::BTreeMap;
 
 use super::grammar;
-use crate::model::{Balance, MatchKind, Mode};
+use crate::model::{Balance, DEFAULT_STICKY_COOKIE, MatchKind, Mode, Sni, StickyCookie, Timeouts};
 
 /// Every key the grammar knows (for typo reports and documentation).
-pub const KEYS: [&str; 19] = [
+pub const KEYS: [&str; 27] = [
     "enable",
     "backend",
     "backend.name",
@@ -32,6 +33,14 @@ pub const KEYS: [&str; 19] = [
     "mode",
     "maxconn",
     "weight",
+    "timeout.server",
+    "timeout.connect",
+    "timeout.tunnel",
+    "sticky",
+    "sticky.cookie",
+    "server.ssl",
+    "server.sni",
+    "server.verify",
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,8 +100,22 @@ pub struct InstanceTags {
     pub mode: Option<Mode>,
     pub maxconn: Option<u32>,
     pub weight: Option<u16>,
+    /// The backend's timeouts (each within HAProxy's timer range).
+    pub timeouts: Timeouts,
+    /// Cookie-based sticky sessions (`sticky=cookie`, named by `sticky.cookie`).
+    pub sticky: Option<StickyCookie>,
+    /// TLS to the servers (`server.ssl=true`, with `server.sni` and `server.verify`).
+    pub tls: Option<TlsTags>,
     /// Keys under the prefix that the grammar does not know (typos), as written.
     pub unknown: Vec<String>,
+}
+
+/// The TLS-to-servers tags as written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsTags {
+    pub sni: Option<Sni>,
+    /// `server.verify=required` (the default) or `none`.
+    pub verify: bool,
 }
 
 /// Why a tag was rejected.
@@ -195,8 +218,23 @@ pub fn parse(tags: &[String], prefix: &str) -> Result<InstanceTags, TagError> {
         weight: p
             .single("weight", |v| grammar::number(v, 0, 256))?
             .map(|w| u16::try_from(w).unwrap_or(256)),
+        timeouts: Timeouts {
+            server_ms: p.single("timeout.server", grammar::duration_ms)?,
+            connect_ms: p.single("timeout.connect", grammar::duration_ms)?,
+            tunnel_ms: p.single("timeout.tunnel", grammar::duration_ms)?,
+        },
+        sticky: sticky(&mut p, &values)?,
+        tls: tls(&mut p, &values)?,
         unknown,
     };
+    if parsed.mode == Some(Mode::Tcp) && parsed.sticky.is_some() {
+        let (tag, value) = first_tag(&values, "mode");
+        return Err(TagError {
+            tag,
+            value,
+            reason: "sticky cookies need mode http".into(),
+        });
+    }
     if parsed.mode == Some(Mode::Tcp) && !parsed.domains.is_empty() {
         let (tag, value) = values
             .get("mode")
@@ -216,6 +254,77 @@ impl CheckTags {
     fn wants_http_fields(&self) -> bool {
         self.path.is_some() || self.method.is_some() || self.host.is_some() || self.expect.is_some()
     }
+}
+
+/// `sticky` and `sticky.cookie`: a cookie name only with `sticky=cookie`.
+fn sticky(
+    p: &mut Parser<'_>,
+    values: &BTreeMap<&str, Vec<(&str, &str)>>,
+) -> Result<Option<StickyCookie>, TagError> {
+    let on = p
+        .single("sticky", |v| match v {
+            "cookie" => Ok(()),
+            _ => Err("expected cookie".to_string()),
+        })?
+        .is_some();
+    let name = p.single("sticky.cookie", grammar::cookie_name)?;
+    match (on, name) {
+        (true, name) => Ok(Some(StickyCookie {
+            name: name.unwrap_or_else(|| DEFAULT_STICKY_COOKIE.to_string()),
+        })),
+        (false, None) => Ok(None),
+        (false, Some(_)) => {
+            let (tag, value) = first_tag(values, "sticky.cookie");
+            Err(TagError {
+                tag,
+                value,
+                reason: "sticky.cookie needs sticky=cookie".into(),
+            })
+        }
+    }
+}
+
+/// `server.ssl`, `server.sni` and `server.verify`: the last two only with `server.ssl=true`.
+fn tls(
+    p: &mut Parser<'_>,
+    values: &BTreeMap<&str, Vec<(&str, &str)>>,
+) -> Result<Option<TlsTags>, TagError> {
+    let on = p.single("server.ssl", grammar::boolean)?.unwrap_or(false);
+    let sni = p.single("server.sni", |v| match v {
+        "auto" => Ok(Sni::Auto),
+        h => grammar::host(h).map(Sni::Host),
+    })?;
+    let verify = p.single("server.verify", |v| match v {
+        "required" => Ok(true),
+        "none" => Ok(false),
+        _ => Err("expected required or none".to_string()),
+    })?;
+    if on {
+        return Ok(Some(TlsTags {
+            sni,
+            verify: verify.unwrap_or(true),
+        }));
+    }
+    if let Some(key) = ["server.sni", "server.verify"]
+        .into_iter()
+        .find(|k| values.contains_key(k))
+    {
+        let (tag, value) = first_tag(values, key);
+        return Err(TagError {
+            tag,
+            value,
+            reason: format!("{key} needs server.ssl=true"),
+        });
+    }
+    Ok(None)
+}
+
+fn first_tag(values: &BTreeMap<&str, Vec<(&str, &str)>>, key: &str) -> (String, String) {
+    values
+        .get(key)
+        .and_then(|v| v.first())
+        .map(|(t, v)| ((*t).to_string(), (*v).to_string()))
+        .unwrap_or_default()
 }
 
 fn check_http_field_tag(values: &BTreeMap<&str, Vec<(&str, &str)>>) -> (String, String) {

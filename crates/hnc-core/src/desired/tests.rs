@@ -109,6 +109,9 @@ fn defaults_for_a_bare_service() {
                 timing: CheckTiming::default()
             },
             maxconn: None,
+            timeouts: Default::default(),
+            sticky: None,
+            tls: None,
         }
     );
     let e = Endpoint::new("10.0.0.1".parse().expect("ip"), 8080);

@@ -153,7 +153,17 @@ fn add_server(backend: &str, d: &DesiredBackend, endpoint: &Endpoint, weight: u1
 /// The managed fields that differ; all of them when the live settings could not be read.
 fn changed_fields(live: Option<&BackendSettings>, want: &BackendSettings) -> Vec<&'static str> {
     let Some(l) = live else {
-        return vec!["mode", "balance", "check", "maxconn"];
+        return vec![
+            "mode",
+            "balance",
+            "check",
+            "maxconn",
+            "timeout.server",
+            "timeout.connect",
+            "timeout.tunnel",
+            "sticky",
+            "server.tls",
+        ];
     };
     let mut out = Vec::new();
     if l.mode != want.mode {
@@ -167,6 +177,26 @@ fn changed_fields(live: Option<&BackendSettings>, want: &BackendSettings) -> Vec
     }
     if l.maxconn != want.maxconn {
         out.push("maxconn");
+    }
+    for ((name, have), (_, wanted)) in l
+        .timeouts
+        .entries()
+        .into_iter()
+        .zip(want.timeouts.entries())
+    {
+        if have != wanted {
+            out.push(match name {
+                "server" => "timeout.server",
+                "connect" => "timeout.connect",
+                _ => "timeout.tunnel",
+            });
+        }
+    }
+    if l.sticky != want.sticky {
+        out.push("sticky");
+    }
+    if l.tls != want.tls {
+        out.push("server.tls");
     }
     out
 }

@@ -30,6 +30,9 @@ mod tests;
 #[cfg(test)]
 mod props;
 
+#[cfg(test)]
+mod settings_tests;
+
 /// Whether an operation changes HAProxy's configuration structure (a reload under some driver)
 /// or only its run-time state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]

@@ -4,7 +4,7 @@ use std::fmt::Write;
 
 use super::{Action, OpKind, Plan};
 use crate::desired::Diagnostic;
-use crate::model::{BackendSettings, CheckSpec};
+use crate::model::{BackendSettings, CheckSpec, Sni};
 
 /// A short description of backend settings, e.g. `http, roundrobin, check http GET /health`.
 pub fn settings(s: &BackendSettings) -> String {
@@ -32,6 +32,28 @@ pub fn settings(s: &BackendSettings) -> String {
     let mut out = format!("{}, {}, {check}", s.mode.as_str(), s.balance.as_str());
     if let Some(m) = s.maxconn {
         let _ = write!(out, ", maxconn {m}");
+    }
+    for (name, ms) in s.timeouts.entries() {
+        if let Some(ms) = ms {
+            let _ = write!(out, ", timeout {name} {ms}ms");
+        }
+    }
+    if let Some(c) = &s.sticky {
+        let _ = write!(out, ", sticky cookie {}", c.name);
+    }
+    if let Some(t) = &s.tls {
+        let _ = write!(out, ", tls to servers");
+        match &t.sni {
+            Some(Sni::Host(h)) => {
+                let _ = write!(out, " sni {h}");
+            }
+            Some(Sni::Auto) => out.push_str(" sni from the request"),
+            None => {}
+        }
+        out.push_str(match t.ca_file {
+            Some(_) => " verified",
+            None => " unverified",
+        });
     }
     out
 }

@@ -161,6 +161,9 @@ pub fn settings_carrying(c: &SlotCarries) -> Option<BackendSettings> {
         balance: Balance::Roundrobin,
         check,
         maxconn: c.maxconn,
+        timeouts: Default::default(),
+        sticky: None,
+        tls: None,
     };
     (carries(Some(&s)) == *c).then_some(s)
 }

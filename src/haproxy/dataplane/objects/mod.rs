@@ -9,11 +9,12 @@
 pub mod wire;
 
 use self::wire::{
-    AdvCheck, Backend, Balance as WireBalance, DefaultServer, ExpectMatch, HttpCheck,
-    HttpCheckType, ProxyMode, ReturnHeader, Server, Toggle,
+    AdvCheck, Backend, Balance as WireBalance, Cookie, CookieType, DefaultServer, ExpectMatch,
+    HttpCheck, HttpCheckType, ProxyMode, ReturnHeader, Server, Toggle, Verify,
 };
 use crate::model::{
-    BackendSettings, Balance, CheckSpec, CheckTiming, Endpoint, Mode, OWNER_MARKER,
+    BackendSettings, Balance, CheckSpec, CheckTiming, Endpoint, Mode, OWNER_MARKER, ServerTls, Sni,
+    StickyCookie, Timeouts, dynamic_cookie_key,
 };
 
 pub const PLACEHOLDER_ADDRESS: &str = "127.0.0.1";
@@ -37,12 +38,45 @@ pub fn backend_body(name: &str, s: &BackendSettings) -> Backend {
         }),
         adv_check: matches!(s.check, CheckSpec::Http { .. }).then_some(AdvCheck::Httpchk),
         check_timeout: timing.map(|t| i64::from(t.timeout_ms)),
+        server_timeout: s.timeouts.server_ms.map(i64::from),
+        connect_timeout: s.timeouts.connect_ms.map(i64::from),
+        tunnel_timeout: s.timeouts.tunnel_ms.map(i64::from),
+        cookie: s.sticky.as_ref().map(|c| Cookie {
+            name: c.name.clone(),
+            kind: Some(CookieType::Insert),
+            indirect: Some(true),
+            nocache: Some(true),
+            dynamic: Some(true),
+        }),
+        dynamic_cookie_key: s.sticky.as_ref().map(|_| dynamic_cookie_key(name)),
         default_server: Some(DefaultServer {
             check: Some(Toggle::from_bool(s.check.is_enabled())),
             inter: timing.map(|t| i64::from(t.interval_ms)),
             rise: timing.map(|t| i64::from(t.rise)),
             fall: timing.map(|t| i64::from(t.fall)),
             maxconn: s.maxconn.map(i64::from),
+            ssl: s.tls.as_ref().map(|_| Toggle::Enabled),
+            verify: s.tls.as_ref().map(|t| {
+                if t.ca_file.is_some() {
+                    Verify::Required
+                } else {
+                    Verify::None
+                }
+            }),
+            ssl_cafile: s.tls.as_ref().and_then(|t| t.ca_file.clone()),
+            sni: s
+                .tls
+                .as_ref()
+                .and_then(|t| t.sni.as_ref().map(Sni::expression)),
+            check_ssl: s
+                .tls
+                .as_ref()
+                .filter(|_| s.check.is_enabled())
+                .map(|_| Toggle::Enabled),
+            check_sni: match s.tls.as_ref().and_then(|t| t.sni.as_ref()) {
+                Some(Sni::Host(h)) if s.check.is_enabled() => Some(h.clone()),
+                _ => None,
+            },
         }),
         servers: None,
         http_check_list: None,
@@ -218,11 +252,48 @@ pub fn parse_settings(b: &Backend) -> Option<BackendSettings> {
             CheckSpec::Tcp { timing }
         }
     };
+    let tls = match ds.ssl {
+        Some(Toggle::Enabled) => Some(ServerTls {
+            sni: match ds.sni.as_deref() {
+                None => None,
+                Some(e) => Some(Sni::parse_expression(e)?),
+            },
+            ca_file: match ds.verify {
+                Some(Verify::Required) => Some(ds.ssl_cafile.clone()?),
+                Some(Verify::None) => None,
+                None => return None,
+            },
+        }),
+        _ => None,
+    };
     Some(BackendSettings {
         mode,
         balance,
         check,
         maxconn,
+        tls,
+        timeouts: Timeouts {
+            server_ms: u32_of(b.server_timeout),
+            connect_ms: u32_of(b.connect_timeout),
+            tunnel_ms: u32_of(b.tunnel_timeout),
+        },
+        sticky: match &b.cookie {
+            None => None,
+            // Only the shape the connector writes reads as sticky; another is rewritten.
+            Some(c)
+                if c.kind == Some(CookieType::Insert)
+                    && c.indirect == Some(true)
+                    && c.nocache == Some(true)
+                    && c.dynamic == Some(true)
+                    && b.dynamic_cookie_key.as_deref()
+                        == Some(dynamic_cookie_key(&b.name).as_str()) =>
+            {
+                Some(StickyCookie {
+                    name: c.name.clone(),
+                })
+            }
+            Some(_) => return None,
+        },
     })
 }
 

@@ -28,6 +28,9 @@ fn http_settings(host: Option<&str>, expect: Option<(u16, u16)>) -> BackendSetti
             },
         },
         maxconn: Some(10),
+        timeouts: Default::default(),
+        sticky: None,
+        tls: None,
     }
 }
 
@@ -44,12 +47,50 @@ fn settings_round_trip_through_the_api_objects() {
                 timing: CheckTiming::default(),
             },
             maxconn: None,
+            timeouts: Default::default(),
+            sticky: None,
+            tls: None,
         },
         BackendSettings {
             mode: Mode::Tcp,
             balance: Balance::First,
             check: CheckSpec::None,
             maxconn: None,
+            timeouts: Default::default(),
+            sticky: None,
+            tls: None,
+        },
+        BackendSettings {
+            mode: Mode::Http,
+            balance: Balance::Random,
+            check: CheckSpec::None,
+            maxconn: None,
+            timeouts: crate::model::Timeouts {
+                server_ms: Some(30_000),
+                connect_ms: Some(10),
+                tunnel_ms: Some(crate::model::MAX_TIMER_MS),
+            },
+            sticky: Some(crate::model::StickyCookie {
+                name: "app_srv".into(),
+            }),
+            tls: Some(crate::model::ServerTls {
+                sni: Some(crate::model::Sni::Auto),
+                ca_file: Some("/etc/haproxy/ca.pem".into()),
+            }),
+        },
+        BackendSettings {
+            mode: Mode::Http,
+            balance: Balance::Roundrobin,
+            check: CheckSpec::Tcp {
+                timing: CheckTiming::default(),
+            },
+            maxconn: None,
+            timeouts: Default::default(),
+            sticky: None,
+            tls: Some(crate::model::ServerTls {
+                sni: Some(crate::model::Sni::Host("api.internal".into())),
+                ca_file: None,
+            }),
         },
     ] {
         let mut b = backend_body("web", &s);
@@ -175,10 +216,10 @@ fn a_full_section_backend_reads_with_child_lists_it_does_not_model() {
     .expect("backends");
     assert_eq!(list.len(), 3);
     let web = &list[0];
-    assert_eq!(
-        parse_settings(web),
-        Some(http_settings(Some("a.test"), Some((200, 399))))
-    );
+    // `connect_timeout` is the backend's own `timeout connect`, read as set.
+    let mut want = http_settings(Some("a.test"), Some((200, 399)));
+    want.timeouts.connect_ms = Some(5000);
+    assert_eq!(parse_settings(web), Some(want));
     let servers = web.servers.as_ref().expect("servers");
     let e = Endpoint::new("10.0.0.5".parse().expect("ip"), 8080);
     assert_eq!(
@@ -343,6 +384,9 @@ fn written_bodies_carry_only_what_the_connector_sets() {
         balance: Balance::Roundrobin,
         check: CheckSpec::None,
         maxconn: None,
+        timeouts: Default::default(),
+        sticky: None,
+        tls: None,
     };
     assert_eq!(
         sent(&backend_body("db", &tcp)),

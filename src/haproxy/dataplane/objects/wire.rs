@@ -114,6 +114,20 @@ pub struct Balance {
 pub struct DefaultServer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check: Option<Toggle>,
+    /// TLS to the servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssl: Option<Toggle>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<Verify>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssl_cafile: Option<String>,
+    /// A sample expression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    #[serde(rename = "check-ssl", default, skip_serializing_if = "Option::is_none")]
+    pub check_ssl: Option<Toggle>,
+    #[serde(rename = "check-sni", default, skip_serializing_if = "Option::is_none")]
+    pub check_sni: Option<String>,
     /// Milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inter: Option<i64>,
@@ -233,12 +247,57 @@ pub struct Backend {
     /// Milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check_timeout: Option<i64>,
+    /// `timeout server`, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_timeout: Option<i64>,
+    /// `timeout connect`, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout: Option<i64>,
+    /// `timeout tunnel`, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel_timeout: Option<i64>,
+    /// Cookie persistence (`cookie <name> …`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<Cookie>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dynamic_cookie_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_server: Option<DefaultServer>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub servers: Option<BTreeMap<String, Server>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_check_list: Option<Vec<HttpCheck>>,
+}
+
+/// `server_params.verify`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verify {
+    None,
+    Required,
+}
+
+/// `cookie.type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CookieType {
+    Rewrite,
+    Insert,
+    Prefix,
+}
+
+/// `cookie` (`name` is required): the fields the connector sets.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cookie {
+    pub name: String,
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<CookieType>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub indirect: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nocache: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dynamic: Option<bool>,
 }
 
 /// `native_stat.type`.
@@ -406,7 +465,8 @@ pub struct ApiError {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum ConfigBody {
-    Backend(Backend),
+    /// Boxed: a backend body is much larger than the others.
+    Backend(Box<Backend>),
     HttpChecks(Vec<HttpCheck>),
     Server(Server),
     BackendSwitchingRule(BackendSwitchingRule),
