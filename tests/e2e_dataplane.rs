@@ -6,7 +6,6 @@ use crate::support::connector::{BIN, Connector};
 use crate::support::dataplane::{BaseConfig, DataplaneDouble, FrontendSpec, Options as DpOptions};
 use crate::support::expo::Kind;
 use crate::support::nomad::{NomadDouble, Reg};
-use haproxy_nomad_connector::model::route_rules;
 use serde_json::{Value, json};
 
 /// The doubles run on their own runtime's threads, so the test thread can block while it
@@ -19,11 +18,12 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-const MAPS: [&str; 4] = [
+const MAPS: [&str; 5] = [
     "hnc_exact.map",
     "hnc_prefix.map",
     "hnc_suffix.map",
     "hnc_regex.map",
+    "hnc_path.map",
 ];
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -32,9 +32,7 @@ fn base() -> BaseConfig {
         .default_backend("legacy")
         .acl(json!({"acl_name": "is_admin", "criterion": "path_beg", "value": "/admin"}))
         .rule(json!({"name": "legacy", "cond": "if", "cond_test": "is_admin METH_GET"}));
-    for (name, cond) in route_rules("/etc/haproxy/maps") {
-        fe = fe.rule(json!({"name": name, "cond": "if", "cond_test": cond}));
-    }
+    fe = fe.connector_rules("/etc/haproxy/maps");
     let mut b = BaseConfig::new()
         .backend(json!({"name": "legacy", "mode": "http", "servers": {"app1": {"name": "app1", "address": "192.0.2.10", "port": 80}}}))
         .frontend(fe);
@@ -500,7 +498,8 @@ fn event_to_applied_latency_and_idle_pass_cost() {
     });
     let requests = dp.total_requests();
     println!("Data Plane API requests in one idle pass: {requests}");
-    assert!(requests <= 6, "{:?}", dp.requests());
+    // full_section, native stats and the five route maps (hnc_path.map is the fifth).
+    assert!(requests <= 7, "{:?}", dp.requests());
 }
 
 fn plan_cmd(

@@ -24,6 +24,7 @@ mod nomad_client;
 mod nomad_double;
 mod nomad_tls;
 mod nomad_watcher;
+mod path_routing;
 mod plan_word;
 mod preflight;
 mod runtime_driver;

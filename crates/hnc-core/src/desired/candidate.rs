@@ -25,7 +25,10 @@ pub(super) struct Candidate {
     /// Settings per field where instances disagree (field name), to resolve against live.
     pub(super) disagreements: Vec<&'static str>,
     pub(super) servers: BTreeMap<Endpoint, ServerSpec>,
+    /// Route keys claimed: domains, and path routes ([`MatchKind::Path`]).
     pub(super) domains: BTreeSet<(MatchKind, String)>,
+    /// Path route keys whose prefix is stripped, with its length in bytes.
+    pub(super) strips: BTreeMap<String, usize>,
     /// Age for conflict resolution: the oldest registration wins.
     pub(super) age: (u64, ServiceKey),
 }
@@ -325,10 +328,8 @@ pub(super) fn candidate(
     if differs(&|a, b| a.maxconn != b.maxconn) {
         disagreements.push("maxconn");
     }
-    let domains = variants
-        .iter()
-        .flat_map(|v| v.parsed.domains.iter().cloned())
-        .collect();
+    let domains = variants.iter().flat_map(|v| v.parsed.routes()).collect();
+    let strips = variants.iter().flat_map(|v| v.parsed.strips()).collect();
     let oldest = members
         .iter()
         .map(|(i, _)| i.create_index)
@@ -342,6 +343,7 @@ pub(super) fn candidate(
         disagreements,
         servers,
         domains,
+        strips,
         age: (oldest, key.clone()),
     })
 }
@@ -456,13 +458,13 @@ fn instance_settings(inst: &Instance, t: &InstanceTags) -> (BackendSettings, Opt
             _ => CheckSpec::Tcp { timing },
         }
     };
-    let mode = t
-        .mode
-        .unwrap_or(if !t.domains.is_empty() || explicit.wants_http() {
+    let mode = t.mode.unwrap_or(
+        if !t.domains.is_empty() || !t.paths.is_empty() || explicit.wants_http() {
             Mode::Http
         } else {
             Mode::Tcp
-        });
+        },
+    );
     let settings = BackendSettings {
         mode,
         balance: t.balance.unwrap_or(Balance::Roundrobin),

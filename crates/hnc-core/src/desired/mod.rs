@@ -430,17 +430,25 @@ pub fn build(snapshot: &Snapshot, live: &Live, policy: &Policy) -> Result<Desire
                     Reason::DomainConflict,
                     None,
                     format!(
-                        "{} domain `{key}` is claimed by {}; {outcome}",
-                        kind.as_str(),
+                        "{} `{key}` is claimed by {}; {outcome}",
+                        if kind == MatchKind::Path {
+                            "path route".to_string()
+                        } else {
+                            format!("{} domain", kind.as_str())
+                        },
                         names.join(", ")
                     ),
                 ));
             }
         }
         let winner = &accepted[owners[0]].0;
-        desired
-            .routes
-            .insert(RouteKey { kind, key }, winner.backend.clone());
+        let value = match winner.strips.get(&key) {
+            Some(n) if kind == MatchKind::Path => {
+                crate::path_rules::route_value(&winner.backend, Some(*n))
+            }
+            _ => winner.backend.clone(),
+        };
+        desired.routes.insert(RouteKey { kind, key }, value);
     }
 
     for (c, ownership) in accepted {
@@ -491,3 +499,6 @@ fn diag(
 
 #[cfg(test)]
 pub(crate) mod tests;
+
+#[cfg(test)]
+mod path_tests;
