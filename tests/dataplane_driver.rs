@@ -23,12 +23,13 @@ use hnc_core::drains::DrainClock;
 use serde_json::{Value, json};
 
 const MAPS: &str = "/etc/haproxy/maps";
-const MAPS_FILES: [&str; 5] = [
+const MAPS_FILES: [&str; 6] = [
     "hnc_exact.map",
     "hnc_prefix.map",
     "hnc_suffix.map",
     "hnc_regex.map",
     "hnc_path.map",
+    "hnc_redirect.map",
 ];
 
 fn instance(id: &str, addr: &str, port: u16, tags: &[&str]) -> Instance {
@@ -615,8 +616,8 @@ async fn an_idle_pass_reads_a_fixed_handful_of_endpoints() {
     dp.reset_counters();
     let o = pass(&d, &web(10), &mut drains).await;
     assert!(o.plan.is_empty());
-    // backends (full_section) + native stats + five maps.
-    assert_eq!(dp.total_requests(), 7, "{:?}", dp.requests());
+    // backends (full_section) + native stats + six maps.
+    assert_eq!(dp.total_requests(), 8, "{:?}", dp.requests());
 }
 
 /// Entries of one map in the double's running HAProxy, as (key, value).
@@ -869,7 +870,7 @@ async fn a_regex_route_with_a_dollar_moves_and_leaves_through_its_map_file() {
 }
 
 /// Issue 12, item 5: no hand-made HAProxy state. Starting with no map files and no rules, the
-/// first pass creates the five map files through the storage API, inserts the rules and the
+/// first pass creates the six map files through the storage API, inserts the rules and the
 /// backend in one transaction (one reload), and the route works.
 #[tokio::test]
 async fn with_no_map_files_the_first_pass_creates_them_and_routes_with_one_reload() {
@@ -898,7 +899,7 @@ async fn with_no_map_files_the_first_pass_creates_them_and_routes_with_one_reloa
     let requests = dp.requests();
     assert_eq!(
         requests.get("POST /v3/services/haproxy/storage/maps"),
-        Some(&5),
+        Some(&6),
         "{requests:?}"
     );
     // Converged: the next pass has nothing to do and creates nothing.

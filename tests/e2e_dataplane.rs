@@ -18,12 +18,13 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-const MAPS: [&str; 5] = [
+const MAPS: [&str; 6] = [
     "hnc_exact.map",
     "hnc_prefix.map",
     "hnc_suffix.map",
     "hnc_regex.map",
     "hnc_path.map",
+    "hnc_redirect.map",
 ];
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -498,8 +499,8 @@ fn event_to_applied_latency_and_idle_pass_cost() {
     });
     let requests = dp.total_requests();
     println!("Data Plane API requests in one idle pass: {requests}");
-    // full_section, native stats and the five route maps (hnc_path.map is the fifth).
-    assert!(requests <= 7, "{:?}", dp.requests());
+    // full_section, native stats and the six maps (hnc_path.map and hnc_redirect.map are new).
+    assert!(requests <= 8, "{:?}", dp.requests());
 }
 
 fn plan_cmd(

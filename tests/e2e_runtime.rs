@@ -55,6 +55,7 @@ impl World {
             "hnc_suffix.map",
             "hnc_regex.map",
             "hnc_path.map",
+            "hnc_redirect.map",
         ] {
             std::fs::write(maps.join(kind), "").expect("map file");
         }

@@ -27,6 +27,7 @@ mod nomad_watcher;
 mod path_routing;
 mod plan_word;
 mod preflight;
+mod redirect_https;
 mod runtime_driver;
 
 /// With `autotests = false` Cargo builds no other test binary, so a `tests/*.rs` file missing

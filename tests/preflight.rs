@@ -167,6 +167,7 @@ fn map_files_in_another_directory_than_haproxy_maps_dir_are_named() {
         "hnc_suffix.map",
         "hnc_regex.map",
         "hnc_path.map",
+        "hnc_redirect.map",
     ] {
         b = b.map_file(m, "");
     }

@@ -230,7 +230,7 @@ keys! {
         env: ["HAPROXY_FRONTEND"],
         flag: "--haproxy-frontend" <NAME> "Frontend that receives the connector's host-map rule",
         default: Absent("(none)"),
-        doc: "Frontend into which the connector inserts its four host-map `use_backend` rules (and for which it creates its map files through the Data Plane API). Unset: you add the rules and the map files yourself.",
+        doc: "Frontend into which the connector inserts its route-map rules (`http-request` rules for https redirects and path routes, and five `use_backend` rules) (and for which it creates its map files through the Data Plane API). Unset: you add the rules and the map files yourself.",
     },
     HaproxyAllowRegexDomains {
         json: "haproxy.allow_regex_domains",

@@ -35,12 +35,13 @@ pub const HEALTHY_TAGS: &[&str] = &[
     "haproxy.check.fall=1",
 ];
 const NEWCOMER_TAGS: &[&str] = &["haproxy.enable=true", "haproxy.domain=newcomer.test"];
-const MAPS: [&str; 5] = [
+const MAPS: [&str; 6] = [
     "hnc_exact.map",
     "hnc_prefix.map",
     "hnc_suffix.map",
     "hnc_regex.map",
     "hnc_path.map",
+    "hnc_redirect.map",
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

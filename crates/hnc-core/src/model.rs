@@ -187,16 +187,20 @@ pub enum MatchKind {
     Regex,
     /// A path prefix, with the exact host it applies to or alone (keys `host/path`, `/path`).
     Path,
+    /// Not a route: an exact host whose plain-HTTP requests are redirected to https (value
+    /// `https`), looked up before any route.
+    Redirect,
 }
 
 impl MatchKind {
     /// Every kind: one map file each.
-    pub const ALL: [MatchKind; 5] = [
+    pub const ALL: [MatchKind; 6] = [
         MatchKind::Exact,
         MatchKind::Prefix,
         MatchKind::Suffix,
         MatchKind::Regex,
         MatchKind::Path,
+        MatchKind::Redirect,
     ];
 
     /// The kinds that match the host alone, in lookup order (`domain.type`).
@@ -214,6 +218,7 @@ impl MatchKind {
             MatchKind::Suffix => "suffix",
             MatchKind::Regex => "regex",
             MatchKind::Path => "path",
+            MatchKind::Redirect => "redirect",
         }
     }
 
@@ -272,6 +277,7 @@ impl MatchKind {
             MatchKind::Suffix => "hnc_suffix.map",
             MatchKind::Regex => "hnc_regex.map",
             MatchKind::Path => "hnc_path.map",
+            MatchKind::Redirect => "hnc_redirect.map",
         }
     }
 
@@ -283,6 +289,7 @@ impl MatchKind {
             MatchKind::Suffix => "map_end",
             MatchKind::Regex => "map_reg",
             MatchKind::Path => "map_beg",
+            MatchKind::Redirect => "map_str",
         }
     }
 }

@@ -25,6 +25,9 @@ use crate::model::MatchKind;
 /// The longest path a route may have (and so the longest prefix stripped), in bytes.
 pub const MAX_PATH_LEN: usize = 255;
 
+/// The value of a host's entry in the redirect map ([`MatchKind::Redirect`]).
+pub const REDIRECT_VALUE: &str = "https";
+
 /// The variable holding the matched path route's map value.
 pub const ROUTE_VAR: &str = crate::model::PATH_ROUTE_VAR;
 
@@ -70,6 +73,8 @@ pub enum RequestAction {
     },
     /// `set-path <fmt>`.
     SetPath { fmt: String },
+    /// `redirect scheme <scheme> code <code>`.
+    RedirectScheme { scheme: String, code: u16 },
 }
 
 impl fmt::Display for RequestRule {
@@ -79,6 +84,9 @@ impl fmt::Display for RequestRule {
                 write!(f, "http-request set-var({scope}.{name}) {expr}")?;
             }
             RequestAction::SetPath { fmt } => write!(f, "http-request set-path {fmt}")?,
+            RequestAction::RedirectScheme { scheme, code } => {
+                write!(f, "http-request redirect scheme {scheme} code {code}")?;
+            }
         }
         match &self.cond {
             Some(c) => write!(f, " if {c}"),
@@ -114,6 +122,17 @@ pub fn request_rules(maps_dir: &str) -> Vec<RequestRule> {
         })
         .collect();
     let mut rules = vec![
+        // Plain HTTP to a host whose service asks for https: a 301 before any routing.
+        RequestRule {
+            action: RequestAction::RedirectScheme {
+                scheme: "https".into(),
+                code: 301,
+            },
+            cond: Some(format!(
+                "!{{ ssl_fc }} {{ req.hdr(host),lower,field(1,:),map_str({dir}/{}) -m found }}",
+                MatchKind::Redirect.map_file()
+            )),
+        },
         set_var("hnc_path", "path".into(), None),
         set_var(
             "hnc_route",
@@ -204,13 +223,13 @@ mod tests {
                     .strip_suffix(')')?
                     .parse::<usize>()
                     .ok(),
-                RequestAction::SetPath { .. } => None,
+                RequestAction::SetPath { .. } | RequestAction::RedirectScheme { .. } => None,
             })
             .sum();
         assert_eq!(bits, MAX_PATH_LEN);
         let text = frontend_lines("/m/").join("\n");
         assert!(text.contains("map_beg(/m/hnc_path.map)"), "{text}");
-        assert!(text.starts_with("http-request set-var(txn.hnc_path) path\n"));
+        assert!(text.starts_with("http-request redirect scheme https code 301 if !{ ssl_fc } { req.hdr(host),lower,field(1,:),map_str(/m/hnc_redirect.map) -m found }\nhttp-request set-var(txn.hnc_path) path\n"), "{text}");
         // Lines hold no line breaks; the path route's use_backend comes first.
         let first_use = text.lines().position(|l| l.starts_with("use_backend"));
         assert_eq!(

@@ -249,8 +249,10 @@ impl DataplaneDriver {
                 Err(DataplaneError::NotFound { .. }) if maps_may_be_unloaded => continue,
                 // A frontend written before path routes existed: host routes still work; path
                 // routes are refused until the README's rules are added.
-                Err(DataplaneError::NotFound { message }) if kind == MatchKind::Path => {
-                    tracing::warn!(map = kind.map_file(), error = %message, "path map not loaded by HAProxy; add the frontend rules from the README or set haproxy.frontend");
+                Err(DataplaneError::NotFound { message })
+                    if matches!(kind, MatchKind::Path | MatchKind::Redirect) =>
+                {
+                    tracing::warn!(map = kind.map_file(), error = %message, "path or redirect map not loaded by HAProxy; add the frontend rules from the README or set haproxy.frontend");
                     continue;
                 }
                 Err(DataplaneError::NotFound { message }) => {

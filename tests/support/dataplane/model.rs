@@ -588,7 +588,7 @@ pub fn render_map_file(entries: &[RtMapEntry]) -> String {
 
 /// The expressions of an `http-request` rule, where map files are referenced.
 fn request_rule_text(r: &HttpRequestRule) -> String {
-    [&r.var_expr, &r.path_fmt, &r.cond_test]
+    [&r.var_expr, &r.path_fmt, &r.redir_value, &r.cond_test]
         .iter()
         .filter_map(|v| v.as_deref())
         .map(|v| format!("{v}\n"))

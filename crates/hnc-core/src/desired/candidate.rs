@@ -29,6 +29,8 @@ pub(super) struct Candidate {
     pub(super) domains: BTreeSet<(MatchKind, String)>,
     /// Path route keys whose prefix is stripped, with its length in bytes.
     pub(super) strips: BTreeMap<String, usize>,
+    /// `redirect.https`: the hosts of the routes it wins redirect plain HTTP to https.
+    pub(super) redirect_https: bool,
     /// Age for conflict resolution: the oldest registration wins.
     pub(super) age: (u64, ServiceKey),
 }
@@ -330,6 +332,7 @@ pub(super) fn candidate(
     }
     let domains = variants.iter().flat_map(|v| v.parsed.routes()).collect();
     let strips = variants.iter().flat_map(|v| v.parsed.strips()).collect();
+    let redirect_https = variants.iter().any(|v| v.parsed.redirect_https);
     let oldest = members
         .iter()
         .map(|(i, _)| i.create_index)
@@ -344,6 +347,7 @@ pub(super) fn candidate(
         servers,
         domains,
         strips,
+        redirect_https,
         age: (oldest, key.clone()),
     })
 }

@@ -86,7 +86,7 @@ fn domain_key(value: &str, kind: MatchKind) -> Result<(MatchKind, String), Strin
         }
         MatchKind::Prefix | MatchKind::Suffix => Ok((kind, host(value)?)),
         MatchKind::Regex => Ok((kind, regex(value)?)),
-        MatchKind::Path => Err("a domain is not matched as a path".into()),
+        MatchKind::Path | MatchKind::Redirect => Err("is not a domain match type".into()),
     }
 }
 

@@ -401,6 +401,8 @@ pub fn build(snapshot: &Snapshot, live: &Live, policy: &Policy) -> Result<Desire
         .flat_map(|(i, (c, _))| c.domains.iter().map(move |d| (d, &c.age, i)))
         .collect();
     claims.sort_unstable();
+    // Hosts to redirect to https: those of the routes won by a service that asks for it.
+    let mut redirects: BTreeSet<String> = BTreeSet::new();
     let mut grouped: Vec<((MatchKind, String), Vec<usize>)> = Vec::new();
     for (domain, _, i) in claims {
         match grouped.last_mut() {
@@ -448,7 +450,30 @@ pub fn build(snapshot: &Snapshot, live: &Live, policy: &Policy) -> Result<Desire
             }
             _ => winner.backend.clone(),
         };
+        if winner.redirect_https {
+            match kind {
+                MatchKind::Exact => {
+                    redirects.insert(key.clone());
+                }
+                MatchKind::Path if !key.starts_with('/') => {
+                    if let Some((host, _)) = key.split_once('/') {
+                        redirects.insert(host.to_string());
+                    }
+                }
+                _ => {}
+            }
+        }
         desired.routes.insert(RouteKey { kind, key }, value);
+    }
+
+    for host in redirects {
+        desired.routes.insert(
+            RouteKey {
+                kind: MatchKind::Redirect,
+                key: host,
+            },
+            crate::path_rules::REDIRECT_VALUE.to_string(),
+        );
     }
 
     for (c, ownership) in accepted {
@@ -502,3 +527,6 @@ pub(crate) mod tests;
 
 #[cfg(test)]
 mod path_tests;
+
+#[cfg(test)]
+mod redirect_tests;

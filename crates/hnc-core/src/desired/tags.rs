@@ -4,7 +4,7 @@
 //! `enable`, `backend`, `backend.name`, `domain` (repeatable), `domain.type`, `check.path`,
 //! `check.method`, `check.host`, `check.type`, `check.disabled`, `check.interval`,
 //! `check.timeout`, `check.rise`, `check.fall`, `check.expect`, `balance`, `mode`, `maxconn`,
-//! `weight`, `path` (repeatable), `path.type`, `path.strip`.
+//! `weight`, `path` (repeatable), `path.type`, `path.strip`, `redirect.https`.
 
 use std::collections::BTreeMap;
 
@@ -12,7 +12,7 @@ use super::grammar;
 use crate::model::{Balance, MatchKind, Mode};
 
 /// Every key the grammar knows (for typo reports and documentation).
-pub const KEYS: [&str; 22] = [
+pub const KEYS: [&str; 23] = [
     "enable",
     "backend",
     "backend.name",
@@ -35,6 +35,7 @@ pub const KEYS: [&str; 22] = [
     "path",
     "path.type",
     "path.strip",
+    "redirect.https",
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,6 +101,8 @@ pub struct InstanceTags {
     pub path_exact: bool,
     /// `path.strip=true`: the matched path prefix is removed before the request is forwarded.
     pub path_strip: bool,
+    /// `redirect.https=true`: plain-HTTP requests for the service's exact hosts get a 301 to https.
+    pub redirect_https: bool,
     /// Keys under the prefix that the grammar does not know (typos), as written.
     pub unknown: Vec<String>,
 }
@@ -207,9 +210,21 @@ pub fn parse(tags: &[String], prefix: &str) -> Result<InstanceTags, TagError> {
         paths: Vec::new(),
         path_exact: false,
         path_strip: false,
+        redirect_https: false,
         unknown,
     };
-    let parsed = path_tags(parsed, &values, &mut p)?;
+    let mut parsed = path_tags(parsed, &values, &mut p)?;
+    parsed.redirect_https = p
+        .single("redirect.https", grammar::boolean)?
+        .unwrap_or(false);
+    if parsed.redirect_https && !parsed.domains.iter().any(|(k, _)| *k == MatchKind::Exact) {
+        let (tag, value) = first_of(&values, "redirect.https");
+        return Err(TagError {
+            tag,
+            value,
+            reason: "redirect.https needs an exact domain (the hosts it redirects)".into(),
+        });
+    }
     if parsed.mode == Some(Mode::Tcp) && !(parsed.domains.is_empty() && parsed.paths.is_empty()) {
         let (tag, value) = values
             .get("mode")

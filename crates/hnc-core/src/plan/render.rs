@@ -4,7 +4,7 @@ use std::fmt::Write;
 
 use super::{Action, OpKind, Plan};
 use crate::desired::Diagnostic;
-use crate::model::{BackendSettings, CheckSpec};
+use crate::model::{BackendSettings, CheckSpec, MatchKind};
 
 /// A short description of backend settings, e.g. `http, roundrobin, check http GET /health`.
 pub fn settings(s: &BackendSettings) -> String {
@@ -112,6 +112,14 @@ fn describe(a: &Action) -> (char, String) {
         Action::RemoveServer { backend, server } => {
             ('-', format!("remove server {backend}/{server}"))
         }
+        Action::AddRoute { route, .. } if route.kind == MatchKind::Redirect => (
+            '+',
+            format!("redirect http://{}/ to https (301)", route.key),
+        ),
+        Action::RemoveRoute { route } if route.kind == MatchKind::Redirect => (
+            '-',
+            format!("stop redirecting http://{}/ to https", route.key),
+        ),
         Action::AddRoute { route, backend } => {
             ('+', format!("route {route} → {}", target(backend)))
         }

@@ -238,6 +238,9 @@ pub fn request_rule_body(rule: &crate::path_rules::RequestRule) -> wire::HttpReq
         var_name: None,
         var_expr: None,
         path_fmt: None,
+        redir_type: None,
+        redir_value: None,
+        redir_code: None,
         cond: rule.cond.as_ref().map(|_| wire::Cond::If),
         cond_test: rule.cond.clone(),
     };
@@ -251,6 +254,12 @@ pub fn request_rule_body(rule: &crate::path_rules::RequestRule) -> wire::HttpReq
         RequestAction::SetPath { fmt } => {
             body.kind = "set-path".into();
             body.path_fmt = Some(fmt.clone());
+        }
+        RequestAction::RedirectScheme { scheme, code } => {
+            body.kind = "redirect".into();
+            body.redir_type = Some("scheme".into());
+            body.redir_value = Some(scheme.clone());
+            body.redir_code = Some(i64::from(*code));
         }
     }
     body

@@ -365,7 +365,7 @@ pub struct BackendSwitchingRule {
 }
 
 /// `http_request_rule` (`type` is required): a frontend's `http-request` rule. Only the fields
-/// of the types the connector writes (`set-var`, `set-path`) are typed; reading back keeps them.
+/// of the types the connector writes (`set-var`, `set-path`, `redirect`) are typed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HttpRequestRule {
     #[serde(rename = "type")]
@@ -378,6 +378,12 @@ pub struct HttpRequestRule {
     pub var_expr: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_fmt: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redir_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redir_value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redir_code: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cond: Option<Cond>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
