@@ -86,6 +86,7 @@ fn policy(config: &Config) -> Policy {
         drain_timeout: config.haproxy.drain_timeout,
         allow_regex_domains: config.haproxy.allow_regex_domains,
         denied_ranges: config.haproxy.deny_address_ranges.clone(),
+        default_domain: config.haproxy.default_domain.clone(),
     }
 }
 

@@ -16,6 +16,7 @@ mod cli;
 mod dataplane_double;
 mod dataplane_driver;
 mod dataplane_objects;
+mod default_domain;
 mod e2e_dataplane;
 mod e2e_runtime;
 mod haproxy_harness;

@@ -232,6 +232,13 @@ keys! {
         default: Absent("(none)"),
         doc: "Frontend into which the connector inserts its route-map rules (`http-request` rules for https redirects and path routes, and five `use_backend` rules) (and for which it creates its map files through the Data Plane API). Unset: you add the rules and the map files yourself.",
     },
+    HaproxyDefaultDomain {
+        json: "haproxy.default_domain",
+        env: ["HAPROXY_DEFAULT_DOMAIN"],
+        flag: "--haproxy-default-domain" <TEMPLATE> "Host template for services without domain tags, e.g. {service}.{namespace}.apps.example.com",
+        default: Absent("(none)"),
+        doc: "Host-name template (`{service}`, `{namespace}`) that gives every enabled service without `domain` or `path` tags (and not `mode=tcp`) an exact host route, like Traefik's `defaultRule`, e.g. `{service}.{namespace}.apps.example.com`. A name that renders invalid is a diagnostic for that service. Unset: no default route.",
+    },
     HaproxyAllowRegexDomains {
         json: "haproxy.allow_regex_domains",
         env: ["HAPROXY_ALLOW_REGEX_DOMAINS"],

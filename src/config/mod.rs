@@ -207,6 +207,8 @@ pub struct HaproxyConfig {
     pub backend_strategy: BackendStrategy,
     pub drain_timeout: Duration,
     pub frontend: Option<String>,
+    /// Host-name template for services without routes of their own (`haproxy.default_domain`).
+    pub default_domain: Option<String>,
     /// Whether regex domains are served.
     pub allow_regex_domains: bool,
     /// Extra server-address ranges to refuse, sorted and de-duplicated.
@@ -380,6 +382,13 @@ impl Config {
         let backend_strategy = v.strategy(Key::HaproxyBackendStrategy);
         let drain_timeout = v.duration(Key::HaproxyDrainTimeout);
         let frontend = v.string(Key::HaproxyFrontend);
+        let default_domain = v.string(Key::HaproxyDefaultDomain);
+        if let Some(template) = &default_domain {
+            let checked = crate::desired::default_domain::check_template(template);
+            v.check(Key::HaproxyDefaultDomain, checked.is_ok(), || {
+                checked.err().unwrap_or_default()
+            });
+        }
         let allow_regex_domains = v.bool(Key::HaproxyAllowRegexDomains);
         let deny_address_ranges = v
             .cidr_list(Key::HaproxyDenyAddressRanges)
@@ -470,6 +479,7 @@ impl Config {
                     backend_strategy: backend_strategy?,
                     drain_timeout: drain_timeout?,
                     frontend,
+                    default_domain,
                     allow_regex_domains: allow_regex_domains?,
                     deny_address_ranges,
                     driver: driver?,
@@ -547,6 +557,7 @@ impl Config {
                 "backend_strategy": self.haproxy.backend_strategy.as_str(),
                 "drain_timeout_sec": humantime::format_duration(self.haproxy.drain_timeout).to_string(),
                 "frontend": self.haproxy.frontend,
+                "default_domain": self.haproxy.default_domain,
                 "allow_regex_domains": self.haproxy.allow_regex_domains,
                 "deny_address_ranges": self.haproxy.deny_address_ranges.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 "driver": self.haproxy.driver.as_str(),

@@ -104,7 +104,20 @@ pub(super) fn candidate(
                     message: "regex domains are disabled on this connector (haproxy.allow_regex_domains=false); service skipped, its live objects left unchanged".into(),
                 });
             }
-            Ok(t) if t.enabled => {
+            Ok(mut t) if t.enabled => {
+                if let Err(why) =
+                    super::default_domain::apply(&mut t, key, policy.default_domain.as_deref())
+                {
+                    desired.diagnostics.push(diag(
+                        key,
+                        Severity::Warning,
+                        Reason::InvalidDefaultDomain,
+                        None,
+                        format!(
+                            "haproxy.default_domain renders {why}; the service is served without a default host route"
+                        ),
+                    ));
+                }
                 for u in &t.unknown {
                     desired.diagnostics.push(diag(
                         key,

@@ -3,6 +3,7 @@
 //! disagree). No I/O.
 
 mod candidate;
+pub mod default_domain;
 pub mod grammar;
 pub mod host_regex;
 pub mod tags;
@@ -59,6 +60,9 @@ pub struct Policy {
     /// Server addresses no registration may use, on top of those [`always_denied`] refuses
     /// (`haproxy.deny_address_ranges`).
     pub denied_ranges: Vec<ipnet::IpNet>,
+    /// The host-name template that gives services without `domain` or `path` tags a host route
+    /// (`haproxy.default_domain`, e.g. `{service}.{namespace}.apps.example.com`).
+    pub default_domain: Option<String>,
 }
 
 impl Default for Policy {
@@ -69,6 +73,7 @@ impl Default for Policy {
             drain_timeout: Duration::from_secs(30),
             allow_regex_domains: true,
             denied_ranges: Vec::new(),
+            default_domain: None,
         }
     }
 }
@@ -183,6 +188,7 @@ pub enum Reason {
     IncompatibleBackend,
     BackendExists,
     Disagreement,
+    InvalidDefaultDomain,
 }
 
 impl Reason {
@@ -199,6 +205,7 @@ impl Reason {
             Reason::IncompatibleBackend => "incompatible_backend",
             Reason::BackendExists => "backend_exists",
             Reason::Disagreement => "disagreement",
+            Reason::InvalidDefaultDomain => "invalid_default_domain",
         }
     }
 }
@@ -530,3 +537,6 @@ mod path_tests;
 
 #[cfg(test)]
 mod redirect_tests;
+
+#[cfg(test)]
+mod default_domain_tests;
