@@ -25,7 +25,7 @@ use haproxy_nomad_connector::haproxy::dataplane::{DataplaneDriver, Options};
 use haproxy_nomad_connector::haproxy::runtime::{RuntimeDriver, state};
 use haproxy_nomad_connector::model::MatchKind;
 use haproxy_nomad_connector::path_rules::{frontend_lines, request_rules};
-use haproxy_nomad_connector::plan::Action;
+use haproxy_nomad_connector::plan::{Action, render};
 use haproxy_nomad_connector::reconcile::pass::{PassOutcome, run_pass};
 use hnc_core::drains::DrainClock;
 
@@ -173,6 +173,16 @@ async fn route_step(
         plan.ops
     );
     assert_eq!(plan.reloads(), &[], "{what}: the plan costs no reload");
+    // `plan` names each route operation with its reason.
+    let text = render::human(plan, &[]);
+    assert!(text.contains("route path x.test/api/v2"), "{what}: {text}");
+    for op in &plan.ops {
+        assert!(
+            text.contains(&op.reason),
+            "{what}: {text} lacks {}",
+            op.reason
+        );
+    }
     let report = outs[0].report.as_ref().expect("applied");
     assert!(report.reloads.is_empty(), "{what}: {:?}", report.reloads);
 }

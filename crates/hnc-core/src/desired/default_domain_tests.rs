@@ -166,6 +166,25 @@ fn a_rendering_that_is_no_host_name_is_a_diagnostic_for_that_service_only() {
     );
 }
 
+proptest::proptest! {
+    /// Any service name and namespace: the rendering is a safe, lower-case host name or an
+    /// error, never a panic.
+    #[test]
+    fn any_name_renders_safely_or_not_at_all(
+        ns in proptest::prelude::any::<String>(),
+        name in "[a-zA-Z0-9_.* \\x00-\\x1f\u{202e}é-]{0,70}",
+    ) {
+        let key = crate::catalog::ServiceKey::new(ns.as_str(), name.as_str());
+        if let Ok(host) = super::default_domain::render(TEMPLATE, &key) {
+            proptest::prop_assert!(grammar::is_safe_token(&host), "{host:?}");
+            proptest::prop_assert_eq!(host.to_ascii_lowercase(), host.clone());
+            proptest::prop_assert!(!host.contains(':') && !host.starts_with('.'));
+        }
+    }
+}
+
+const TEMPLATE: &str = "{service}.{namespace}.apps.example.com";
+
 #[test]
 fn templates_are_checked() {
     use super::default_domain::check_template;
