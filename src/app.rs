@@ -15,24 +15,43 @@ use crate::haproxy::dataplane::client::Timeouts as DataplaneTimeouts;
 use crate::haproxy::dataplane::{DataplaneDriver, Options as DataplaneOptions};
 use crate::haproxy::runtime::RuntimeDriver;
 use crate::haproxy::{ApplyReport, Driver, DriverError};
-use crate::http::{self, AppState, Condition, NomadState, Status};
+use crate::http::{self, AppState, Condition, HttpError, NomadState, Status};
 use crate::live::Live;
 use crate::metrics::Metrics;
-use crate::nomad::{NomadClient, NomadStats, Watcher, WatcherSettings};
+use crate::nomad::{NomadClient, NomadError, NomadStats, Watcher, WatcherSettings};
 use crate::plan::{DriverProfile, Plan, render};
 use crate::reconcile::PassReport;
 use crate::reconcile::controller::{Controller, Relists, Settings};
-use crate::reconcile::pass::run_pass;
+use crate::reconcile::pass::{PassError, run_pass};
 use hnc_core::drains::DrainClock;
 
+/// Why `run` or `plan` stopped. Each keeps the error that caused it as its source.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
+    /// The HAProxy driver cannot be built from the configuration.
     #[error("cannot start: {0}")]
-    Setup(String),
+    Driver(#[source] DriverError),
+    /// The Nomad client cannot be built from the configuration.
+    #[error("cannot start: {0}")]
+    NomadClient(#[source] NomadError),
+    /// The metrics registry refused a metric.
+    #[error("cannot start: {0}")]
+    Metrics(#[source] prometheus::Error),
+    /// The admin HTTP server cannot listen.
+    #[error("cannot start: {0}")]
+    Listen(#[source] HttpError),
+    /// No usable list of services from Nomad (the watcher's own words).
     #[error("Nomad: {0}")]
     Nomad(String),
+    /// The pass of `plan` failed.
     #[error("{0}")]
-    Pass(String),
+    Pass(#[source] PassError),
+    /// The plan cannot be rendered as JSON.
+    #[error("{0}")]
+    Render(#[source] serde_json::Error),
+    /// The plan cannot be written out.
+    #[error("cannot write the plan: {0}")]
+    Write(#[source] std::io::Error),
 }
 
 /// A driver shared with its owner (tests keep a handle on the driver the controller runs).
@@ -115,7 +134,7 @@ fn dataplane(config: &Config, calls: CallMetrics) -> Result<DataplaneDriver, App
         },
         calls,
     )
-    .map_err(|e| AppError::Setup(e.to_string()))
+    .map_err(AppError::Driver)
 }
 
 /// The driver `haproxy.driver` names.
@@ -173,8 +192,7 @@ impl Driver for AnyDriver {
 /// A watcher whose Nomad client records its requests in `calls`.
 fn watcher(config: &Config, calls: CallMetrics) -> Result<Watcher, AppError> {
     let stats = Arc::new(NomadStats::default());
-    let client = NomadClient::new(&config.nomad, stats, calls)
-        .map_err(|e| AppError::Setup(e.to_string()))?;
+    let client = NomadClient::new(&config.nomad, stats, calls).map_err(AppError::NomadClient)?;
     Ok(Watcher::spawn(
         client,
         WatcherSettings::from_config(&config.nomad),
@@ -184,16 +202,14 @@ fn watcher(config: &Config, calls: CallMetrics) -> Result<Watcher, AppError> {
 /// `run`: serves until `shutdown` turns true. Returns when the loop, the watcher and the HTTP
 /// server have stopped.
 pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<(), AppError> {
-    let metrics = Arc::new(
-        Metrics::new(env!("CARGO_PKG_VERSION")).map_err(|e| AppError::Setup(e.to_string()))?,
-    );
+    let metrics = Arc::new(Metrics::new(env!("CARGO_PKG_VERSION")).map_err(AppError::Metrics)?);
     let status = Arc::new(Status::new(
         config.reconcile.resync_interval,
         Instant::now(),
     ));
     let listener = http::bind(config.http.listen)
         .await
-        .map_err(|e| AppError::Setup(e.to_string()))?;
+        .map_err(AppError::Listen)?;
     let driver_kind = config.haproxy.driver.as_str();
     let driver = AnyDriver::from_config(&config, metrics.haproxy_calls(driver_kind))?;
     status.set_driver_name(driver.name());
@@ -320,16 +336,15 @@ pub async fn plan(config: Config, json: bool, out: &mut impl Write) -> Result<Pl
     let mut drains = DrainClock::default();
     let outcome = run_pass(&driver, &snapshot, &policy(&config), &mut drains, false)
         .await
-        .map_err(|e| AppError::Pass(e.to_string()))?;
+        .map_err(AppError::Pass)?;
     let text = if json {
         let mut v = render::json(&outcome.plan, &outcome.desired.diagnostics);
         v["held_removals"] = serde_json::json!(outcome.held_untrusted);
-        serde_json::to_string_pretty(&v).map_err(|e| AppError::Pass(e.to_string()))? + "\n"
+        serde_json::to_string_pretty(&v).map_err(AppError::Render)? + "\n"
     } else {
         render::human(&outcome.plan, &outcome.desired.diagnostics)
     };
-    out.write_all(text.as_bytes())
-        .map_err(|e| AppError::Pass(format!("cannot write the plan: {e}")))?;
+    out.write_all(text.as_bytes()).map_err(AppError::Write)?;
     Ok(if outcome.plan.is_empty() {
         PlanExit::Clean
     } else {

@@ -12,6 +12,7 @@ use haproxy_nomad_connector::call_metrics::CallMetrics;
 use haproxy_nomad_connector::catalog::{Instance, Service, ServiceKey, Snapshot};
 use haproxy_nomad_connector::desired::{Desired, Policy};
 use haproxy_nomad_connector::haproxy::dataplane::client::Timeouts;
+use haproxy_nomad_connector::haproxy::dataplane::error::DataplaneError;
 use haproxy_nomad_connector::haproxy::dataplane::{DataplaneDriver, Options};
 use haproxy_nomad_connector::haproxy::{ApplyReport, Driver, DriverError};
 use haproxy_nomad_connector::live::Live;
@@ -1011,5 +1012,152 @@ async fn a_regex_map_file_haproxy_cannot_compile_fails_the_reload() {
     assert_eq!(
         map_entries(&dp, "hnc_regex.map"),
         [("^a\\.example$".to_string(), "legacy".to_string())]
+    );
+}
+
+/// The first error of type `T` in `e`'s source chain (below `e`).
+fn source_of<'e, T: std::error::Error + 'static>(
+    e: &'e (dyn std::error::Error + 'static),
+) -> Option<&'e T> {
+    let mut next = e.source();
+    while let Some(s) = next {
+        if let Some(t) = s.downcast_ref::<T>() {
+            return Some(t);
+        }
+        next = s.source();
+    }
+    None
+}
+
+/// A driver for `address` with a short per-call timeout.
+fn driver_at(address: &str, password: &str) -> DataplaneDriver {
+    DataplaneDriver::new(
+        Options {
+            address: address.parse().expect("url"),
+            username: "admin".into(),
+            password: Some(haproxy_nomad_connector::config::Secret::new(password)),
+            frontend: None,
+            maps_dir: MAPS.into(),
+            timeouts: Timeouts {
+                call: Duration::from_millis(300),
+                reload: Duration::from_secs(5),
+            },
+        },
+        CallMetrics::disabled(),
+    )
+    .expect("driver")
+}
+
+#[tokio::test]
+async fn an_unreachable_api_keeps_the_timeout_or_transport_error_down_to_reqwest() {
+    // A listener that accepts and never answers: the call times out.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let hold = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((c, _)) = listener.accept().await {
+            conns.push(c);
+        }
+    });
+    let err = driver_at(&format!("http://{addr}"), "pw")
+        .observe()
+        .await
+        .expect_err("times out");
+    hold.abort();
+    assert_eq!(err.kind(), "unreachable");
+    let api = source_of::<DataplaneError>(&err).expect("the API error is the source");
+    assert!(matches!(api, DataplaneError::Timeout { .. }), "{api:?}");
+    let http = source_of::<reqwest::Error>(&err).expect("then reqwest's error");
+    assert!(http.is_timeout(), "{http:?}");
+    assert!(
+        err.to_string()
+            .starts_with("HAProxy unreachable: request timed out: "),
+        "{err}"
+    );
+    assert_eq!(err.to_string(), format!("HAProxy unreachable: {api}"));
+
+    // Nothing listening: refused, down to the io::Error.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let err = driver_at(&format!("http://127.0.0.1:{port}"), "pw")
+        .observe()
+        .await
+        .expect_err("refused");
+    let api = source_of::<DataplaneError>(&err).expect("the API error is the source");
+    assert!(matches!(api, DataplaneError::Transport { .. }), "{api:?}");
+    assert!(source_of::<reqwest::Error>(&err).is_some_and(|e| e.is_connect()));
+    let io = source_of::<std::io::Error>(&err).expect("down to the io::Error");
+    assert_eq!(io.kind(), std::io::ErrorKind::ConnectionRefused);
+    assert!(
+        err.to_string()
+            .starts_with("HAProxy unreachable: cannot reach the Data Plane API: "),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn conflicts_refusals_and_bad_credentials_keep_the_api_error() {
+    let dp = DataplaneDouble::start(base(), DoubleOptions::fast()).await;
+    let d = driver(&dp, None);
+    let mut drains = DrainClock::default();
+
+    // Conflict: another writer changed the configuration after the observation.
+    let o = run_pass(&d, &web(2), &Policy::default(), &mut drains, false)
+        .await
+        .expect("plan");
+    dp.bump_version_foreign();
+    let err = d.apply(&o.plan).await.expect_err("version mismatch");
+    assert_eq!(err.kind(), "conflict");
+    let api = source_of::<DataplaneError>(&err).expect("the API error is the source");
+    let DataplaneError::Conflict { message } = api else {
+        panic!("not a 409 conflict: {api:?}")
+    };
+    assert!(message.starts_with("version mismatch"), "{message}");
+    assert_eq!(
+        err.to_string(),
+        format!("conflict with another writer: conflict (409): {message}")
+    );
+    assert_eq!(dp.open_transactions(), 0);
+
+    // Rejected: HAProxy refuses the reload.
+    let o = run_pass(&d, &web(2), &Policy::default(), &mut drains, false)
+        .await
+        .expect("plan");
+    dp.fail_next_reload();
+    let err = d.apply(&o.plan).await.expect_err("reload fails");
+    assert_eq!(err.kind(), "rejected");
+    let api = source_of::<DataplaneError>(&err).expect("the API error is the source");
+    assert!(
+        matches!(api, DataplaneError::Invalid { status: 400, message } if message.starts_with("Reload failed")),
+        "{api:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        format!("HAProxy rejected the change: {api}")
+    );
+    assert!(
+        err.to_string()
+            .starts_with("HAProxy rejected the change: rejected (400): Reload failed"),
+        "{err}"
+    );
+
+    // Other: bad credentials.
+    let err = driver_at(&dp.url(), "wrong")
+        .observe()
+        .await
+        .expect_err("401");
+    assert_eq!(err.kind(), "other");
+    let api = source_of::<DataplaneError>(&err).expect("the API error is the source");
+    assert!(
+        matches!(api, DataplaneError::Unauthorized { .. }),
+        "{api:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "the Data Plane API refused the credentials (401): unauthenticated for invalid credentials; check haproxy.username and haproxy.password"
     );
 }

@@ -9,7 +9,7 @@ use tower::ServiceExt;
 
 use super::*;
 use crate::desired::{Desired, Diagnostic, Reason, Severity};
-use crate::haproxy::Reload;
+use crate::haproxy::{Cause, Reload};
 use crate::metrics::expo::{self, Family};
 use crate::plan::{Action, Op, ReloadReason, StructuralChange};
 use crate::reconcile::pass::{PassError, PassOutcome};
@@ -159,7 +159,7 @@ async fn one_pass_report_drives_the_metrics_and_the_status_board() {
     let failed = PassReport::from_outcome(
         &snapshot,
         Err(PassError::Observe(DriverError::Unreachable(
-            "connection refused".into(),
+            Cause::message("connection refused"),
         ))),
         tokio::time::Instant::now(),
         false,
@@ -192,4 +192,27 @@ async fn one_pass_report_drives_the_metrics_and_the_status_board() {
     );
     assert_eq!(s["driver"]["reloads"], 1);
     assert_eq!(s["diagnostics"][0]["service"], "bad");
+}
+
+#[tokio::test]
+async fn a_taken_listen_address_stops_run_keeping_the_bind_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let mut config = Config::from_layer(&crate::config::Layer::default()).expect("defaults");
+    config.http.listen = addr;
+    let (_stop, stopped) = watch::channel(false);
+    let e = run(config, stopped).await.expect_err("address in use");
+    assert!(
+        matches!(&e, AppError::Listen(HttpError::Bind { addr: a, .. }) if *a == addr),
+        "{e:?}"
+    );
+    let io = std::error::Error::source(&e)
+        .and_then(|s| s.source())
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .expect("the io::Error below the bind error");
+    assert_eq!(io.kind(), std::io::ErrorKind::AddrInUse);
+    assert_eq!(
+        e.to_string(),
+        format!("cannot start: cannot listen on {addr} (http.listen): {io}")
+    );
 }

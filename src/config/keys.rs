@@ -1,9 +1,12 @@
 //! The registry of every configuration key, declared once in `keys!`: its JSON path,
-//! environment variables, command-line flag (name, value name and short help), default and
-//! meaning. Everything else is generated from that one declaration or checked against it:
-//! the [`Key`] enum and [`KEYS`], the clap flags and their `--help` text (`crate::cli`), the flag
-//! layer, the built-in defaults layer that validation starts from ([`super::Layer::defaults`]),
-//! `check-config` and the README table (a unit test checks every row).
+//! environment variables, command-line flag (name, value name and short help), the kind of value
+//! it holds (type, bounds, rule: [`Kind`]), default and meaning. Everything else is generated from
+//! that one declaration: the [`Key`] enum and [`KEYS`], the clap flags and their `--help` text
+//! (`crate::cli`), the flag layer, the built-in defaults layer that validation starts from
+//! ([`super::Layer::defaults`]), the parsing and checking of every value (`super::validate`),
+//! `check-config` and the README's configuration table ([`super::readme`]).
+
+pub use super::kind::{Kind, TextRule};
 
 /// Whether a key's documented default is a value or only a description of what happens when
 /// the key is unset.
@@ -36,6 +39,8 @@ pub struct KeySpec {
     pub default: &'static str,
     /// Whether [`KeySpec::default`] is the value used when no source sets the key.
     pub default_is: DefaultIs,
+    /// The type, bounds and rule of the value; validation is derived from it.
+    pub kind: Kind,
     /// What the key means (one sentence for the README table).
     pub doc: &'static str,
 }
@@ -52,8 +57,9 @@ impl KeySpec {
 
 /// Declares every key once; generates the [`Key`] enum and the [`KEYS`] table.
 ///
-/// Per key: `Variant { json, env: [..], flag: "--name" <VALUE_NAME> "short help", default:
-/// Value("text") | Absent("text"), doc }`, with `flag` left out for keys that have none.
+/// Per key: `Variant { json, env: [..], flag: "--name" <VALUE_NAME> "short help", kind,
+/// default: Value("text") | Absent("text"), doc }`, with `flag` left out for keys that have none;
+/// `kind` is a [`Kind`] written without its `Kind::` (and a [`TextRule`] without `TextRule::`).
 macro_rules! keys {
     ($(
         $(#[$attr:meta])*
@@ -61,6 +67,7 @@ macro_rules! keys {
             json: $json:literal,
             env: [$($env:literal),+ $(,)?],
             $(flag: $flag:literal <$value_name:ident> $flag_help:literal,)?
+            kind: $kind:expr,
             default: $default_is:ident($default:literal),
             doc: $doc:literal $(,)?
         }
@@ -83,6 +90,11 @@ macro_rules! keys {
                 flag_help: keys!(@text $($flag_help)?),
                 default: $default,
                 default_is: DefaultIs::$default_is,
+                kind: {
+                    #[allow(unused_imports)]
+                    use {Kind::*, TextRule::*};
+                    $kind
+                },
                 doc: $doc,
             },
         )+];
@@ -98,12 +110,14 @@ keys! {
         json: "nomad.address",
         env: ["NOMAD_ADDR"],
         flag: "--nomad-address" <URL> "Nomad HTTP API address (http://, https:// or unix://)",
+        kind: Url { schemes: &["http", "https", "unix"] },
         default: Value("http://127.0.0.1:4646"),
         doc: "Nomad HTTP API address: `http://`, `https://` or `unix://` (e.g. the Task API socket).",
     },
     NomadToken {
         json: "nomad.token",
         env: ["NOMAD_TOKEN"],
+        kind: Secret,
         default: Absent("(none)"),
         doc: "Nomad ACL token, sent as `X-Nomad-Token`. Secret: never logged or printed.",
     },
@@ -111,6 +125,7 @@ keys! {
         json: "nomad.token_file",
         env: ["NOMAD_TOKEN_FILE"],
         flag: "--nomad-token-file" <PATH> "File holding the Nomad ACL token",
+        kind: SecretFile { of: Key::NomadToken },
         default: Absent("(none)"),
         doc: "Read the Nomad token from this file (trailing whitespace trimmed). Exclusive with `nomad.token` in the same source.",
     },
@@ -118,6 +133,7 @@ keys! {
         json: "nomad.region",
         env: ["NOMAD_REGION"],
         flag: "--nomad-region" <REGION> "Nomad region",
+        kind: Text(Region),
         default: Absent("(the agent's region)"),
         doc: "Nomad region to query.",
     },
@@ -125,6 +141,7 @@ keys! {
         json: "nomad.namespaces",
         env: ["NOMAD_NAMESPACE"],
         flag: "--nomad-namespaces" <LIST> "Namespaces to watch: `*` or a comma-separated list",
+        kind: Namespaces,
         default: Value("*"),
         doc: "Namespaces to watch: `*` for all, or a list (JSON array, or comma-separated in the environment and flag).",
     },
@@ -132,6 +149,7 @@ keys! {
         json: "nomad.namespace_deny",
         env: ["NOMAD_NAMESPACE_DENY"],
         flag: "--nomad-namespace-deny" <LIST> "Namespaces never to watch: a comma-separated list",
+        kind: NamespaceDeny,
         default: Absent("(none)"),
         doc: "Namespaces never to watch, even when `nomad.namespaces` is `*` (JSON array, or comma-separated in the environment and flag).",
     },
@@ -139,6 +157,7 @@ keys! {
         json: "nomad.tag_prefix",
         env: ["HAPROXY_TAG_PREFIX"],
         flag: "--tag-prefix" <PREFIX> "Tag prefix (`<prefix>.enable=true` selects a service)",
+        kind: Text(TagPrefix),
         default: Value("haproxy"),
         doc: "Prefix of the service tags the connector reads; only services tagged `<prefix>.enable=true` (value case-insensitive) are taken.",
     },
@@ -146,6 +165,7 @@ keys! {
         json: "nomad.resync_interval",
         env: ["NOMAD_RESYNC_INTERVAL"],
         flag: "--nomad-resync-interval" <DURATION> "Full resync interval: whole seconds or a duration such as 60s",
+        kind: Duration,
         default: Value("60s"),
         doc: "How often the whole catalog is checked against Nomad: the wait of the blocking list query (at most 300 s is sent) and the period of the full re-read when the index moved. Integer seconds or a duration.",
     },
@@ -153,6 +173,7 @@ keys! {
         json: "nomad.ca_cert",
         env: ["NOMAD_CACERT"],
         flag: "--nomad-ca-cert" <PATH> "CA certificate (PEM) for Nomad's HTTPS",
+        kind: ReadableFile,
         default: Absent("(system roots)"),
         doc: "PEM file of the CA that signed Nomad's HTTPS certificate.",
     },
@@ -160,6 +181,7 @@ keys! {
         json: "nomad.client_cert",
         env: ["NOMAD_CLIENT_CERT"],
         flag: "--nomad-client-cert" <PATH> "Client certificate (PEM) for mutual TLS with Nomad",
+        kind: ReadableFile,
         default: Absent("(none)"),
         doc: "PEM client certificate for mutual TLS (needs `nomad.client_key`).",
     },
@@ -167,6 +189,7 @@ keys! {
         json: "nomad.client_key",
         env: ["NOMAD_CLIENT_KEY"],
         flag: "--nomad-client-key" <PATH> "Client key (PEM) for mutual TLS with Nomad",
+        kind: ReadableFile,
         default: Absent("(none)"),
         doc: "PEM private key for mutual TLS (needs `nomad.client_cert`).",
     },
@@ -174,6 +197,7 @@ keys! {
         json: "nomad.tls_server_name",
         env: ["NOMAD_TLS_SERVER_NAME"],
         flag: "--nomad-tls-server-name" <NAME> "Server name to verify Nomad's certificate against",
+        kind: Text(Any),
         default: Absent("(host of `nomad.address`)"),
         doc: "Server name to verify Nomad's certificate against.",
     },
@@ -181,6 +205,7 @@ keys! {
         json: "nomad.skip_verify",
         env: ["NOMAD_SKIP_VERIFY"],
         flag: "--nomad-skip-verify" <BOOL> "Skip verification of Nomad's certificate (true/false)",
+        kind: Bool,
         default: Value("false"),
         doc: "Do not verify Nomad's TLS certificate (testing only).",
     },
@@ -188,6 +213,7 @@ keys! {
         json: "haproxy.address",
         env: ["HAPROXY_DATAPLANE_URL"],
         flag: "--haproxy-address" <URL> "Data Plane API base URL",
+        kind: Url { schemes: &["http", "https"] },
         default: Value("http://127.0.0.1:5555"),
         doc: "HAProxy Data Plane API base URL (`http://` or `https://`).",
     },
@@ -195,12 +221,14 @@ keys! {
         json: "haproxy.username",
         env: ["HAPROXY_USERNAME"],
         flag: "--haproxy-username" <USER> "Data Plane API user",
+        kind: Text(BasicAuthUser),
         default: Value("admin"),
         doc: "Data Plane API Basic-auth user.",
     },
     HaproxyPassword {
         json: "haproxy.password",
         env: ["HAPROXY_PASSWORD"],
+        kind: Secret,
         default: Absent("(none)"),
         doc: "Data Plane API Basic-auth password. Secret: never logged or printed.",
     },
@@ -208,6 +236,7 @@ keys! {
         json: "haproxy.password_file",
         env: ["HAPROXY_PASSWORD_FILE"],
         flag: "--haproxy-password-file" <PATH> "File holding the Data Plane API password",
+        kind: SecretFile { of: Key::HaproxyPassword },
         default: Absent("(none)"),
         doc: "Read the Data Plane API password from this file (trailing whitespace trimmed). Exclusive with `haproxy.password` in the same source.",
     },
@@ -215,6 +244,7 @@ keys! {
         json: "haproxy.backend_strategy",
         env: ["HAPROXY_BACKEND_STRATEGY"],
         flag: "--haproxy-backend-strategy" <STRATEGY> "use_existing, create_new or fail_on_conflict",
+        kind: Choice { what: "strategy", accepted: &["use_existing", "create_new", "fail_on_conflict"] },
         default: Value("use_existing"),
         doc: "What to do when a service's backend name exists but is not ours: `use_existing`, `create_new` or `fail_on_conflict`.",
     },
@@ -222,6 +252,7 @@ keys! {
         json: "haproxy.drain_timeout_sec",
         env: ["HAPROXY_DRAIN_TIMEOUT_SEC"],
         flag: "--haproxy-drain-timeout" <DURATION> "Drain timeout: whole seconds or a duration such as 30s",
+        kind: Duration,
         default: Value("30s"),
         doc: "How long a removed instance drains before it is removed even with open sessions. Integer seconds or a duration such as `45s`, `2m`.",
     },
@@ -229,6 +260,7 @@ keys! {
         json: "haproxy.frontend",
         env: ["HAPROXY_FRONTEND"],
         flag: "--haproxy-frontend" <NAME> "Frontend that receives the connector's host-map rule",
+        kind: Text(HaproxyName),
         default: Absent("(none)"),
         doc: "Frontend into which the connector inserts its route-map rules (`http-request` rules for https redirects and path routes, and five `use_backend` rules) (and for which it creates its map files through the Data Plane API). Unset: you add the rules and the map files yourself.",
     },
@@ -236,13 +268,15 @@ keys! {
         json: "haproxy.default_domain",
         env: ["HAPROXY_DEFAULT_DOMAIN"],
         flag: "--haproxy-default-domain" <TEMPLATE> "Host template for services without domain tags, e.g. {service}.{namespace}.apps.example.com",
+        kind: Text(HostTemplate),
         default: Absent("(none)"),
-        doc: "Host-name template (`{service}`, `{namespace}`) that gives every enabled service without `domain` or `path` tags (and not `mode=tcp`) an exact host route, like Traefik's `defaultRule`, e.g. `{service}.{namespace}.apps.example.com`. A name that renders invalid is a diagnostic for that service. Unset: no default route.",
+        doc: "Host-name template (`{service}` required, `{namespace}`) that gives every enabled service without `domain` or `path` tags (and not `mode=tcp`) an exact host route, like Traefik's `defaultRule`, e.g. `{service}.{namespace}.apps.example.com`; such a service is then HTTP. A name that renders invalid is an `invalid_default_domain` diagnostic for that service, served without the route. Unset: no default route. See \"Routing\".",
     },
     HaproxyAllowRegexDomains {
         json: "haproxy.allow_regex_domains",
         env: ["HAPROXY_ALLOW_REGEX_DOMAINS"],
         flag: "--haproxy-allow-regex-domains" <BOOL> "Serve regex domains (true/false)",
+        kind: Bool,
         default: Value("true"),
         doc: "Serve `domain.type=regex` routes. `false`: services asking for one are skipped with a diagnostic (regexes are always checked with PCRE2 and refused when they could backtrack without bound).",
     },
@@ -250,6 +284,7 @@ keys! {
         json: "haproxy.deny_address_ranges",
         env: ["HAPROXY_DENY_ADDRESS_RANGES"],
         flag: "--haproxy-deny-address-ranges" <CIDRS> "CIDR ranges no server address may be in (comma-separated)",
+        kind: Cidrs,
         default: Absent("(none)"),
         doc: "CIDR ranges no server address may be in, on top of the always-denied link-local, unspecified, multicast and broadcast addresses (JSON array, or comma-separated in the environment and flag), e.g. `127.0.0.0/8,10.0.0.0/8`.",
     },
@@ -257,6 +292,7 @@ keys! {
         json: "reconcile.resync_interval",
         env: ["RECONCILE_RESYNC_INTERVAL"],
         flag: "--resync-interval" <DURATION> "Full reconcile interval (repairs drift), e.g. 30s",
+        kind: Duration,
         default: Value("30s"),
         doc: "Full pass against live HAProxy even when Nomad is quiet: how fast drift (restarts, manual edits) is repaired.",
     },
@@ -264,6 +300,7 @@ keys! {
         json: "reconcile.debounce",
         env: ["RECONCILE_DEBOUNCE"],
         flag: "--debounce" <DURATION> "Quiet period after a catalog change, e.g. 50ms",
+        kind: Duration,
         default: Value("50ms"),
         doc: "Quiet period after a catalog change before a pass starts (bursts cost one pass).",
     },
@@ -271,6 +308,7 @@ keys! {
         json: "reconcile.debounce_max",
         env: ["RECONCILE_DEBOUNCE_MAX"],
         flag: "--debounce-max" <DURATION> "Longest delay of a pass under a steady stream of changes, e.g. 500ms",
+        kind: Duration,
         default: Value("500ms"),
         doc: "Longest a steady stream of changes can delay a pass.",
     },
@@ -278,6 +316,7 @@ keys! {
         json: "reconcile.max_delete_ratio",
         env: ["RECONCILE_MAX_DELETE_RATIO"],
         flag: "--max-delete-ratio" <RATIO> "Share of serving servers above which removals need confirmation (0-1]",
+        kind: Ratio { above: 0.0, at_most: 1.0 },
         default: Value("0.5"),
         doc: "A pass that would take out more than this share of the connector's serving servers is held until confirmed (0 < ratio ≤ 1).",
     },
@@ -285,6 +324,7 @@ keys! {
         json: "reconcile.mass_delete_hold",
         env: ["RECONCILE_MASS_DELETE_HOLD"],
         flag: "--mass-delete-hold" <DURATION> "Real time a mass removal must stand (with a fresh Nomad relist) before it applies, e.g. 60s",
+        kind: Duration,
         default: Value("60s"),
         doc: "Real time a mass removal must be planned unchanged before it is applied, after one more full Nomad relist that completes once this time is up.",
     },
@@ -292,6 +332,7 @@ keys! {
         json: "reconcile.mass_delete_confirmations",
         env: ["RECONCILE_MASS_DELETE_CONFIRMATIONS"],
         flag: "--mass-delete-confirmations" <N> "Minimum number of passes confirming a mass removal (on top of the hold)",
+        kind: Count { min: 1 },
         default: Value("3"),
         doc: "Minimum number of consecutive passes that must reach the same mass removal, on top of `reconcile.mass_delete_hold`.",
     },
@@ -299,6 +340,7 @@ keys! {
         json: "haproxy.driver",
         env: ["HAPROXY_DRIVER"],
         flag: "--haproxy-driver" <DRIVER> "HAProxy driver: dataplane or runtime",
+        kind: Choice { what: "driver", accepted: &["dataplane", "runtime"] },
         default: Value("dataplane"),
         doc: "How HAProxy is driven: `dataplane` (the Data Plane API) or `runtime` (its master and admin sockets plus a config fragment; see \"Runtime driver\").",
     },
@@ -306,6 +348,7 @@ keys! {
         json: "haproxy.master_socket",
         env: ["HAPROXY_MASTER_SOCKET"],
         flag: "--haproxy-master-socket" <PATH> "Runtime driver: HAProxy master CLI socket",
+        kind: Path { names_file: false },
         default: Value("/run/haproxy-master.sock"),
         doc: "Runtime driver: HAProxy's master CLI socket (`haproxy -W -S <path>`), used for `reload` and `show proc`.",
     },
@@ -313,6 +356,7 @@ keys! {
         json: "haproxy.admin_socket",
         env: ["HAPROXY_ADMIN_SOCKET"],
         flag: "--haproxy-admin-socket" <PATH> "Runtime driver: HAProxy admin stats socket",
+        kind: Path { names_file: false },
         default: Absent("(none: through the master with `@1`)"),
         doc: "Runtime driver: the admin stats socket (`stats socket <path> level admin`). Unset: worker commands go through the master CLI.",
     },
@@ -320,6 +364,7 @@ keys! {
         json: "haproxy.fragment",
         env: ["HAPROXY_FRAGMENT"],
         flag: "--haproxy-fragment" <PATH> "Runtime driver: the config fragment the connector owns",
+        kind: Path { names_file: true },
         default: Value("/etc/haproxy/conf.d/haproxy-nomad-connector.cfg"),
         doc: "Runtime driver: the config file the connector owns and rewrites (its backends and servers), loaded by HAProxy with an extra `-f` (the file or its directory).",
     },
@@ -327,6 +372,7 @@ keys! {
         json: "haproxy.maps_dir",
         env: ["HAPROXY_MAPS_DIR"],
         flag: "--haproxy-maps-dir" <DIR> "Directory of the host-route maps (both drivers)",
+        kind: Path { names_file: false },
         default: Value("/etc/haproxy/maps"),
         doc: "Directory of the host-route map files, written exactly as in the frontend rules (runtime driver: where it writes them; Data Plane API driver: its `--maps-dir`).",
     },
@@ -334,6 +380,7 @@ keys! {
         json: "haproxy.binary",
         env: ["HAPROXY_BINARY"],
         flag: "--haproxy-binary" <PATH> "Runtime driver: HAProxy binary for `haproxy -c`",
+        kind: Path { names_file: false },
         default: Value("haproxy"),
         doc: "Runtime driver: the HAProxy binary used to check candidate configurations (`haproxy -c`).",
     },
@@ -341,6 +388,7 @@ keys! {
         json: "haproxy.config",
         env: ["HAPROXY_CONFIG"],
         flag: "--haproxy-config" <PATHS> "Runtime driver: HAProxy's other config files, comma-separated",
+        kind: Paths,
         default: Value("/etc/haproxy/haproxy.cfg"),
         doc: "Runtime driver: the config files HAProxy loads besides the fragment, in order (JSON array, or comma-separated in the environment and flag); checked together with each candidate fragment.",
     },
@@ -348,6 +396,7 @@ keys! {
         json: "log.level",
         env: ["RUST_LOG", "LOG_LEVEL"],
         flag: "--log-level" <FILTER> "Log level or tracing filter directive",
+        kind: Text(LogFilter),
         default: Value("info"),
         doc: "Log filter: a level (`error`, `warn`, `info`, `debug`, `trace`) or a `tracing` filter directive. `RUST_LOG` wins over `LOG_LEVEL`.",
     },
@@ -355,6 +404,7 @@ keys! {
         json: "log.format",
         env: ["LOG_FORMAT"],
         flag: "--log-format" <FORMAT> "Log format: text or json",
+        kind: Choice { what: "log format", accepted: &["text", "json"] },
         default: Value("text"),
         doc: "Log output format on stderr: `text` or `json`.",
     },
@@ -365,8 +415,9 @@ keys! {
         json: "http.listen",
         env: ["HTTP_LISTEN"],
         flag: "--http-listen" <ADDR> "Listen address (IP:port) of the health, readiness, status and metrics server",
+        kind: SocketAddr,
         default: Value("0.0.0.0:4650"),
-        doc: "Address (IP:port) of the HTTP server for `/healthz`, `/readyz`, `/status` and `/metrics`. Port 0 picks a free port (logged).",
+        doc: "Address (IP:port) of the HTTP server for `/healthz`, `/readyz`, `/status` and `/metrics` (see [Endpoints](#endpoints)). Port 0 picks a free port (logged).",
     },
 }
 
@@ -382,6 +433,15 @@ impl Key {
     pub fn json(self) -> &'static str {
         self.spec().json
     }
+}
+
+/// The keys naming a file that holds a secret, each with the secret key it sets
+/// ([`Kind::SecretFile`]).
+pub fn secret_files() -> impl Iterator<Item = (Key, Key)> {
+    KEYS.iter().filter_map(|s| match s.kind {
+        Kind::SecretFile { of } => Some((s.key, of)),
+        _ => None,
+    })
 }
 
 /// The key whose JSON path is `path`, if any.
@@ -422,137 +482,4 @@ fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_key_has_exactly_one_spec() {
-        for spec in KEYS {
-            assert_eq!(
-                KEYS.iter().filter(|s| s.key == spec.key).count(),
-                1,
-                "{:?}",
-                spec.key
-            );
-            assert_eq!(
-                KEYS.iter().filter(|s| s.json == spec.json).count(),
-                1,
-                "{}",
-                spec.json
-            );
-        }
-    }
-
-    #[test]
-    fn sections_and_suggestions() {
-        assert!(is_section("nomad"));
-        assert!(is_section("haproxy"));
-        assert!(is_section("log"));
-        assert!(is_section("http"));
-        assert!(!is_section("nomad.address"));
-        assert!(!is_section("noma"));
-        assert_eq!(suggest("haproxy.adress"), Some("haproxy.address"));
-        assert_eq!(suggest("nomad.tokn"), Some("nomad.token"));
-        assert_eq!(suggest("completely.different"), None);
-    }
-
-    #[test]
-    fn the_documented_default_is_the_default_used() {
-        use crate::config::{Config, Layer, Raw, Source};
-        let defaults = Config::from_layer(&Layer::default()).expect("the defaults are valid");
-        let shown = defaults.to_redacted_json();
-        let default_layer = Layer::defaults();
-        for spec in KEYS {
-            let (section, name) = spec.json.split_once('.').expect("a dotted JSON path");
-            match spec.default_value() {
-                Some(text) => {
-                    // Set explicitly to its documented default, the key changes nothing.
-                    let mut layer = Layer::default();
-                    layer.set(spec.key, Raw::Text(text.to_string()), Source::Env("TEST"));
-                    let explicit = Config::from_layer(&layer).unwrap_or_else(|e| {
-                        panic!("{}: default `{text}` is invalid: {e}", spec.json)
-                    });
-                    assert_eq!(explicit, defaults, "{}", spec.json);
-                    assert!(default_layer.get(spec.key).is_some(), "{}", spec.json);
-                }
-                None => {
-                    // A described default leaves the key unset: nothing shows in check-config.
-                    assert!(default_layer.get(spec.key).is_none(), "{}", spec.json);
-                    if let Some(value) = shown[section].get(name) {
-                        assert!(
-                            value.is_null() || value == &serde_json::json!([]),
-                            "{} is documented as {} but defaults to {value}",
-                            spec.json,
-                            spec.default
-                        );
-                    }
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn every_flag_has_a_value_name_and_help_and_no_other_key_does() {
-        for spec in KEYS {
-            assert_eq!(
-                spec.flag.is_some(),
-                !spec.value_name.is_empty(),
-                "{}",
-                spec.json
-            );
-            assert_eq!(
-                spec.flag.is_some(),
-                !spec.flag_help.is_empty(),
-                "{}",
-                spec.json
-            );
-            assert!(!spec.flag_help.ends_with('.'), "{}", spec.json);
-        }
-    }
-
-    /// Keys that name a file holding a secret: resolved into the secret key while loading.
-    const SECRET_FILES: [Key; 2] = [Key::NomadTokenFile, Key::HaproxyPasswordFile];
-
-    #[test]
-    fn every_key_is_validated() {
-        use crate::config::{Config, Layer};
-        for spec in KEYS {
-            let (section, name) = spec.json.split_once('.').expect("a dotted JSON path");
-            let text = format!(r#"{{"{section}":{{"{name}":{{"not":"a value"}}}}}}"#);
-            let result = Layer::from_json_text(&text, std::path::Path::new("t.json"))
-                .and_then(|layer| Config::from_layer(&layer));
-            match result {
-                Ok(_) => panic!("{}: an object was accepted", spec.json),
-                Err(e) => assert!(e.to_string().contains(spec.json), "{}: {e}", spec.json),
-            }
-        }
-    }
-
-    #[test]
-    fn check_config_shows_every_key_but_the_secret_files() {
-        use crate::config::{Config, Layer};
-        let shown = Config::from_layer(&Layer::default())
-            .expect("the defaults are valid")
-            .to_redacted_json();
-        let mut expected = 0;
-        for spec in KEYS.iter().filter(|s| !SECRET_FILES.contains(&s.key)) {
-            let (section, name) = spec.json.split_once('.').expect("a dotted JSON path");
-            assert!(
-                shown[section].get(name).is_some(),
-                "{} not shown",
-                spec.json
-            );
-            expected += 1;
-        }
-        let count: usize = shown
-            .as_object()
-            .expect("an object")
-            .values()
-            .map(|s| s.as_object().map_or(0, serde_json::Map::len))
-            .sum();
-        assert_eq!(
-            count, expected,
-            "check-config shows a key the registry lacks"
-        );
-    }
-}
+mod tests;

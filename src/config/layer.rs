@@ -97,11 +97,12 @@ impl Layer {
     /// A layer from JSON text; `path` is only used in messages.
     pub fn from_json_text(text: &str, path: &Path) -> Result<Layer, ConfigError> {
         let value: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| ConfigError::Json {
+            serde_json::from_str(text).map_err(|source| ConfigError::Json {
                 path: path.to_path_buf(),
-                line: e.line(),
-                column: e.column(),
-                message: strip_position(&e.to_string()),
+                line: source.line(),
+                column: source.column(),
+                message: strip_position(&source.to_string()),
+                source,
             })?;
         let mut layer = Layer::default();
         match value {
@@ -152,10 +153,7 @@ impl Layer {
     /// Replaces `*_file` keys by the secret read from the file they name. Setting both the secret
     /// and its file in one source is ambiguous and rejected.
     fn resolve_secret_files(mut self) -> Result<Layer, ConfigError> {
-        for (file_key, secret_key) in [
-            (Key::NomadTokenFile, Key::NomadToken),
-            (Key::HaproxyPasswordFile, Key::HaproxyPassword),
-        ] {
+        for (file_key, secret_key) in keys::secret_files() {
             let Some(file_entry) = self.values.remove(&file_key) else {
                 continue;
             };
@@ -168,6 +166,7 @@ impl Layer {
                         secret_key.json(),
                         file_key.json()
                     ),
+                    source: None,
                 });
             }
             let path = match &file_entry.raw {
@@ -181,6 +180,7 @@ impl Layer {
                             "expected a file path (string), found {}",
                             json_kind(other)
                         ),
+                        source: None,
                     });
                 }
             };

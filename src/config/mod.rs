@@ -3,12 +3,15 @@
 //! Two layers, as in ripgrep's low/high args: [`layer`] holds what the user wrote and where;
 //! [`Config::from_layer`] validates everything in one place and produces the typed [`Config`].
 //! Every key is declared once, in [`keys`]: the flags, the environment lookup, the file's key
-//! names, the built-in defaults ([`Layer::defaults`], validated like any other layer) and the
-//! README table (checked by a unit test) all come from that declaration. The typed readers live
-//! in `validate`.
+//! names, the built-in defaults ([`Layer::defaults`], validated like any other layer), the
+//! parsing and checking of each value (from its declared kind, in `validate`) and the README's
+//! configuration table ([`readme::table`], kept in step by a test) all come from that
+//! declaration. Only the rules between keys are written out, in `cross_key_rules`.
 
 pub mod keys;
+mod kind;
 pub mod layer;
+pub mod readme;
 mod validate;
 
 use std::fmt;
@@ -20,10 +23,10 @@ use serde_json::{Value, json};
 use url::Url;
 
 use crate::desired::BackendStrategy;
-use crate::model::{MatchKind, is_haproxy_name};
+use crate::model::MatchKind;
 use keys::Key;
 pub use layer::{Layer, Raw, Source, Sourced};
-use validate::{Validator, check_log_filter, is_tag_prefix};
+use validate::Validator;
 
 /// A configuration problem. Every variant names the key or file and says why; the CLI exits with
 /// 78 (`run`, `plan`) or 2 (`check-config`).
@@ -44,13 +47,15 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    /// The config file is not valid JSON.
+    /// The config file is not valid JSON. `message` is the parser's, without its position.
     #[error("config file {} is not valid JSON: {message} (line {line}, column {column})", path.display())]
     Json {
         path: PathBuf,
         line: usize,
         column: usize,
         message: String,
+        #[source]
+        source: serde_json::Error,
     },
     /// The config file's top level is not an object.
     #[error("config file {} must hold a JSON object, found {found}", path.display())]
@@ -69,12 +74,15 @@ pub enum ConfigError {
         path: PathBuf,
         suggestion: Option<&'static str>,
     },
-    /// A value that does not fit its key.
+    /// A value that does not fit its key. `source` is the error that said so, when one did (a
+    /// URL parser, a file that cannot be read); `reason` already quotes it.
     #[error("invalid {key} (from {origin}): {reason}")]
     Invalid {
         key: &'static str,
         origin: Source,
         reason: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
     /// Several values were invalid; all are reported at once.
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
@@ -312,201 +320,72 @@ impl Config {
     }
 
     /// Validates a merged layer; keys it does not set take their registry defaults (the lowest
-    /// layer, [`Layer::defaults`], validated like any other value). All invalid values are
-    /// reported together.
+    /// layer, [`Layer::defaults`], validated like any other value). Every key is parsed and
+    /// checked from its declared [`keys::Kind`] (`Validator`); the rules between keys follow
+    /// (`cross_key_rules`). All invalid values are reported together.
     pub fn from_layer(layer: &Layer) -> Result<Config, ConfigError> {
         let layer = &Layer::defaults().merged(layer.clone());
-        let mut errors = Vec::new();
-        let mut v = Validator {
-            layer,
-            errors: &mut errors,
-        };
+        let mut v = Validator::new(layer);
+        cross_key_rules(&mut v);
 
         // Keys with a default value are always set, so a `None` below means the value was
         // invalid and an error has been recorded.
-        let nomad_address = v.url(Key::NomadAddress, &["http", "https", "unix"]);
-        let token = v.string(Key::NomadToken).map(Secret::new);
-        let region = v.string(Key::NomadRegion);
-        if let Some(r) = &region {
-            v.check(
-                Key::NomadRegion,
-                !r.chars().any(|c| c.is_whitespace() || c.is_control()),
-                || "a region name cannot contain whitespace or control characters".to_string(),
-            );
-        }
-        let namespaces = v.namespaces(Key::NomadNamespaces);
-        let namespace_deny = v
-            .namespace_deny(Key::NomadNamespaceDeny)
-            .unwrap_or_default();
-        if let Some(Namespaces::List(list)) = &namespaces
-            && list.iter().all(|n| namespace_deny.contains(n))
-        {
-            v.fail(
-                Key::NomadNamespaceDeny,
-                format!(
-                    "denies every namespace of {} ({}): nothing would be watched",
-                    Key::NomadNamespaces.json(),
-                    list.join(", ")
-                ),
-            );
-        }
-        let tag_prefix = v.string(Key::NomadTagPrefix);
-        if let Some(tag_prefix) = &tag_prefix {
-            v.check(Key::NomadTagPrefix, is_tag_prefix(tag_prefix), || {
-                format!("`{tag_prefix}` is not a valid tag prefix (1-64 letters, digits, `-`, `_` or `.`, not ending in `.`)")
-            });
-        }
-        let resync_interval = v.duration(Key::NomadResyncInterval);
-        let ca_cert = v.readable_path(Key::NomadCaCert);
-        let client_cert = v.readable_path(Key::NomadClientCert);
-        let client_key = v.readable_path(Key::NomadClientKey);
-        let server_name = v.string(Key::NomadTlsServerName);
-        let skip_verify = v.bool(Key::NomadSkipVerify);
-        if client_cert.is_some() != client_key.is_some() {
-            let (set, missing) = if client_cert.is_some() {
-                (Key::NomadClientCert, Key::NomadClientKey)
-            } else {
-                (Key::NomadClientKey, Key::NomadClientCert)
-            };
-            v.fail(set, format!("mutual TLS needs {} as well", missing.json()));
-        }
-
-        let haproxy_address = v.url(Key::HaproxyAddress, &["http", "https"]);
-        let username = v.string(Key::HaproxyUsername);
-        if let Some(username) = &username {
-            v.check(Key::HaproxyUsername, !username.contains(':'), || {
-                "a Basic-auth user name cannot contain `:`".to_string()
-            });
-        }
-        let password = v.string(Key::HaproxyPassword).map(Secret::new);
-        let backend_strategy = v.strategy(Key::HaproxyBackendStrategy);
-        let drain_timeout = v.duration(Key::HaproxyDrainTimeout);
-        let frontend = v.string(Key::HaproxyFrontend);
-        let default_domain = v.string(Key::HaproxyDefaultDomain);
-        if let Some(template) = &default_domain {
-            let checked = crate::desired::default_domain::check_template(template);
-            v.check(Key::HaproxyDefaultDomain, checked.is_ok(), || {
-                checked.err().unwrap_or_default()
-            });
-        }
-        let allow_regex_domains = v.bool(Key::HaproxyAllowRegexDomains);
-        let deny_address_ranges = v
-            .cidr_list(Key::HaproxyDenyAddressRanges)
-            .unwrap_or_default();
-        if let Some(name) = &frontend {
-            v.check(Key::HaproxyFrontend, is_haproxy_name(name), || {
-                format!("`{name}` is not a valid HAProxy section name (allowed: letters, digits, `-`, `_`, `.`, `:`)")
-            });
-        }
-
-        let reconcile_resync_interval = v.duration(Key::ReconcileResyncInterval);
-        let debounce = v.duration(Key::ReconcileDebounce);
-        let debounce_max = v.duration(Key::ReconcileDebounceMax);
-        let max_delete_ratio = v.ratio(Key::ReconcileMaxDeleteRatio);
-        let mass_delete_hold = v.duration(Key::ReconcileMassDeleteHold);
-        let mass_delete_confirmations = v.count(Key::ReconcileMassDeleteConfirmations);
-        if let (Some(debounce), Some(debounce_max)) = (debounce, debounce_max)
-            && debounce_max < debounce
-        {
-            v.fail(
-                Key::ReconcileDebounceMax,
-                format!(
-                    "must not be shorter than reconcile.debounce ({})",
-                    humantime::format_duration(debounce)
-                ),
-            );
-        }
-
-        let driver = match v.string(Key::HaproxyDriver).as_deref() {
-            Some("dataplane") => Some(DriverKind::Dataplane),
-            Some("runtime") => Some(DriverKind::Runtime),
-            Some(other) => {
-                v.fail(
-                    Key::HaproxyDriver,
-                    format!("unknown driver `{other}`; accepted: dataplane, runtime"),
-                );
-                None
-            }
-            None => None,
-        };
-        let master_socket = v.path(Key::HaproxyMasterSocket);
-        let admin_socket = v.path(Key::HaproxyAdminSocket);
-        let fragment = v.path(Key::HaproxyFragment);
-        let maps_dir = v.path(Key::HaproxyMapsDir).map(|p| p.display().to_string());
-        let binary = v.path(Key::HaproxyBinary);
-        let configs = v.paths(Key::HaproxyConfig);
-        if let Some(fragment) = fragment.as_ref().filter(|f| f.file_name().is_none()) {
-            v.fail(
-                Key::HaproxyFragment,
-                format!("`{}` names no file", fragment.display()),
-            );
-        }
-
-        let filter = v.string(Key::LogLevel);
-        if let Some(filter) = &filter
-            && let Err(e) = check_log_filter(filter)
-        {
-            v.fail(
-                Key::LogLevel,
-                format!("`{filter}` is not a log level or filter directive: {e}"),
-            );
-        }
-        let format = v.log_format(Key::LogFormat);
-        let listen = v.socket_addr(Key::HttpListen);
-
         let config = (|| {
             Some(Config {
                 nomad: NomadConfig {
-                    address: nomad_address?,
-                    token,
-                    region,
-                    namespaces: namespaces?,
-                    namespace_deny,
-                    tag_prefix: tag_prefix?,
-                    resync_interval: resync_interval?,
+                    address: v.get(Key::NomadAddress)?,
+                    token: v.get(Key::NomadToken),
+                    region: v.get(Key::NomadRegion),
+                    namespaces: v.get(Key::NomadNamespaces)?,
+                    namespace_deny: v.get(Key::NomadNamespaceDeny).unwrap_or_default(),
+                    tag_prefix: v.get(Key::NomadTagPrefix)?,
+                    resync_interval: v.get(Key::NomadResyncInterval)?,
                     tls: NomadTls {
-                        ca_cert,
-                        client_cert,
-                        client_key,
-                        server_name,
-                        skip_verify: skip_verify?,
+                        ca_cert: v.get(Key::NomadCaCert),
+                        client_cert: v.get(Key::NomadClientCert),
+                        client_key: v.get(Key::NomadClientKey),
+                        server_name: v.get(Key::NomadTlsServerName),
+                        skip_verify: v.get(Key::NomadSkipVerify)?,
                     },
                 },
                 haproxy: HaproxyConfig {
-                    address: haproxy_address?,
-                    username: username?,
-                    password,
-                    backend_strategy: backend_strategy?,
-                    drain_timeout: drain_timeout?,
-                    frontend,
-                    default_domain,
-                    allow_regex_domains: allow_regex_domains?,
-                    deny_address_ranges,
-                    driver: driver?,
+                    address: v.get(Key::HaproxyAddress)?,
+                    username: v.get(Key::HaproxyUsername)?,
+                    password: v.get(Key::HaproxyPassword),
+                    backend_strategy: v.get(Key::HaproxyBackendStrategy)?,
+                    drain_timeout: v.get(Key::HaproxyDrainTimeout)?,
+                    frontend: v.get(Key::HaproxyFrontend),
+                    default_domain: v.get(Key::HaproxyDefaultDomain),
+                    allow_regex_domains: v.get(Key::HaproxyAllowRegexDomains)?,
+                    deny_address_ranges: v.get(Key::HaproxyDenyAddressRanges).unwrap_or_default(),
+                    driver: v.get(Key::HaproxyDriver)?,
                     runtime: RuntimeConfig {
-                        master_socket: master_socket?,
-                        admin_socket,
-                        fragment: fragment?,
-                        maps_dir: maps_dir?,
-                        binary: binary?,
-                        configs: configs?,
+                        master_socket: v.get(Key::HaproxyMasterSocket)?,
+                        admin_socket: v.get(Key::HaproxyAdminSocket),
+                        fragment: v.get(Key::HaproxyFragment)?,
+                        maps_dir: v.get::<PathBuf>(Key::HaproxyMapsDir)?.display().to_string(),
+                        binary: v.get(Key::HaproxyBinary)?,
+                        configs: v.get(Key::HaproxyConfig)?,
                     },
                 },
                 reconcile: ReconcileConfig {
-                    resync_interval: reconcile_resync_interval?,
-                    debounce: debounce?,
-                    debounce_max: debounce_max?,
-                    max_delete_ratio: max_delete_ratio?,
-                    mass_delete_hold: mass_delete_hold?,
-                    mass_delete_confirmations: mass_delete_confirmations?,
+                    resync_interval: v.get(Key::ReconcileResyncInterval)?,
+                    debounce: v.get(Key::ReconcileDebounce)?,
+                    debounce_max: v.get(Key::ReconcileDebounceMax)?,
+                    max_delete_ratio: v.get(Key::ReconcileMaxDeleteRatio)?,
+                    mass_delete_hold: v.get(Key::ReconcileMassDeleteHold)?,
+                    mass_delete_confirmations: v.get(Key::ReconcileMassDeleteConfirmations)?,
                 },
                 log: LogConfig {
-                    filter: filter?,
-                    format: format?,
+                    filter: v.get(Key::LogLevel)?,
+                    format: v.get(Key::LogFormat)?,
                 },
-                http: HttpConfig { listen: listen? },
+                http: HttpConfig {
+                    listen: v.get(Key::HttpListen)?,
+                },
             })
         })();
+        let mut errors = v.into_errors();
         match (config, errors.len()) {
             (Some(config), 0) => Ok(config),
             // Only a registry mistake gets here: a required key declared `Absent`
@@ -515,6 +394,7 @@ impl Config {
                 key: "(key registry)",
                 origin: Source::Default,
                 reason: "a required key has no default value in the key registry".to_string(),
+                source: None,
             }),
             (_, 1) => Err(errors.remove(0)),
             _ => Err(ConfigError::Many(errors)),
@@ -584,6 +464,54 @@ impl Config {
                 "listen": self.http.listen.to_string(),
             },
         })
+    }
+}
+
+/// The rules between keys, each checked only when the values it relates are valid; every other
+/// check is derived from the keys' declared kinds.
+fn cross_key_rules(v: &mut Validator) {
+    // A deny-list covering every listed namespace leaves nothing to watch.
+    if let (Some(Namespaces::List(list)), Some(deny)) = (
+        v.get::<Namespaces>(Key::NomadNamespaces),
+        v.get::<Vec<String>>(Key::NomadNamespaceDeny),
+    ) && list.iter().all(|n| deny.contains(n))
+    {
+        v.fail(
+            Key::NomadNamespaceDeny,
+            format!(
+                "denies every namespace of {} ({}): nothing would be watched",
+                Key::NomadNamespaces.json(),
+                list.join(", ")
+            ),
+        );
+    }
+
+    // Mutual TLS needs both the client certificate and its key.
+    let client_cert = v.get::<PathBuf>(Key::NomadClientCert).is_some();
+    let client_key = v.get::<PathBuf>(Key::NomadClientKey).is_some();
+    if client_cert != client_key {
+        let (set, missing) = if client_cert {
+            (Key::NomadClientCert, Key::NomadClientKey)
+        } else {
+            (Key::NomadClientKey, Key::NomadClientCert)
+        };
+        v.fail(set, format!("mutual TLS needs {} as well", missing.json()));
+    }
+
+    // A pass is never delayed less than the quiet period it waits for.
+    if let (Some(debounce), Some(debounce_max)) = (
+        v.get::<Duration>(Key::ReconcileDebounce),
+        v.get::<Duration>(Key::ReconcileDebounceMax),
+    ) && debounce_max < debounce
+    {
+        v.fail(
+            Key::ReconcileDebounceMax,
+            format!(
+                "must not be shorter than {} ({})",
+                Key::ReconcileDebounce.json(),
+                humantime::format_duration(debounce)
+            ),
+        );
     }
 }
 

@@ -817,3 +817,280 @@ fn url_user_info_is_redacted_wherever_a_url_is_shown() {
         assert!(!e.contains("pw-3"), "{e}");
     }
 }
+
+/// The first error of type `T` in `e`'s source chain (below `e`).
+fn source_of<'e, T: std::error::Error + 'static>(
+    e: &'e (dyn std::error::Error + 'static),
+) -> Option<&'e T> {
+    let mut next = e.source();
+    while let Some(s) = next {
+        if let Some(t) = s.downcast_ref::<T>() {
+            return Some(t);
+        }
+        next = s.source();
+    }
+    None
+}
+
+#[test]
+fn errors_keep_the_error_that_said_so_as_their_source() {
+    // Invalid JSON: the parser's error, at the position the text names.
+    let e = from_file("{\n  \"nomad\": {\"address\": \"x\",}\n}").expect_err("invalid JSON");
+    let json = source_of::<serde_json::Error>(&e).expect("serde_json's error");
+    assert_eq!((json.line(), json.column()), (2, 28));
+    assert_eq!(
+        e.to_string(),
+        "config file test.json is not valid JSON: trailing comma (line 2, column 28)"
+    );
+
+    // A URL the parser refuses.
+    let e = from_env(&[("HAPROXY_DATAPLANE_URL", "http//missing-colon")]).expect_err("bad URL");
+    assert_eq!(
+        source_of::<url::ParseError>(&e),
+        Some(&url::ParseError::RelativeUrlWithoutBase)
+    );
+    assert_eq!(
+        e.to_string(),
+        "invalid haproxy.address (from environment variable HAPROXY_DATAPLANE_URL): `http//missing-colon` is not a valid URL: relative URL without a base"
+    );
+
+    // A file that cannot be read.
+    let e = from_env(&[("NOMAD_CACERT", "/nonexistent/ca.pem")]).expect_err("unreadable");
+    let io = source_of::<std::io::Error>(&e).expect("the io::Error");
+    assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
+    assert_eq!(
+        e.to_string(),
+        "invalid nomad.ca_cert (from environment variable NOMAD_CACERT): cannot read /nonexistent/ca.pem: No such file or directory (os error 2)"
+    );
+
+    // A value that is wrong by rule alone has no source.
+    let e = from_env(&[("NOMAD_NAMESPACE", "bad_name")]).expect_err("bad name");
+    assert!(
+        matches!(e, ConfigError::Invalid { source: None, .. }),
+        "{e:?}"
+    );
+}
+
+/// The README's configuration table is the one generated from the key declarations; with
+/// `HNC_BLESS=1` the test rewrites the README's section instead.
+#[test]
+fn readme_configuration_table_is_generated_from_the_declarations() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
+    let readme = std::fs::read_to_string(&path).expect("README.md");
+    let expected = readme::table();
+    let current = readme::section(&readme).unwrap_or_else(|| {
+        panic!(
+            "README.md has no `{}` ... `{}` section",
+            readme::BEGIN,
+            readme::END
+        )
+    });
+    if current == expected {
+        return;
+    }
+    if std::env::var_os("HNC_BLESS").is_some_and(|v| v == "1") {
+        let blessed = readme::with_table(&readme, &expected).expect("markers found above");
+        std::fs::write(&path, blessed).expect("rewrite README.md");
+        return;
+    }
+    panic!(
+        "README.md's configuration table differs from the key declarations \
+         (run with HNC_BLESS=1 to rewrite it). Expected between the markers:\n{expected}"
+    );
+}
+
+#[test]
+fn the_readme_table_has_one_row_per_key_with_every_column() {
+    let table = readme::table();
+    let rows: Vec<&str> = table.lines().skip(2).collect();
+    assert_eq!(rows.len(), keys::KEYS.len());
+    for (row, spec) in rows.iter().zip(keys::KEYS) {
+        let cells: Vec<&str> = row.trim_matches('|').split(" | ").map(str::trim).collect();
+        assert_eq!(cells.len(), 5, "{row}");
+        assert_eq!(cells[0], format!("`{}`", spec.json));
+        for var in spec.env {
+            assert!(cells[1].contains(&format!("`{var}`")), "{row}");
+        }
+        assert_eq!(
+            cells[2],
+            spec.flag.map_or("—".to_string(), |f| format!("`{f}`"))
+        );
+        assert_eq!(cells[3], spec.default);
+        assert_eq!(cells[4], spec.doc);
+    }
+    // Splicing replaces exactly the section between the markers.
+    let doc = format!("intro\n{}\nold\n{}\nrest\n", readme::BEGIN, readme::END);
+    let spliced = readme::with_table(&doc, "new\n").expect("markers");
+    assert_eq!(
+        spliced,
+        format!("intro\n{}\nnew\n{}\nrest\n", readme::BEGIN, readme::END)
+    );
+    assert_eq!(readme::section(&spliced), Some("new\n"));
+    assert_eq!(readme::with_table("no markers", "x"), None);
+}
+
+/// Every key, set to a valid value, is read back as the type its declared kind yields (a key
+/// read as another type would be reported as a registry mistake). Keys with a default value are
+/// read in every configuration; this sets the others.
+#[test]
+fn every_key_is_read_as_its_declared_kind() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pem = dir.path().join("c.pem");
+    std::fs::write(&pem, "pem").expect("write");
+    let json = serde_json::json!({
+        "nomad": {"token": "t", "region": "eu", "namespace_deny": ["ops"], "ca_cert": pem,
+                  "client_cert": pem, "client_key": pem, "tls_server_name": "s"},
+        "haproxy": {"password": "pw", "frontend": "fe", "deny_address_ranges": ["10.0.0.0/8"],
+                    "admin_socket": "/a.sock", "default_domain": "{service}.apps.test"}
+    });
+    let c = from_file(&json.to_string()).expect("valid");
+    assert_eq!(c.nomad.token, Some(Secret::new("t")));
+    assert_eq!(c.nomad.namespace_deny, vec!["ops".to_string()]);
+    assert_eq!(c.haproxy.deny_address_ranges.len(), 1);
+    assert_eq!(
+        c.haproxy.default_domain.as_deref(),
+        Some("{service}.apps.test")
+    );
+    assert_eq!(
+        c.haproxy.runtime.admin_socket,
+        Some(PathBuf::from("/a.sock"))
+    );
+    // Every key without a default is set above (the secret files resolve into their secrets).
+    for spec in keys::KEYS.iter().filter(|s| s.default_value().is_none()) {
+        let (section, name) = spec.json.split_once('.').expect("dotted");
+        let set = json[section].get(name).is_some()
+            || keys::secret_files().any(|(file, _)| file == spec.key);
+        assert!(set, "{} is not exercised", spec.json);
+    }
+}
+
+/// A choice key accepts exactly the names of the Rust values it is read as.
+#[test]
+fn every_choice_names_exactly_the_values_it_is_read_as() {
+    use kind::Named;
+    fn names<T: Named>() -> Vec<&'static str> {
+        T::ALL.iter().map(|v| v.name()).collect()
+    }
+    let accepted = |key: Key| match key.spec().kind {
+        keys::Kind::Choice { accepted, .. } => accepted.to_vec(),
+        other => panic!("{} is {other:?}", key.json()),
+    };
+    assert_eq!(
+        accepted(Key::HaproxyBackendStrategy),
+        names::<BackendStrategy>()
+    );
+    assert_eq!(accepted(Key::HaproxyDriver), names::<DriverKind>());
+    assert_eq!(accepted(Key::LogFormat), names::<LogFormat>());
+    let choices = keys::KEYS
+        .iter()
+        .filter(|s| matches!(s.kind, keys::Kind::Choice { .. }))
+        .count();
+    assert_eq!(choices, 3, "a new choice key needs its line above");
+}
+
+/// Each rule between keys: it fails when the values it relates disagree, names the key to fix,
+/// and stays silent when either value is invalid or unset (that key's own error suffices).
+#[test]
+fn cross_key_rules() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pem = dir.path().join("c.pem");
+    std::fs::write(&pem, "pem").expect("write");
+    let pem = pem.display().to_string();
+
+    // nomad.namespace_deny must leave a listed namespace to watch.
+    let e = err(from_env(&[
+        ("NOMAD_NAMESPACE", "prod"),
+        ("NOMAD_NAMESPACE_DENY", "prod"),
+    ]));
+    assert_eq!(
+        e,
+        "invalid nomad.namespace_deny (from environment variable NOMAD_NAMESPACE_DENY): denies every namespace of nomad.namespaces (prod): nothing would be watched"
+    );
+    from_env(&[("NOMAD_NAMESPACE_DENY", "prod")]).expect("`*` still watches the others");
+    from_env(&[
+        ("NOMAD_NAMESPACE", "prod,dev"),
+        ("NOMAD_NAMESPACE_DENY", "prod"),
+    ])
+    .expect("dev is still watched");
+
+    // Mutual TLS needs the certificate and the key, either way round.
+    let e = err(from_env(&[("NOMAD_CLIENT_KEY", &pem)]));
+    assert_eq!(
+        e,
+        "invalid nomad.client_key (from environment variable NOMAD_CLIENT_KEY): mutual TLS needs nomad.client_cert as well"
+    );
+    let e = err(from_env(&[("NOMAD_CLIENT_CERT", &pem)]));
+    assert!(
+        e.ends_with("mutual TLS needs nomad.client_key as well"),
+        "{e}"
+    );
+    from_env(&[("NOMAD_CLIENT_CERT", &pem), ("NOMAD_CLIENT_KEY", &pem)]).expect("both given");
+
+    // reconcile.debounce_max is never shorter than reconcile.debounce.
+    let e = err(from_env(&[
+        ("RECONCILE_DEBOUNCE", "1s"),
+        ("RECONCILE_DEBOUNCE_MAX", "100ms"),
+    ]));
+    assert_eq!(
+        e,
+        "invalid reconcile.debounce_max (from environment variable RECONCILE_DEBOUNCE_MAX): must not be shorter than reconcile.debounce (1s)"
+    );
+    from_env(&[
+        ("RECONCILE_DEBOUNCE", "1s"),
+        ("RECONCILE_DEBOUNCE_MAX", "1s"),
+    ])
+    .expect("equal");
+    // The default debounce_max (500ms) against a longer debounce: the rule holds defaults too.
+    let e = err(from_env(&[("RECONCILE_DEBOUNCE", "2s")]));
+    assert!(
+        e.starts_with("invalid reconcile.debounce_max (from built-in default)"),
+        "{e}"
+    );
+
+    // An invalid value on one side reports only its own error.
+    let e = err(from_env(&[
+        ("NOMAD_NAMESPACE", "prod"),
+        ("NOMAD_NAMESPACE_DENY", "prod,a_b"),
+    ]));
+    assert_eq!(e.lines().count(), 1, "{e}");
+    assert!(
+        e.contains("`a_b` is not a valid Nomad namespace name"),
+        "{e}"
+    );
+    let e = err(from_env(&[
+        ("NOMAD_CLIENT_CERT", &pem),
+        ("NOMAD_CLIENT_KEY", "/nonexistent/key.pem"),
+    ]));
+    assert!(e.contains("cannot read /nonexistent/key.pem"), "{e}");
+    let e = err(from_env(&[
+        ("RECONCILE_DEBOUNCE", "soon"),
+        ("RECONCILE_DEBOUNCE_MAX", "1ms"),
+    ]));
+    assert_eq!(e.lines().count(), 1, "{e}");
+}
+
+/// Bounds come from the declaration: a ratio's and a count's messages name the declared ones.
+#[test]
+fn declared_bounds_are_the_bounds_checked() {
+    match Key::ReconcileMaxDeleteRatio.spec().kind {
+        keys::Kind::Ratio { above, at_most } => {
+            assert_eq!((above, at_most), (0.0, 1.0));
+        }
+        other => panic!("{other:?}"),
+    }
+    let e = err(from_env(&[("RECONCILE_MAX_DELETE_RATIO", "1.5")]));
+    assert!(
+        e.ends_with("must be greater than 0 and at most 1, got 1.5"),
+        "{e}"
+    );
+    match Key::ReconcileMassDeleteConfirmations.spec().kind {
+        keys::Kind::Count { min } => assert_eq!(min, 1),
+        other => panic!("{other:?}"),
+    }
+    let e = err(from_file(
+        r#"{"reconcile":{"mass_delete_confirmations":0}}"#,
+    ));
+    assert!(e.ends_with("must be at least 1, got 0"), "{e}");
+    let e = err(from_env(&[("HAPROXY_FRAGMENT", "/etc/haproxy/..")]));
+    assert!(e.ends_with("`/etc/haproxy/..` names no file"), "{e}");
+}

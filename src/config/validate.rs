@@ -1,6 +1,9 @@
-//! Validation of a merged [`Layer`]: one typed reader per kind of value, each recording every
-//! problem (with the key and the source of its value) instead of stopping at the first.
+//! Validation of a merged [`Layer`], derived from each key's declared [`Kind`]: one generic
+//! [`Validator::parse`] turns every key's raw value into a checked [`Parsed`] value, recording
+//! every problem (with the key and the source of its value) instead of stopping at the first;
+//! [`Validator::get`] hands the typed values to [`super::Config::from_layer`].
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,40 +11,127 @@ use std::time::Duration;
 use serde_json::Value;
 use url::Url;
 
-use super::keys::Key;
-use super::{
-    BackendStrategy, ConfigError, Layer, LogFormat, Namespaces, Raw, Source, layer, redact_url,
-};
+use super::keys::{KEYS, Key, KeySpec};
+use super::kind::{FromParsed, Kind, Parsed};
+use super::{ConfigError, Layer, Namespaces, Raw, Source, layer, redact_url};
 
-/// Reads each key from the merged layer and records every problem instead of stopping at the
-/// first one.
+/// The checked values of a merged layer, and every problem found on the way.
 pub(super) struct Validator<'a> {
-    pub(super) layer: &'a Layer,
-    pub(super) errors: &'a mut Vec<ConfigError>,
+    layer: &'a Layer,
+    errors: Vec<ConfigError>,
+    values: BTreeMap<Key, Parsed>,
 }
 
-impl Validator<'_> {
+impl<'a> Validator<'a> {
+    /// Parses and checks every key `layer` sets against its declared kind, in registry order.
+    pub(super) fn new(layer: &'a Layer) -> Self {
+        let mut v = Validator {
+            layer,
+            errors: Vec::new(),
+            values: BTreeMap::new(),
+        };
+        for spec in KEYS {
+            if let Some(parsed) = v.parse(spec) {
+                v.values.insert(spec.key, parsed);
+            }
+        }
+        v
+    }
+
+    /// The checked value of `key` as a `T`; `None` when the key is unset or its value was
+    /// invalid (an error is recorded then). Reading a key as another type than its kind yields
+    /// is a registry mistake and recorded as one.
+    pub(super) fn get<T: FromParsed>(&mut self, key: Key) -> Option<T> {
+        let parsed = self.values.get(&key)?;
+        let value = T::from_parsed(parsed);
+        if value.is_none() {
+            self.errors.push(ConfigError::Invalid {
+                key: key.json(),
+                origin: Source::Default,
+                reason: format!(
+                    "the key registry declares it as {:?}, but it is read as {}",
+                    key.spec().kind,
+                    std::any::type_name::<T>()
+                ),
+                source: None,
+            });
+        }
+        value
+    }
+
+    /// Every problem found, in the order found.
+    pub(super) fn into_errors(self) -> Vec<ConfigError> {
+        self.errors
+    }
+
+    /// The one place a raw value becomes a checked value: by the key's declared kind.
+    fn parse(&mut self, spec: &KeySpec) -> Option<Parsed> {
+        let key = spec.key;
+        match spec.kind {
+            Kind::Text(rule) => {
+                let text = self.string(key)?;
+                match rule.check(&text) {
+                    Ok(()) => Some(Parsed::Text(text)),
+                    Err(reason) => {
+                        self.fail(key, reason);
+                        None
+                    }
+                }
+            }
+            Kind::Secret => self
+                .string(key)
+                .map(|s| Parsed::Secret(super::Secret::new(s))),
+            // Resolved into the secret key while each source is read.
+            Kind::SecretFile { .. } => None,
+            Kind::Url { schemes } => self.url(key, schemes).map(Parsed::Url),
+            Kind::Path { names_file } => {
+                let path = self.path(key)?;
+                if names_file && path.file_name().is_none() {
+                    self.fail(key, format!("`{}` names no file", path.display()));
+                    return None;
+                }
+                Some(Parsed::Path(path))
+            }
+            Kind::ReadableFile => self.readable_path(key).map(Parsed::Path),
+            Kind::Paths => self.paths(key).map(Parsed::Paths),
+            Kind::Bool => self.bool(key).map(Parsed::Bool),
+            Kind::Duration => self.duration(key).map(Parsed::Duration),
+            Kind::Ratio { above, at_most } => self.ratio(key, above, at_most).map(Parsed::Ratio),
+            Kind::Count { min } => self.count(key, min).map(Parsed::Count),
+            Kind::Choice { what, accepted } => self.choice(key, what, accepted).map(Parsed::Choice),
+            Kind::Namespaces => self.namespaces(key).map(Parsed::Namespaces),
+            Kind::NamespaceDeny => self.namespace_deny(key).map(Parsed::Names),
+            Kind::Cidrs => self.cidr_list(key).map(Parsed::Cidrs),
+            Kind::SocketAddr => self.socket_addr(key).map(Parsed::SocketAddr),
+        }
+    }
+
     pub(super) fn fail(&mut self, key: Key, reason: String) {
-        let source = self
+        self.fail_because(key, reason, None);
+    }
+
+    /// As [`Validator::fail`], keeping the error that made the value invalid as the source.
+    pub(super) fn fail_because(
+        &mut self,
+        key: Key,
+        reason: String,
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    ) {
+        let origin = self
             .layer
             .get(key)
             .map(|s| s.source.clone())
             .unwrap_or(Source::Default);
         self.errors.push(ConfigError::Invalid {
             key: key.json(),
-            origin: source,
+            origin,
             reason,
+            source,
         });
     }
 
-    pub(super) fn check(&mut self, key: Key, ok: bool, reason: impl FnOnce() -> String) {
-        if !ok {
-            self.fail(key, reason());
-        }
-    }
-
     /// The text of a key whose value must be a string (file) or any text (env, flag).
-    pub(super) fn string(&mut self, key: Key) -> Option<String> {
+    fn string(&mut self, key: Key) -> Option<String> {
         let entry = self.layer.get(key)?;
         match &entry.raw {
             Raw::Text(s) => Some(s.clone()),
@@ -54,7 +144,7 @@ impl Validator<'_> {
         }
     }
 
-    pub(super) fn url(&mut self, key: Key, schemes: &[&str]) -> Option<Url> {
+    fn url(&mut self, key: Key, schemes: &[&str]) -> Option<Url> {
         let raw = self.string(key)?;
         // Errors echo the value: never its user-info.
         let text = redact_url(&raw);
@@ -87,7 +177,8 @@ impl Validator<'_> {
             }
             Ok(url) => Some(url),
             Err(e) => {
-                self.fail(key, format!("`{text}` is not a valid URL: {e}"));
+                let reason = format!("`{text}` is not a valid URL: {e}");
+                self.fail_because(key, reason, Some(Box::new(e)));
                 None
             }
         }
@@ -95,7 +186,7 @@ impl Validator<'_> {
 
     /// A file-system path as text: no whitespace or control characters, since it also appears in
     /// HAProxy configuration lines and CLI commands.
-    pub(super) fn path(&mut self, key: Key) -> Option<PathBuf> {
+    fn path(&mut self, key: Key) -> Option<PathBuf> {
         let text = self.string(key)?;
         if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
             self.fail(
@@ -111,7 +202,7 @@ impl Validator<'_> {
 
     /// A list of texts: a JSON array of strings, or comma-separated text; entries trimmed and
     /// empty ones dropped. `what` names the items in messages.
-    pub(super) fn list(&mut self, key: Key, what: &str) -> Option<Vec<String>> {
+    fn list(&mut self, key: Key, what: &str) -> Option<Vec<String>> {
         let entry = self.layer.get(key)?;
         let items: Vec<String> = match &entry.raw {
             Raw::Text(s) | Raw::Json(Value::String(s)) => {
@@ -144,7 +235,7 @@ impl Validator<'_> {
     }
 
     /// A list of paths: a JSON array, or comma-separated text.
-    pub(super) fn paths(&mut self, key: Key) -> Option<Vec<PathBuf>> {
+    fn paths(&mut self, key: Key) -> Option<Vec<PathBuf>> {
         let items = self.list(key, "paths")?;
         if items.is_empty() {
             self.fail(key, "no path given".to_string());
@@ -163,7 +254,7 @@ impl Validator<'_> {
         Some(items.into_iter().map(PathBuf::from).collect())
     }
 
-    pub(super) fn bool(&mut self, key: Key) -> Option<bool> {
+    fn bool(&mut self, key: Key) -> Option<bool> {
         let entry = self.layer.get(key)?;
         let parsed = match &entry.raw {
             Raw::Json(Value::Bool(b)) => Ok(*b),
@@ -180,7 +271,7 @@ impl Validator<'_> {
             .ok()
     }
 
-    pub(super) fn duration(&mut self, key: Key) -> Option<Duration> {
+    fn duration(&mut self, key: Key) -> Option<Duration> {
         let entry = self.layer.get(key)?;
         let parsed = match &entry.raw {
             Raw::Json(Value::Number(n)) => match n.as_i64() {
@@ -197,8 +288,8 @@ impl Validator<'_> {
         parsed.map_err(|reason| self.fail(key, reason)).ok()
     }
 
-    /// A share in (0, 1].
-    pub(super) fn ratio(&mut self, key: Key) -> Option<f64> {
+    /// A number in (`above`, `at_most`].
+    fn ratio(&mut self, key: Key, above: f64, at_most: f64) -> Option<f64> {
         let entry = self.layer.get(key)?;
         let parsed = match &entry.raw {
             Raw::Json(Value::Number(n)) => {
@@ -214,11 +305,11 @@ impl Validator<'_> {
             )),
         };
         match parsed {
-            Ok(r) if r > 0.0 && r <= 1.0 => Some(r),
+            Ok(r) if r > above && r <= at_most => Some(r),
             Ok(r) => {
                 self.fail(
                     key,
-                    format!("must be greater than 0 and at most 1, got {r}"),
+                    format!("must be greater than {above} and at most {at_most}, got {r}"),
                 );
                 None
             }
@@ -229,8 +320,8 @@ impl Validator<'_> {
         }
     }
 
-    /// A whole number ≥ 1.
-    pub(super) fn count(&mut self, key: Key) -> Option<u32> {
+    /// A whole number ≥ `min`.
+    fn count(&mut self, key: Key, min: u32) -> Option<u32> {
         let entry = self.layer.get(key)?;
         let parsed = match &entry.raw {
             Raw::Json(Value::Number(n)) => n
@@ -247,9 +338,9 @@ impl Validator<'_> {
             )),
         };
         match parsed {
-            Ok(n) if n >= 1 => Some(n),
+            Ok(n) if n >= min => Some(n),
             Ok(n) => {
-                self.fail(key, format!("must be at least 1, got {n}"));
+                self.fail(key, format!("must be at least {min}, got {n}"));
                 None
             }
             Err(reason) => {
@@ -259,36 +350,20 @@ impl Validator<'_> {
         }
     }
 
-    pub(super) fn strategy(&mut self, key: Key) -> Option<BackendStrategy> {
+    /// One of `accepted`; `what` names the value in messages.
+    fn choice(
+        &mut self,
+        key: Key,
+        what: &str,
+        accepted: &'static [&'static str],
+    ) -> Option<&'static str> {
         let text = self.string(key)?;
-        match BackendStrategy::ALL
-            .into_iter()
-            .find(|s| s.as_str() == text)
-        {
-            Some(s) => Some(s),
+        match accepted.iter().find(|a| **a == text) {
+            Some(name) => Some(name),
             None => {
-                let accepted: Vec<_> = BackendStrategy::ALL.iter().map(|s| s.as_str()).collect();
                 self.fail(
                     key,
-                    format!(
-                        "unknown strategy `{text}`; accepted: {}",
-                        accepted.join(", ")
-                    ),
-                );
-                None
-            }
-        }
-    }
-
-    pub(super) fn log_format(&mut self, key: Key) -> Option<LogFormat> {
-        let text = self.string(key)?;
-        match text.as_str() {
-            "text" => Some(LogFormat::Text),
-            "json" => Some(LogFormat::Json),
-            _ => {
-                self.fail(
-                    key,
-                    format!("unknown log format `{text}`; accepted: text, json"),
+                    format!("unknown {what} `{text}`; accepted: {}", accepted.join(", ")),
                 );
                 None
             }
@@ -296,7 +371,7 @@ impl Validator<'_> {
     }
 
     /// A list of namespace names in which `*` makes no sense (a deny-list).
-    pub(super) fn namespace_deny(&mut self, key: Key) -> Option<Vec<String>> {
+    fn namespace_deny(&mut self, key: Key) -> Option<Vec<String>> {
         match self.namespace_items(key)? {
             items if items.iter().any(|n| n == "*") => {
                 self.fail(
@@ -320,7 +395,7 @@ impl Validator<'_> {
 
     /// An `IP:port` listen address (`[::1]:4650` for IPv6); no host names, so what is bound is
     /// exactly what was written.
-    pub(super) fn socket_addr(&mut self, key: Key) -> Option<SocketAddr> {
+    fn socket_addr(&mut self, key: Key) -> Option<SocketAddr> {
         let text = self.string(key)?;
         match text.trim().parse::<SocketAddr>() {
             Ok(addr) => Some(addr),
@@ -336,7 +411,7 @@ impl Validator<'_> {
         }
     }
 
-    pub(super) fn namespaces(&mut self, key: Key) -> Option<Namespaces> {
+    fn namespaces(&mut self, key: Key) -> Option<Namespaces> {
         let items = self.namespace_items(key)?;
         if items.is_empty() {
             self.fail(key, "no namespace given (use `*` for all)".to_string());
@@ -364,10 +439,8 @@ impl Validator<'_> {
         Some(Namespaces::List(items))
     }
 
-    /// The names of a namespace-list key, trimmed, sorted and de-duplicated (empty entries
-    /// dropped); the callers decide what an empty list or `*` means.
     /// A list of CIDR ranges (`10.0.0.0/8`; a bare address is its own /32 or /128).
-    pub(super) fn cidr_list(&mut self, key: Key) -> Option<Vec<ipnet::IpNet>> {
+    fn cidr_list(&mut self, key: Key) -> Option<Vec<ipnet::IpNet>> {
         let items = self.list(key, "CIDR ranges")?;
         let mut nets = Vec::with_capacity(items.len());
         for item in items {
@@ -392,7 +465,9 @@ impl Validator<'_> {
         Some(nets)
     }
 
-    pub(super) fn namespace_items(&mut self, key: Key) -> Option<Vec<String>> {
+    /// The names of a namespace-list key, trimmed, sorted and de-duplicated (empty entries
+    /// dropped); the callers decide what an empty list or `*` means.
+    fn namespace_items(&mut self, key: Key) -> Option<Vec<String>> {
         let mut items = self.list(key, "namespace names")?;
         items.sort();
         items.dedup();
@@ -401,12 +476,13 @@ impl Validator<'_> {
 
     /// A path that must name a readable file (TLS material is read when the client is built; a
     /// bad path should fail `check-config`, not the first request).
-    pub(super) fn readable_path(&mut self, key: Key) -> Option<PathBuf> {
+    fn readable_path(&mut self, key: Key) -> Option<PathBuf> {
         let path = PathBuf::from(self.string(key)?);
         match std::fs::File::open(&path) {
             Ok(_) => Some(path),
             Err(e) => {
-                self.fail(key, format!("cannot read {}: {e}", path.display()));
+                let reason = format!("cannot read {}: {e}", path.display());
+                self.fail_because(key, reason, Some(Box::new(e)));
                 None
             }
         }
@@ -460,14 +536,6 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
             "`{s}` is not a duration ({e}); use whole seconds or a value such as 30s, 5m, 1h"
         )),
     }
-}
-
-/// A tag prefix: the part before `.enable=true`.
-pub(super) fn is_tag_prefix(s: &str) -> bool {
-    (1..=64).contains(&s.len())
-        && !s.ends_with('.')
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 fn is_nomad_namespace(s: &str) -> bool {

@@ -11,6 +11,9 @@ use crate::live::Live;
 use crate::plan::Plan;
 
 pub mod dataplane;
+mod error;
+
+pub use error::{Cause, DriverError};
 
 pub use crate::plan::ReloadKind;
 use crate::plan::{DriverProfile, ReloadReason};
@@ -49,37 +52,6 @@ pub struct ApplyReport {
     /// with the reason; every other operation of the plan was applied. The pass then counts as
     /// failed and is retried, and what it did apply (its reloads) is still reported.
     pub refused: Vec<String>,
-}
-
-/// A driver failure. Variants are those a caller branches on.
-#[derive(Debug, thiserror::Error)]
-pub enum DriverError {
-    /// Lost a race with another writer (version conflict, outdated transaction): observe again
-    /// and re-plan. Retryable at once.
-    #[error("conflict with another writer: {0}")]
-    Conflict(String),
-    /// HAProxy or its API could not be reached or timed out. Retryable with backoff.
-    #[error("HAProxy unreachable: {0}")]
-    Unreachable(String),
-    /// HAProxy (or the API) refused a change; the message is HAProxy's. Retryable with backoff
-    /// (the next pass re-plans from a fresh observation).
-    #[error("HAProxy rejected the change: {0}")]
-    Rejected(String),
-    /// Anything else (bad credentials, unexpected answers).
-    #[error("{0}")]
-    Other(String),
-}
-
-impl DriverError {
-    /// A stable label for metrics and `/readyz`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            DriverError::Conflict(_) => "conflict",
-            DriverError::Unreachable(_) => "unreachable",
-            DriverError::Rejected(_) => "rejected",
-            DriverError::Other(_) => "other",
-        }
-    }
 }
 
 /// The two operations every driver provides.

@@ -21,6 +21,10 @@ use super::wire::{Job, NamespaceServices, Registration};
 use crate::call_metrics::{CallMetrics, STATUS_ERROR, STATUS_TIMEOUT};
 use crate::config::NomadConfig;
 
+mod error;
+
+pub use error::{NomadError, SetupError};
+
 /// Nomad clamps a blocking wait to 300 s (`MaxBlockingRPCQueryTime`).
 pub const MAX_BLOCKING_WAIT: Duration = Duration::from_secs(300);
 /// Added to every request deadline beyond what Nomad may legitimately take.
@@ -28,78 +32,6 @@ pub const DEFAULT_REQUEST_SLACK: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Error bodies are quoted up to this many bytes.
 const MAX_ERROR_BODY: usize = 512;
-
-/// A failed call to Nomad. All are retryable except [`NomadError::Config`]; a
-/// [`NomadError::PermissionDenied`] needs an operator before a retry can succeed.
-#[derive(Debug, thiserror::Error)]
-pub enum NomadError {
-    /// The configuration cannot make a client (unreadable PEM, bad token characters).
-    #[error("cannot set up the Nomad client: {0}")]
-    Config(String),
-    /// 403 (or the 500 `Permission denied` of older servers on the event stream): the token
-    /// lacks `read-job` on the namespace. Never means "no services".
-    #[error(
-        "Nomad denied {what} ({status} {message}): the token needs the `read-job` capability on namespace `{namespace}`"
-    )]
-    PermissionDenied {
-        what: String,
-        namespace: String,
-        status: u16,
-        message: String,
-    },
-    /// Any other non-success status; the body is Nomad's plain-text message.
-    #[error("Nomad answered {status} to {what}: {message}")]
-    Status {
-        what: String,
-        status: u16,
-        message: String,
-    },
-    /// No answer: connection refused, TLS failure, timeout. The message carries the whole cause
-    /// chain (e.g. the certificate problem), not just reqwest's summary.
-    #[error("cannot reach Nomad for {what}: {}", error_chain(.source))]
-    Transport {
-        what: String,
-        #[source]
-        source: reqwest::Error,
-    },
-    /// No answer within the endpoint's deadline where reqwest does not keep it (the event
-    /// stream's headers).
-    #[error("cannot reach Nomad for {what}: no answer within {after:?}")]
-    Timeout { what: String, after: Duration },
-    /// An answer that is not what Nomad sends.
-    #[error("unexpected answer from Nomad to {what}: {reason}")]
-    Protocol { what: String, reason: String },
-}
-
-/// An error and all its causes, `: `-separated.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
-}
-
-impl NomadError {
-    /// A transport error for `what`, without the request URL (which can carry user-info): every
-    /// `Transport` is built here.
-    pub fn transport(what: impl Into<String>, source: reqwest::Error) -> NomadError {
-        NomadError::Transport {
-            what: what.into(),
-            source: source.without_url(),
-        }
-    }
-
-    pub fn is_permission_denied(&self) -> bool {
-        matches!(self, NomadError::PermissionDenied { .. })
-    }
-}
 
 /// A blocking query: return when the index exceeds `index`, or after `wait`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -146,11 +78,8 @@ impl NomadClient {
     ) -> Result<NomadClient, NomadError> {
         let mut headers = HeaderMap::new();
         if let Some(token) = &config.token {
-            let mut value = HeaderValue::from_str(token.expose().trim()).map_err(|_| {
-                NomadError::Config(
-                    "the Nomad token holds characters not allowed in an HTTP header".into(),
-                )
-            })?;
+            let mut value = HeaderValue::from_str(token.expose().trim())
+                .map_err(|source| NomadError::Config(SetupError::Token(source)))?;
             value.set_sensitive(true);
             headers.insert("X-Nomad-Token", value);
         }
@@ -169,17 +98,17 @@ impl NomadClient {
                     builder = builder.unix_socket(std::path::PathBuf::from(base.path()));
                 }
                 base = Url::parse("http://localhost/")
-                    .map_err(|e| NomadError::Config(e.to_string()))?;
+                    .map_err(|source| NomadError::Config(SetupError::Url(source)))?;
             }
             "https" => {
                 let tls = &config.tls;
                 if let Some(path) = &tls.ca_cert {
                     let pem = read(path)?;
-                    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                        NomadError::Config(format!(
-                            "{} is not a PEM CA bundle: {e}",
-                            path.display()
-                        ))
+                    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| {
+                        NomadError::Config(SetupError::CaBundle {
+                            path: path.clone(),
+                            source,
+                        })
                     })?;
                     for cert in certs {
                         builder = builder.add_root_certificate(cert);
@@ -189,12 +118,12 @@ impl NomadClient {
                     let mut pem = read(cert)?;
                     pem.push(b'\n');
                     pem.extend(read(key)?);
-                    let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
-                        NomadError::Config(format!(
-                            "{} and {} are not a PEM certificate and key: {e}",
-                            cert.display(),
-                            key.display()
-                        ))
+                    let identity = reqwest::Identity::from_pem(&pem).map_err(|source| {
+                        NomadError::Config(SetupError::Identity {
+                            cert: cert.clone(),
+                            key: key.clone(),
+                            source,
+                        })
                     })?;
                     builder = builder.identity(identity);
                 }
@@ -209,8 +138,11 @@ impl NomadClient {
                         server_name: name.clone(),
                         host,
                     }));
-                    base.set_host(Some(name)).map_err(|e| {
-                        NomadError::Config(format!("`{name}` is not a valid TLS server name: {e}"))
+                    base.set_host(Some(name)).map_err(|source| {
+                        NomadError::Config(SetupError::ServerName {
+                            name: name.clone(),
+                            source,
+                        })
                     })?;
                 }
             }
@@ -222,7 +154,7 @@ impl NomadClient {
         }
         let http = builder
             .build()
-            .map_err(|e| NomadError::Config(e.to_string()))?;
+            .map_err(|source| NomadError::Config(SetupError::Build(source)))?;
         Ok(NomadClient {
             http,
             base,
@@ -433,8 +365,12 @@ fn clamp_wait(wait: Duration) -> Duration {
 }
 
 fn read(path: &std::path::Path) -> Result<Vec<u8>, NomadError> {
-    std::fs::read(path)
-        .map_err(|e| NomadError::Config(format!("cannot read {}: {e}", path.display())))
+    std::fs::read(path).map_err(|source| {
+        NomadError::Config(SetupError::Read {
+            path: path.to_path_buf(),
+            source,
+        })
+    })
 }
 
 fn index_header(response: &Response, what: &str) -> Result<u64, NomadError> {
@@ -463,9 +399,9 @@ async fn json<T: serde::de::DeserializeOwned>(
         .bytes()
         .await
         .map_err(|source| NomadError::transport(what, source))?;
-    serde_json::from_slice(&bytes).map_err(|e| NomadError::Protocol {
+    serde_json::from_slice(&bytes).map_err(|source| NomadError::Decode {
         what: what.to_string(),
-        reason: format!("the body is not the expected JSON: {e}"),
+        source,
     })
 }
 

@@ -24,6 +24,7 @@ pub mod wire;
 
 pub use client::{
     Blocking, DEFAULT_REQUEST_SLACK, Indexed, MAX_BLOCKING_WAIT, NomadClient, NomadError,
+    SetupError,
 };
 pub use stats::{Endpoint, NomadStats, StatsSnapshot};
 pub use watch::{RelistRequester, Tuning, Watcher, WatcherSettings};

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use super::pass::{PassError, PassOutcome};
 use crate::catalog::Snapshot;
 use crate::desired::Diagnostic;
-use crate::haproxy::{DriverError, Reload};
+use crate::haproxy::{Cause, DriverError, Reload};
 use crate::plan::{OpKind, PendingDrain};
 use hnc_core::guards::Verdict;
 
@@ -189,7 +189,7 @@ impl PassReport {
         r.result = if !r.refused.is_empty() {
             // Refused operations fail the pass (retried with backoff); the rest was applied,
             // and its reloads are reported.
-            let e = PassError::Apply(DriverError::Rejected(r.refused.join("; ")));
+            let e = PassError::Apply(DriverError::Rejected(Cause::Message(r.refused.join("; "))));
             r.error_kind = Some(e.kind());
             r.error = Some(e.to_string());
             PassResult::Error

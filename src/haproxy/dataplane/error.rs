@@ -5,7 +5,7 @@
 
 use super::objects::wire::ApiError;
 use super::segment::SegmentError;
-use crate::haproxy::DriverError;
+use crate::haproxy::{Cause, DriverError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
@@ -125,25 +125,27 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 impl From<DataplaneError> for DriverError {
+    /// The kind the error is, keeping it whole as the cause.
     fn from(e: DataplaneError) -> DriverError {
-        match e {
+        let kind = match &e {
             DataplaneError::Conflict { .. } | DataplaneError::Outdated { .. } => {
-                DriverError::Conflict(e.to_string())
+                DriverError::Conflict
             }
             DataplaneError::Timeout { .. } | DataplaneError::Transport { .. } => {
-                DriverError::Unreachable(e.to_string())
+                DriverError::Unreachable
             }
             DataplaneError::Invalid { .. }
             | DataplaneError::NotFound { .. }
             | DataplaneError::Server { .. }
-            | DataplaneError::Segment(_) => DriverError::Rejected(e.to_string()),
+            | DataplaneError::Segment(_) => DriverError::Rejected,
             DataplaneError::Unauthorized { .. }
             | DataplaneError::TooManyTransactions { .. }
             | DataplaneError::Unsupported(_)
             | DataplaneError::Protocol(_)
             | DataplaneError::Decode { .. }
-            | DataplaneError::Encode { .. } => DriverError::Other(e.to_string()),
-        }
+            | DataplaneError::Encode { .. } => DriverError::Other,
+        };
+        kind(Cause::Dataplane(e))
     }
 }
 

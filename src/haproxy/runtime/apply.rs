@@ -6,7 +6,7 @@ use tracing::{info, warn};
 
 use super::socket::{self, Outcome};
 use super::{RuntimeDriver, file_error, files};
-use crate::haproxy::{ApplyReport, DriverError};
+use crate::haproxy::{ApplyReport, Cause, DriverError};
 use crate::model::{CheckTiming, Endpoint};
 use crate::plan::{Action, Plan};
 
@@ -15,9 +15,9 @@ impl RuntimeDriver {
     pub(super) async fn apply_plan(&self, plan: &Plan) -> Result<ApplyReport, DriverError> {
         let mut report = ApplyReport::default();
         let Some(outcome) = &plan.outcome else {
-            return Err(DriverError::Other(
-                "the plan carries no outcome: compile it for this driver's profile".into(),
-            ));
+            return Err(DriverError::Other(Cause::message(
+                "the plan carries no outcome: compile it for this driver's profile",
+            )));
         };
         if plan.has_structural() {
             self.apply_structural(plan, outcome, &mut report).await?;
@@ -298,8 +298,8 @@ impl RuntimeDriver {
             Action::CreateBackend { backend, .. }
             | Action::UpdateBackend { backend, .. }
             | Action::DeleteBackend { backend }
-            | Action::GrowSlots { backend, .. } => Err(DriverError::Other(format!(
-                "structural operation on {backend} outside a reload"
+            | Action::GrowSlots { backend, .. } => Err(DriverError::Other(Cause::Message(
+                format!("structural operation on {backend} outside a reload"),
             ))),
         }
     }

@@ -42,13 +42,13 @@ use std::time::Duration;
 
 use tracing::debug;
 
-use super::{ApplyReport, Driver, DriverError};
+use super::{ApplyReport, Cause, Driver, DriverError};
 use crate::call_metrics::CallMetrics;
 use crate::config::RuntimeConfig;
 use crate::live::Live;
 use crate::model::MatchKind;
 use crate::plan::{DriverProfile, Plan, ServerPlacement};
-use files::{FileError, RestoreError};
+use files::FileError;
 use socket::{Cli, Outcome, WorkerRoute};
 
 /// How long `haproxy -c` may take.
@@ -72,22 +72,11 @@ pub struct RuntimeDriver {
 }
 
 fn unreachable(e: socket::SocketError) -> DriverError {
-    DriverError::Unreachable(e.to_string())
+    DriverError::Unreachable(Cause::Socket(e))
 }
 
 fn file_error(e: FileError) -> DriverError {
-    DriverError::Other(e.to_string())
-}
-
-/// `error` (a failed check or reload) with the failure to restore the previous files added.
-fn with_restore_failure(error: DriverError, restore: &RestoreError) -> DriverError {
-    let add = |m: String| format!("{m}; {restore}");
-    match error {
-        DriverError::Conflict(m) => DriverError::Conflict(add(m)),
-        DriverError::Unreachable(m) => DriverError::Unreachable(add(m)),
-        DriverError::Rejected(m) => DriverError::Rejected(add(m)),
-        DriverError::Other(m) => DriverError::Other(add(m)),
-    }
+    DriverError::Other(Cause::File(e))
 }
 
 impl RuntimeDriver {
@@ -187,9 +176,9 @@ impl RuntimeDriver {
     async fn show(&self, cmd: &str) -> Result<String, DriverError> {
         let reply = self.worker(cmd).await?;
         if reply.is_empty() {
-            return Err(DriverError::Other(format!(
+            return Err(DriverError::Other(Cause::Message(format!(
                 "no reply from HAProxy to `{cmd}` (the command did not run)"
-            )));
+            ))));
         }
         Ok(reply)
     }
@@ -201,7 +190,7 @@ impl RuntimeDriver {
 
     async fn show_proc(&self) -> Result<state::ProcState, DriverError> {
         let text = self.master("show proc").await?;
-        state::proc(&text).map_err(|e| DriverError::Other(e.to_string()))
+        state::proc(&text).map_err(|e| DriverError::Other(Cause::Parse(e)))
     }
 }
 

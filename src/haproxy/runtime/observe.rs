@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use tracing::warn;
 
 use super::{RuntimeDriver, file_error, files, fragment, socket, state};
-use crate::haproxy::DriverError;
+use crate::haproxy::{Cause, DriverError};
 use crate::live::{Live, LiveBackend, LiveServer};
 use crate::model::{BackendSettings, MatchKind, Mode, RouteKey};
 
@@ -23,7 +23,7 @@ impl RuntimeDriver {
     }
 
     pub(super) async fn observe_inner(&self) -> Result<Live, DriverError> {
-        let parse = |e: state::ParseError| DriverError::Other(e.to_string());
+        let parse = |e: state::ParseError| DriverError::Other(Cause::Parse(e));
         let names = state::backends(&self.show("show backend").await?).map_err(parse)?;
         let servers =
             state::servers_state(&self.show("show servers state").await?).map_err(parse)?;
@@ -86,8 +86,12 @@ impl RuntimeDriver {
         }
         for kind in MatchKind::ALL {
             let file = self.cfg.map_path(kind);
-            let arg = socket::cli_arg(&file)
-                .map_err(|e| DriverError::Other(format!("map file {file}: {e}")))?;
+            let arg = socket::cli_arg(&file).map_err(|source| {
+                DriverError::Other(Cause::MapFile {
+                    file: file.clone(),
+                    source,
+                })
+            })?;
             let reply = self.show(&format!("show map {arg}")).await?;
             match state::map_entries(&reply) {
                 Ok(entries) => {

@@ -14,8 +14,8 @@ use super::apply::OpOutcome;
 use super::files::{self, Candidate};
 use super::fragment::{self, FragmentBackend};
 use super::socket::{self, RELOAD_TIMEOUT, WorkerRoute};
-use super::{POLL, RuntimeDriver, VALIDATE_TIMEOUT, file_error, state, with_restore_failure};
-use crate::haproxy::{ApplyReport, DriverError, Reload};
+use super::{POLL, RuntimeDriver, VALIDATE_TIMEOUT, file_error, state};
+use crate::haproxy::{ApplyReport, Cause, DriverError, Reload};
 use crate::model::{MatchKind, RouteKey};
 use crate::plan::{Action, Outcome, Plan, ReloadReason};
 
@@ -72,9 +72,12 @@ impl RuntimeDriver {
         cmd.kill_on_drop(true);
         let out = tokio::time::timeout(VALIDATE_TIMEOUT, cmd.output())
             .await
-            .map_err(|_| DriverError::Other("haproxy -c timed out".into()))?
-            .map_err(|e| {
-                DriverError::Other(format!("cannot run {} -c: {e}", self.cfg.binary.display()))
+            .map_err(|_| DriverError::Other(Cause::message("haproxy -c timed out")))?
+            .map_err(|source| {
+                DriverError::Other(Cause::Spawn {
+                    binary: self.cfg.binary.clone(),
+                    source,
+                })
             })?;
         if out.status.success() {
             return Ok(());
@@ -93,10 +96,10 @@ impl RuntimeDriver {
             .lines()
             .filter(|l| !l.trim().is_empty() && !l.contains("[NOTICE]"))
             .collect();
-        Err(DriverError::Rejected(format!(
+        Err(DriverError::Rejected(Cause::Message(format!(
             "haproxy -c refused the candidate configuration: {}",
             message.join("\n")
-        )))
+        ))))
     }
 
     /// Reloads HAProxy through the master CLI and waits until the new worker serves. Returns
@@ -106,18 +109,17 @@ impl RuntimeDriver {
         let reply = self.master("reload").await?;
         let deadline = Instant::now() + RELOAD_TIMEOUT;
         if reply.contains("Success=0") {
-            return Err(DriverError::Rejected(format!(
+            return Err(DriverError::Rejected(Cause::Message(format!(
                 "reload failed: {}",
                 reply.trim()
-            )));
+            ))));
         }
         // 2.6 answers nothing: the counters tell. 3.0 said Success=1; the same wait finds the
         // new worker.
         let restarted = || {
-            DriverError::Unreachable(
-                "HAProxy was restarted during the reload (new master process); the next pass observes it afresh"
-                    .into(),
-            )
+            DriverError::Unreachable(Cause::message(
+                "HAProxy was restarted during the reload (new master process); the next pass observes it afresh",
+            ))
         };
         let after = loop {
             if let Ok(p) = self.show_proc().await {
@@ -125,10 +127,10 @@ impl RuntimeDriver {
                     return Err(restarted());
                 }
                 if p.failed > before.failed {
-                    return Err(DriverError::Rejected(format!(
+                    return Err(DriverError::Rejected(Cause::Message(format!(
                         "reload failed (show proc: {} failed reloads, was {}); see HAProxy's log",
                         p.failed, before.failed
-                    )));
+                    ))));
                 }
                 let new_worker = p
                     .workers
@@ -139,9 +141,9 @@ impl RuntimeDriver {
                 }
             }
             if Instant::now() > deadline {
-                return Err(DriverError::Unreachable(
-                    "HAProxy did not report a new worker after the reload".into(),
-                ));
+                return Err(DriverError::Unreachable(Cause::message(
+                    "HAProxy did not report a new worker after the reload",
+                )));
             }
             tokio::time::sleep(POLL).await;
         };
@@ -171,9 +173,9 @@ impl RuntimeDriver {
                     return Err(restarted());
                 }
                 if Instant::now() > deadline {
-                    return Err(DriverError::Unreachable(format!(
+                    return Err(DriverError::Unreachable(Cause::Message(format!(
                         "the new worker {pid} did not answer on the admin socket"
-                    )));
+                    ))));
                 }
                 if seen < 2 {
                     tokio::time::sleep(POLL).await;
@@ -215,7 +217,7 @@ impl RuntimeDriver {
                     Ok(()) => error,
                     Err(r) => {
                         tracing::error!(reason = why, error = %r, "cannot restore the previous fragment and maps; the files on disk no longer match what HAProxy runs");
-                        with_restore_failure(error, &r)
+                        error.with_restore_failure(r)
                     }
                 }
             }

@@ -1,7 +1,8 @@
 //! The driver's file handling on the structural path, without HAProxy: `haproxy -c` is replaced
 //! by a shell command (the binary is `/bin/sh` and the first "configuration" is the command text,
 //! so the call `sh -c -f <command> -f <candidate>` runs it with the candidate as `$1`). Nothing
-//! here reaches a socket: every case fails before the reload.
+//! here reaches a socket: every case fails before the reload. The failure kinds and the errors
+//! they keep, sockets included, are tested in [`errors`].
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -124,6 +125,16 @@ async fn a_failed_restore_is_reported_with_the_check_failure() {
     let err = apply(&driver).await.expect_err("the check fails");
     let msg = err.to_string();
     assert!(matches!(err, DriverError::Rejected(_)), "{err:?}");
+    // Both failures are kept, typed: the check's refusal and the restore's.
+    assert!(
+        matches!(&err, DriverError::Rejected(crate::haproxy::Cause::Unrestored { failure, .. })
+            if matches!(**failure, crate::haproxy::Cause::Message(_))),
+        "{err:?}"
+    );
+    assert!(
+        matches!(err.restore_failure().map(|r| &r.first), Some(files::FileError::Symlink { path }) if *path == map),
+        "{err:?}"
+    );
     assert!(msg.contains("fake check failed"), "{msg}");
     assert!(msg.contains("cannot restore the previous files"), "{msg}");
     assert!(
@@ -240,3 +251,5 @@ fn keys_the_cli_refuses_stay_out_of_the_map_files() {
     let lines: Vec<&str> = exact.lines().filter(|l| !l.starts_with('#')).collect();
     assert_eq!(lines, vec!["good.example.com be"]);
 }
+
+mod errors;

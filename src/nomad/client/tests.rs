@@ -115,12 +115,93 @@ fn bad_token_and_missing_pem_are_config_errors() {
     let e = NomadClient::new(&c, Arc::default(), CallMetrics::disabled()).expect_err("bad token");
     assert!(matches!(e, NomadError::Config(_)), "{e}");
     assert!(!e.to_string().contains("bad\ntoken"));
+    // The header error is kept below the setup error.
+    assert!(
+        matches!(e, NomadError::Config(SetupError::Token(_))),
+        "{e:?}"
+    );
+    assert!(
+        source_of::<reqwest::header::InvalidHeaderValue>(&e).is_some(),
+        "{e:?}"
+    );
+    assert_eq!(
+        e.to_string(),
+        "cannot set up the Nomad client: the Nomad token holds characters not allowed in an HTTP header"
+    );
 
     let mut c = config("https://127.0.0.1:4646");
     c.tls.client_cert = Some("/nonexistent/cert.pem".into());
     c.tls.client_key = Some("/nonexistent/key.pem".into());
     let e = NomadClient::new(&c, Arc::default(), CallMetrics::disabled()).expect_err("missing PEM");
     assert!(e.to_string().contains("/nonexistent/cert.pem"), "{e}");
+    // The io::Error is kept, and the text still quotes it.
+    assert!(
+        matches!(&e, NomadError::Config(SetupError::Read { path, .. }) if path.as_os_str() == "/nonexistent/cert.pem"),
+        "{e:?}"
+    );
+    let io = source_of::<std::io::Error>(&e).expect("the io::Error");
+    assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
+    assert_eq!(
+        e.to_string(),
+        format!("cannot set up the Nomad client: cannot read /nonexistent/cert.pem: {io}")
+    );
+}
+
+/// The first error of type `T` in `e`'s source chain (below `e`).
+fn source_of<'e, T: std::error::Error + 'static>(
+    e: &'e (dyn std::error::Error + 'static),
+) -> Option<&'e T> {
+    let mut next = e.source();
+    while let Some(s) = next {
+        if let Some(t) = s.downcast_ref::<T>() {
+            return Some(t);
+        }
+        next = s.source();
+    }
+    None
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_json_keeps_the_parse_error() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let server = tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.expect("accept");
+        let mut request = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = conn.read(&mut buf).await.expect("read");
+            if n == 0 {
+                break;
+            }
+            request.extend_from_slice(&buf[..n]);
+        }
+        let body = "not json";
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        conn.write_all(answer.as_bytes()).await.expect("write");
+    });
+    let client = NomadClient::new(
+        &config(&format!("http://127.0.0.1:{port}")),
+        Arc::default(),
+        CallMetrics::disabled(),
+    )
+    .expect("client");
+    let e = client.leader().await.expect_err("not JSON");
+    server.await.expect("server");
+    assert!(matches!(e, NomadError::Decode { .. }), "{e:?}");
+    let json = source_of::<serde_json::Error>(&e).expect("the parse error is the source");
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "unexpected answer from Nomad to reading the leader status: the body is not the expected JSON: {json}"
+        )
+    );
 }
 
 #[test]
