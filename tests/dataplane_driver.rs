@@ -90,7 +90,7 @@ fn web(n: usize) -> Snapshot {
 }
 
 /// A base configuration with hand-written objects the connector must never change: a frontend
-/// with map lookups and multi-condition rules (plus the connector's four map rules, written by
+/// with map lookups and multi-condition rules (plus the connector's request and map rules, written by
 /// the user), a hand-written backend, and a custom backend with a static server.
 fn base() -> BaseConfig {
     let mut fe = FrontendSpec::new("http-in")

@@ -1,6 +1,6 @@
 //! The runtime-socket driver against real HAProxy (2.6 and 3.0 in CI, `HAPROXY_BIN`), with real
 //! HTTP traffic through HAProxy to small instances that answer with their own name. Each test
-//! starts its own HAProxy with a hand-written main config (the four map rules from
+//! starts its own HAProxy with a hand-written main config (the map rules from
 //! `model::route_rules`, a hand-written backend), empty maps and an empty fragment directory, and
 //! drives `reconcile::pass::run_pass` with hand-built catalog snapshots.
 
