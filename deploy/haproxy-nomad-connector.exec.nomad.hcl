@@ -45,7 +45,7 @@ variable "dataplane_username" {
 
 variable "frontend" {
   type        = string
-  description = "HAProxy frontend the connector adds its four host-routing rules to."
+  description = "HAProxy frontend the connector adds its routing rules to."
   default     = "http"
 }
 

@@ -106,6 +106,7 @@ fn policy(config: &Config) -> Policy {
         allow_regex_domains: config.haproxy.allow_regex_domains,
         denied_ranges: config.haproxy.deny_address_ranges.clone(),
         server_ca_file: config.haproxy.server_ca_file.clone(),
+        default_domain: config.haproxy.default_domain.clone(),
     }
 }
 

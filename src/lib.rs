@@ -6,7 +6,7 @@
 //! Nomad watcher ([`nomad`]), the HAProxy drivers ([`haproxy`]), the loop ([`reconcile`]) and the
 //! admin endpoints ([`http`]).
 
-pub use hnc_core::{catalog, desired, live, model, plan};
+pub use hnc_core::{catalog, desired, live, model, path_rules, plan};
 
 pub mod app;
 pub mod call_metrics;

@@ -425,6 +425,8 @@ fn run_with_the_runtime_driver_creates_its_missing_files_empty() {
         "hnc_prefix.map",
         "hnc_suffix.map",
         "hnc_regex.map",
+        "hnc_path.map",
+        "hnc_redirect.map",
     ]
     .iter()
     .map(|f| maps.join(f))

@@ -17,18 +17,20 @@ use haproxy_nomad_connector::haproxy::dataplane::{DataplaneDriver, Options};
 use haproxy_nomad_connector::haproxy::{ApplyReport, Driver, DriverError};
 use haproxy_nomad_connector::live::Live;
 use haproxy_nomad_connector::metrics::Metrics;
-use haproxy_nomad_connector::model::{MatchKind, RouteKey, route_rules};
+use haproxy_nomad_connector::model::{MatchKind, RouteKey};
 use haproxy_nomad_connector::plan::{Action, DriverProfile, Op, Plan, compile};
 use haproxy_nomad_connector::reconcile::pass::{PassOutcome, run_pass};
 use hnc_core::drains::DrainClock;
 use serde_json::{Value, json};
 
 const MAPS: &str = "/etc/haproxy/maps";
-const MAPS_FILES: [&str; 4] = [
+const MAPS_FILES: [&str; 6] = [
     "hnc_exact.map",
     "hnc_prefix.map",
     "hnc_suffix.map",
     "hnc_regex.map",
+    "hnc_path.map",
+    "hnc_redirect.map",
 ];
 
 fn instance(id: &str, addr: &str, port: u16, tags: &[&str]) -> Instance {
@@ -88,7 +90,7 @@ fn web(n: usize) -> Snapshot {
 }
 
 /// A base configuration with hand-written objects the connector must never change: a frontend
-/// with map lookups and multi-condition rules (plus the connector's four map rules, written by
+/// with map lookups and multi-condition rules (plus the connector's request and map rules, written by
 /// the user), a hand-written backend, and a custom backend with a static server.
 fn base() -> BaseConfig {
     let mut fe = FrontendSpec::new("http-in")
@@ -97,9 +99,7 @@ fn base() -> BaseConfig {
         .rule(json!({"name": "%[req.hdr(host),lower,map(/etc/haproxy/maps/hosts.map)]", "cond": "if",
                      "cond_test": "{ req.hdr(host),lower,map(/etc/haproxy/maps/hosts.map) -m found }"}))
         .rule(json!({"name": "legacy", "cond": "if", "cond_test": "is_admin METH_GET"}));
-    for (name, cond) in route_rules(MAPS) {
-        fe = fe.rule(json!({"name": name, "cond": "if", "cond_test": cond}));
-    }
+    fe = fe.connector_rules(MAPS);
     let mut b = BaseConfig::new()
         .backend(json!({"name": "legacy", "mode": "http", "connect_timeout": 4000, "server_timeout": 45000,
                         "servers": {"app1": {"name": "app1", "address": "192.0.2.10", "port": 80}}}))
@@ -588,8 +588,8 @@ async fn with_a_frontend_configured_the_rules_are_inserted_once() {
         .unwrap_or_default();
     assert_eq!(
         rules.len(),
-        5,
-        "the user's rule plus the four map rules: {rules:?}"
+        6,
+        "the user's rule plus the five map rules: {rules:?}"
     );
     assert_eq!(
         rules[0]["name"], "legacy",
@@ -617,8 +617,8 @@ async fn an_idle_pass_reads_a_fixed_handful_of_endpoints() {
     dp.reset_counters();
     let o = pass(&d, &web(10), &mut drains).await;
     assert!(o.plan.is_empty());
-    // backends (full_section) + native stats + four maps.
-    assert_eq!(dp.total_requests(), 6, "{:?}", dp.requests());
+    // backends (full_section) + native stats + six maps.
+    assert_eq!(dp.total_requests(), 8, "{:?}", dp.requests());
 }
 
 /// Entries of one map in the double's running HAProxy, as (key, value).
@@ -871,7 +871,7 @@ async fn a_regex_route_with_a_dollar_moves_and_leaves_through_its_map_file() {
 }
 
 /// Issue 12, item 5: no hand-made HAProxy state. Starting with no map files and no rules, the
-/// first pass creates the four map files through the storage API, inserts the rules and the
+/// first pass creates the six map files through the storage API, inserts the rules and the
 /// backend in one transaction (one reload), and the route works.
 #[tokio::test]
 async fn with_no_map_files_the_first_pass_creates_them_and_routes_with_one_reload() {
@@ -900,7 +900,7 @@ async fn with_no_map_files_the_first_pass_creates_them_and_routes_with_one_reloa
     let requests = dp.requests();
     assert_eq!(
         requests.get("POST /v3/services/haproxy/storage/maps"),
-        Some(&4),
+        Some(&6),
         "{requests:?}"
     );
     // Converged: the next pass has nothing to do and creates nothing.

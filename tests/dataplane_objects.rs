@@ -170,6 +170,14 @@ fn rule_map_entry_and_runtime_server_bodies_validate_against_the_spec() {
             &ConfigBody::BackendSwitchingRule(rule),
         );
     }
+    for rule in haproxy_nomad_connector::path_rules::request_rules("/etc/haproxy/maps") {
+        let body = haproxy_nomad_connector::haproxy::dataplane::objects::request_rule_body(&rule);
+        valid::<schema::HttpRequestRule, _>("request rule", &body);
+        valid::<schema::HttpRequestRule, _>(
+            "staged request rule",
+            &ConfigBody::HttpRequestRule(body),
+        );
+    }
     let entry = MapEntry {
         id: None,
         key: Some(r"^api\\.example\\.com$".into()),

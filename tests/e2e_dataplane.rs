@@ -6,7 +6,6 @@ use crate::support::connector::{BIN, Connector};
 use crate::support::dataplane::{BaseConfig, DataplaneDouble, FrontendSpec, Options as DpOptions};
 use crate::support::expo::Kind;
 use crate::support::nomad::{NomadDouble, Reg};
-use haproxy_nomad_connector::model::route_rules;
 use serde_json::{Value, json};
 
 /// The doubles run on their own runtime's threads, so the test thread can block while it
@@ -19,11 +18,13 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-const MAPS: [&str; 4] = [
+const MAPS: [&str; 6] = [
     "hnc_exact.map",
     "hnc_prefix.map",
     "hnc_suffix.map",
     "hnc_regex.map",
+    "hnc_path.map",
+    "hnc_redirect.map",
 ];
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -32,9 +33,7 @@ fn base() -> BaseConfig {
         .default_backend("legacy")
         .acl(json!({"acl_name": "is_admin", "criterion": "path_beg", "value": "/admin"}))
         .rule(json!({"name": "legacy", "cond": "if", "cond_test": "is_admin METH_GET"}));
-    for (name, cond) in route_rules("/etc/haproxy/maps") {
-        fe = fe.rule(json!({"name": name, "cond": "if", "cond_test": cond}));
-    }
+    fe = fe.connector_rules("/etc/haproxy/maps");
     let mut b = BaseConfig::new()
         .backend(json!({"name": "legacy", "mode": "http", "servers": {"app1": {"name": "app1", "address": "192.0.2.10", "port": 80}}}))
         .frontend(fe);
@@ -500,7 +499,8 @@ fn event_to_applied_latency_and_idle_pass_cost() {
     });
     let requests = dp.total_requests();
     println!("Data Plane API requests in one idle pass: {requests}");
-    assert!(requests <= 6, "{:?}", dp.requests());
+    // full_section, native stats and the six maps (hnc_path.map and hnc_redirect.map are new).
+    assert!(requests <= 8, "{:?}", dp.requests());
 }
 
 fn plan_cmd(

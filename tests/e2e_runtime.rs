@@ -54,6 +54,8 @@ impl World {
             "hnc_prefix.map",
             "hnc_suffix.map",
             "hnc_regex.map",
+            "hnc_path.map",
+            "hnc_redirect.map",
         ] {
             std::fs::write(maps.join(kind), "").expect("map file");
         }

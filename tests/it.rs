@@ -16,6 +16,7 @@ mod cli;
 mod dataplane_double;
 mod dataplane_driver;
 mod dataplane_objects;
+mod default_domain;
 mod e2e_dataplane;
 mod e2e_runtime;
 mod haproxy_harness;
@@ -24,8 +25,10 @@ mod nomad_client;
 mod nomad_double;
 mod nomad_tls;
 mod nomad_watcher;
+mod path_routing;
 mod plan_word;
 mod preflight;
+mod redirect_https;
 mod routing_settings;
 mod runtime_driver;
 

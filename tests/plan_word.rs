@@ -400,9 +400,7 @@ const MAPS: &str = "/etc/haproxy/maps";
 #[tokio::test]
 async fn dataplane_double_does_what_the_plan_says() {
     let mut fe = FrontendSpec::new("http-in").default_backend("legacy");
-    for (name, cond) in route_rules(MAPS) {
-        fe = fe.rule(json!({"name": name, "cond": "if", "cond_test": cond}));
-    }
+    fe = fe.connector_rules(MAPS);
     let mut base = BaseConfig::new()
         .backend(json!({"name": "legacy", "mode": "http",
                         "servers": {"app1": {"name": "app1", "address": "192.0.2.10", "port": 80}}}))

@@ -1,6 +1,6 @@
 //! The runtime-socket driver against real HAProxy (2.6 and 3.0 in CI, `HAPROXY_BIN`), with real
 //! HTTP traffic through HAProxy to small instances that answer with their own name. Each test
-//! starts its own HAProxy with a hand-written main config (the four map rules from
+//! starts its own HAProxy with a hand-written main config (the map rules from
 //! `model::route_rules`, a hand-written backend), empty maps and an empty fragment directory, and
 //! drives `reconcile::pass::run_pass` with hand-built catalog snapshots.
 
@@ -22,6 +22,7 @@ use haproxy_nomad_connector::haproxy::runtime::socket::{self, Outcome};
 use haproxy_nomad_connector::haproxy::runtime::{RuntimeDriver, state};
 use haproxy_nomad_connector::metrics::Metrics;
 use haproxy_nomad_connector::model::{MatchKind, RouteKey, route_rules};
+use haproxy_nomad_connector::path_rules::frontend_lines;
 use haproxy_nomad_connector::plan::{Action, Op, OpKind, Plan, compile};
 use haproxy_nomad_connector::reconcile::pass::{PassOutcome, run_pass};
 use hnc_core::drains::DrainClock;
@@ -688,11 +689,16 @@ fn dev_stack_config_has_the_generated_rules_and_passes_haproxy_check() {
     // deploy/dev/haproxy.cfg is the development stack's HAProxy (docker-compose.dev.yml), whose
     // Data Plane API keeps its maps in /usr/local/etc/haproxy/maps.
     let text = include_str!("../deploy/dev/haproxy.cfg");
-    for (expr, cond) in route_rules("/usr/local/etc/haproxy/maps") {
-        let line = format!("    use_backend {expr} if {cond}\n");
-        assert!(text.contains(&line), "deploy/dev/haproxy.cfg lacks {line}");
-    }
-    // The shipped empty maps must be the four the rules name.
+    // Request rules and use_backend rules, as one block in order.
+    let block: String = frontend_lines("/usr/local/etc/haproxy/maps")
+        .iter()
+        .map(|l| format!("    {l}\n"))
+        .collect();
+    assert!(
+        text.contains(&block),
+        "deploy/dev/haproxy.cfg lacks the rules block:\n{block}"
+    );
+    // The shipped empty maps must be those the rules name.
     let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/dev/maps");
     for kind in MatchKind::ALL {
         let map = shipped.join(kind.map_file());
@@ -728,11 +734,18 @@ fn dev_stack_config_has_the_generated_rules_and_passes_haproxy_check() {
 fn deploy_example_config_is_valid_and_has_the_generated_rules() {
     let text = include_str!("../deploy/haproxy-runtime.cfg");
     let readme = include_str!("../README.md");
-    for (expr, cond) in route_rules("/etc/haproxy/maps") {
-        let line = format!("    use_backend {expr} if {cond}\n");
-        assert!(text.contains(&line), "deploy config lacks {line}");
-        assert!(readme.contains(&line), "README lacks {line}");
-    }
+    let block: String = frontend_lines("/etc/haproxy/maps")
+        .iter()
+        .map(|l| format!("    {l}\n"))
+        .collect();
+    assert!(
+        text.contains(&block),
+        "deploy config lacks the rules block:\n{block}"
+    );
+    assert!(
+        readme.contains(&block),
+        "README lacks the rules block:\n{block}"
+    );
     // `haproxy -c` with the maps in a temp directory (they must exist) and the fragment beside.
     let dir = tempfile::tempdir().expect("temp dir");
     let maps = dir.path().join("maps");

@@ -262,7 +262,15 @@ keys! {
         flag: "--haproxy-frontend" <NAME> "Frontend that receives the connector's host-map rule",
         kind: Text(HaproxyName),
         default: Absent("(none)"),
-        doc: "Frontend into which the connector inserts its four host-map `use_backend` rules (and for which it creates its map files through the Data Plane API). Unset: you add the rules and the map files yourself.",
+        doc: "Frontend into which the connector inserts its route-map rules (`http-request` rules for https redirects and path routes, and five `use_backend` rules) (and for which it creates its map files through the Data Plane API). Unset: you add the rules and the map files yourself.",
+    },
+    HaproxyDefaultDomain {
+        json: "haproxy.default_domain",
+        env: ["HAPROXY_DEFAULT_DOMAIN"],
+        flag: "--haproxy-default-domain" <TEMPLATE> "Host template for services without domain tags, e.g. {service}.{namespace}.apps.example.com",
+        kind: Text(HostTemplate),
+        default: Absent("(none)"),
+        doc: "Host-name template (`{service}` required, `{namespace}`) that gives every enabled service without `domain` or `path` tags (and not `mode=tcp`) an exact host route, like Traefik's `defaultRule`, e.g. `{service}.{namespace}.apps.example.com`; such a service is then HTTP. A name that renders invalid is an `invalid_default_domain` diagnostic for that service, served without the route. Unset: no default route. See \"Routing\".",
     },
     HaproxyAllowRegexDomains {
         json: "haproxy.allow_regex_domains",

@@ -76,6 +76,8 @@ pub enum TextRule {
     /// An absolute path on the HAProxy host, written into HAProxy's configuration and CLI
     /// commands: no whitespace, control characters or HAProxy syntax (`#`, `;`, quotes, `\\`…).
     HaproxyFilePath,
+    /// A host-name template with `{service}` (`haproxy.default_domain`).
+    HostTemplate,
 }
 
 impl TextRule {
@@ -89,6 +91,9 @@ impl TextRule {
             TextRule::HaproxyName => is_haproxy_name(text),
             TextRule::HaproxyFilePath => {
                 text.starts_with('/') && hnc_core::desired::grammar::is_safe_token(text)
+            }
+            TextRule::HostTemplate => {
+                return crate::desired::default_domain::check_template(text);
             }
             TextRule::LogFilter => {
                 return check_log_filter(text)
@@ -112,7 +117,7 @@ impl TextRule {
             TextRule::HaproxyFilePath => {
                 format!("`{text}` is not an absolute path without whitespace or HAProxy syntax")
             }
-            TextRule::Any | TextRule::LogFilter => String::new(),
+            TextRule::Any | TextRule::LogFilter | TextRule::HostTemplate => String::new(),
         })
     }
 }

@@ -215,6 +215,8 @@ pub struct HaproxyConfig {
     pub backend_strategy: BackendStrategy,
     pub drain_timeout: Duration,
     pub frontend: Option<String>,
+    /// Host-name template for services without routes of their own (`haproxy.default_domain`).
+    pub default_domain: Option<String>,
     /// Whether regex domains are served.
     pub allow_regex_domains: bool,
     /// Extra server-address ranges to refuse, sorted and de-duplicated.
@@ -355,6 +357,7 @@ impl Config {
                     backend_strategy: v.get(Key::HaproxyBackendStrategy)?,
                     drain_timeout: v.get(Key::HaproxyDrainTimeout)?,
                     frontend: v.get(Key::HaproxyFrontend),
+                    default_domain: v.get(Key::HaproxyDefaultDomain),
                     allow_regex_domains: v.get(Key::HaproxyAllowRegexDomains)?,
                     deny_address_ranges: v.get(Key::HaproxyDenyAddressRanges).unwrap_or_default(),
                     server_ca_file: v.get(Key::HaproxyServerCaFile),
@@ -437,6 +440,7 @@ impl Config {
                 "backend_strategy": self.haproxy.backend_strategy.as_str(),
                 "drain_timeout_sec": humantime::format_duration(self.haproxy.drain_timeout).to_string(),
                 "frontend": self.haproxy.frontend,
+                "default_domain": self.haproxy.default_domain,
                 "allow_regex_domains": self.haproxy.allow_regex_domains,
                 "deny_address_ranges": self.haproxy.deny_address_ranges.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 "server_ca_file": self.haproxy.server_ca_file,

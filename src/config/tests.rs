@@ -941,7 +941,8 @@ fn every_key_is_read_as_its_declared_kind() {
         "nomad": {"token": "t", "region": "eu", "namespace_deny": ["ops"], "ca_cert": pem,
                   "client_cert": pem, "client_key": pem, "tls_server_name": "s"},
         "haproxy": {"password": "pw", "frontend": "fe", "deny_address_ranges": ["10.0.0.0/8"],
-                    "admin_socket": "/a.sock", "server_ca_file": "/etc/haproxy/ca.pem"}
+                    "admin_socket": "/a.sock", "server_ca_file": "/etc/haproxy/ca.pem",
+                    "default_domain": "{service}.apps.test"}
     });
     let c = from_file(&json.to_string()).expect("valid");
     assert_eq!(c.nomad.token, Some(Secret::new("t")));
@@ -950,6 +951,10 @@ fn every_key_is_read_as_its_declared_kind() {
     assert_eq!(
         c.haproxy.server_ca_file.as_deref(),
         Some("/etc/haproxy/ca.pem")
+    );
+    assert_eq!(
+        c.haproxy.default_domain.as_deref(),
+        Some("{service}.apps.test")
     );
     assert_eq!(
         c.haproxy.runtime.admin_socket,

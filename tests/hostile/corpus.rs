@@ -240,6 +240,9 @@ fn hostile_tag() -> impl Strategy<Value = String> {
             "haproxy.backend.name=web_api",
             "haproxy.weight=0",
             "haproxy.maxconn=1",
+            "haproxy.path=/api",
+            "haproxy.path.strip=true",
+            "haproxy.path.type=exact",
         ][..]).prop_map(String::from),
         1 => nasty_text(),
         1 => nasty_text().prop_map(|v| format!("haproxy.{v}=1")),
@@ -278,6 +281,10 @@ fn poison() -> impl Strategy<Value = Poison> {
                 "haproxy.backend=custom\nhaproxy.backend.name=web",
                 "haproxy.enable=maybe",
                 "haproxy.\u{202e}x=1",
+                "haproxy.path=api",
+                "haproxy.path=/a?b",
+                "haproxy.path=/a/../b",
+                "haproxy.path.strip=sometimes",
             ][..]
         )
         .prop_map(|t| Poison::Tag(t.to_string())),

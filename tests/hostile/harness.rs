@@ -35,11 +35,13 @@ pub const HEALTHY_TAGS: &[&str] = &[
     "haproxy.check.fall=1",
 ];
 const NEWCOMER_TAGS: &[&str] = &["haproxy.enable=true", "haproxy.domain=newcomer.test"];
-const MAPS: [&str; 4] = [
+const MAPS: [&str; 6] = [
     "hnc_exact.map",
     "hnc_prefix.map",
     "hnc_suffix.map",
     "hnc_regex.map",
+    "hnc_path.map",
+    "hnc_redirect.map",
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -429,9 +431,7 @@ fn nomad_addr(nomad: &NomadDouble, userinfo: Option<&str>) -> String {
 
 fn dataplane_base() -> BaseConfig {
     let mut fe = FrontendSpec::new("http-in").default_backend("legacy");
-    for (name, cond) in route_rules("/etc/haproxy/maps") {
-        fe = fe.rule(json!({"name": name, "cond": "if", "cond_test": cond}));
-    }
+    fe = fe.connector_rules("/etc/haproxy/maps");
     let mut b = BaseConfig::new()
         .backend(json!({"name": "legacy", "mode": "http", "servers": {"app1": {"name": "app1", "address": "192.0.2.10", "port": 80}}}))
         .frontend(fe);

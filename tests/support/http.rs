@@ -19,6 +19,16 @@ pub struct Instance {
 
 impl Instance {
     pub fn start(name: &str) -> Instance {
+        Self::start_with(name, false)
+    }
+
+    /// Like [`Instance::start`], but the body is `<name> <request target>`: the path (and query)
+    /// as the server received it, to see what HAProxy rewrote.
+    pub fn start_echo(name: &str) -> Instance {
+        Self::start_with(name, true)
+    }
+
+    fn start_with(name: &str, echo: bool) -> Instance {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind instance");
         let port = listener.local_addr().expect("addr").port();
         listener.set_nonblocking(true).expect("nonblocking");
@@ -36,7 +46,7 @@ impl Instance {
                 match listener.accept() {
                     Ok((stream, _)) => {
                         let (h, r, n) = (h.clone(), r.clone(), n.clone());
-                        std::thread::spawn(move || serve(stream, &n, &h, &r));
+                        std::thread::spawn(move || serve(stream, &n, &h, &r, echo));
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         std::thread::sleep(Duration::from_millis(5));
@@ -65,7 +75,7 @@ impl Drop for Instance {
     }
 }
 
-fn serve(stream: TcpStream, name: &str, healthy: &AtomicBool, requests: &AtomicU64) {
+fn serve(stream: TcpStream, name: &str, healthy: &AtomicBool, requests: &AtomicU64, echo: bool) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     let mut reader = BufReader::new(match stream.try_clone() {
@@ -101,7 +111,11 @@ fn serve(stream: TcpStream, name: &str, healthy: &AtomicBool, requests: &AtomicU
             }
         } else {
             requests.fetch_add(1, Ordering::Relaxed);
-            ("200 OK", name.to_string())
+            if echo {
+                ("200 OK", format!("{name} {path}"))
+            } else {
+                ("200 OK", name.to_string())
+            }
         };
         let response = format!(
             "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{}\r\n{body}",

@@ -11,4 +11,5 @@ pub mod drains;
 pub mod guards;
 pub mod live;
 pub mod model;
+pub mod path_rules;
 pub mod plan;

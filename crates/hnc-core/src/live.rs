@@ -53,6 +53,10 @@ pub struct FrontendRules {
     pub missing: Vec<(String, String)>,
     /// The connector's map files absent from the API's storage (looked up while rules are missing).
     pub missing_maps: Vec<crate::model::MatchKind>,
+    /// `http-request` rules the frontend has (the connector's go after them).
+    pub request_count: usize,
+    /// The connector's `http-request` rules (path routes) missing, in order.
+    pub missing_requests: Vec<crate::path_rules::RequestRule>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

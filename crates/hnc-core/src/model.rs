@@ -285,8 +285,9 @@ impl Timeouts {
     }
 }
 
-/// How a host is matched. Each kind has its own map; lookups go exact, prefix, suffix, regex,
-/// and the first hit wins.
+/// How a route is matched. Each kind has its own map. Path routes (host and path, or path alone;
+/// see the `path_rules` module) are looked up first, then hosts: exact, prefix, suffix, regex; the
+/// first hit wins.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MatchKind {
@@ -294,10 +295,26 @@ pub enum MatchKind {
     Prefix,
     Suffix,
     Regex,
+    /// A path prefix, with the exact host it applies to or alone (keys `host/path`, `/path`).
+    Path,
+    /// Not a route: an exact host whose plain-HTTP requests are redirected to https (value
+    /// `https`), looked up before any route.
+    Redirect,
 }
 
 impl MatchKind {
-    pub const ALL: [MatchKind; 4] = [
+    /// Every kind: one map file each.
+    pub const ALL: [MatchKind; 6] = [
+        MatchKind::Exact,
+        MatchKind::Prefix,
+        MatchKind::Suffix,
+        MatchKind::Regex,
+        MatchKind::Path,
+        MatchKind::Redirect,
+    ];
+
+    /// The kinds that match the host alone, in lookup order (`domain.type`).
+    pub const HOSTS: [MatchKind; 4] = [
         MatchKind::Exact,
         MatchKind::Prefix,
         MatchKind::Suffix,
@@ -310,11 +327,14 @@ impl MatchKind {
             MatchKind::Prefix => "prefix",
             MatchKind::Suffix => "suffix",
             MatchKind::Regex => "regex",
+            MatchKind::Path => "path",
+            MatchKind::Redirect => "redirect",
         }
     }
 
+    /// A host match kind by name (`domain.type`); `path` is not one.
     pub fn parse(s: &str) -> Option<MatchKind> {
-        MatchKind::ALL.into_iter().find(|k| k.as_str() == s)
+        MatchKind::HOSTS.into_iter().find(|k| k.as_str() == s)
     }
 }
 
@@ -366,6 +386,8 @@ impl MatchKind {
             MatchKind::Prefix => "hnc_prefix.map",
             MatchKind::Suffix => "hnc_suffix.map",
             MatchKind::Regex => "hnc_regex.map",
+            MatchKind::Path => "hnc_path.map",
+            MatchKind::Redirect => "hnc_redirect.map",
         }
     }
 
@@ -376,6 +398,8 @@ impl MatchKind {
             MatchKind::Prefix => "map_beg",
             MatchKind::Suffix => "map_end",
             MatchKind::Regex => "map_reg",
+            MatchKind::Path => "map_beg",
+            MatchKind::Redirect => "map_str",
         }
     }
 }
@@ -391,15 +415,23 @@ pub fn host_lookup(kind: MatchKind, maps_dir: &str) -> String {
     )
 }
 
-/// The frontend rules that route by the connector's maps, in lookup order (exact, prefix,
-/// suffix, regex; the first hit wins), as `(backend expression, condition)` pairs:
+/// The variable into which the frontend's request rules (module `path_rules`) put the matched
+/// path route's map value: `<backend>` or `<backend>/<bytes to strip>`.
+pub const PATH_ROUTE_VAR: &str = "txn.hnc_route";
+
+/// The frontend rules that route by the connector's maps, in lookup order (the path route the
+/// request rules of `path_rules::request_rules` found, then exact, prefix, suffix and regex
+/// hosts; the first hit wins), as `(backend expression, condition)` pairs:
 /// `use_backend <expression> if <condition>`.
 pub fn route_rules(maps_dir: &str) -> Vec<(String, String)> {
-    MatchKind::ALL
-        .iter()
-        .map(|k| {
+    let path_route = (
+        format!("%[var({PATH_ROUTE_VAR}),field(1,/)]"),
+        format!("{{ var({PATH_ROUTE_VAR}) -m found }}"),
+    );
+    std::iter::once(path_route)
+        .chain(MatchKind::HOSTS.iter().map(|k| {
             let lookup = host_lookup(*k, maps_dir);
             (format!("%[{lookup}]"), format!("{{ {lookup} -m found }}"))
-        })
+        }))
         .collect()
 }

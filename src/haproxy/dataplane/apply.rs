@@ -14,7 +14,7 @@ use super::objects::wire::{
     self, BackendSwitchingRule, Cond, ConfigBody, MapEntry, MapEntryValue, RuntimeServer,
     Transaction,
 };
-use super::objects::{backend_body, http_checks, slot_body};
+use super::objects::{backend_body, http_checks, request_rule_body, slot_body};
 use super::routes::{RouteArgs, map_file_text, route_args, route_refusal};
 use super::{CONF, DataplaneDriver, RUNTIME, map_name, seg};
 use crate::haproxy::{ApplyReport, Reload};
@@ -87,8 +87,23 @@ impl DataplaneDriver {
                     frontend,
                     at,
                     rules,
+                    request_rules,
+                    request_at,
                     create_maps: maps,
                 } => {
+                    for (i, rule) in request_rules.iter().enumerate() {
+                        staged.push((
+                            Method::POST,
+                            "http_request_rules",
+                            vec![
+                                "frontends".into(),
+                                frontend.clone(),
+                                "http_request_rules".into(),
+                                (request_at + i).to_string(),
+                            ],
+                            Some(ConfigBody::HttpRequestRule(request_rule_body(rule))),
+                        ));
+                    }
                     for (i, (name, cond)) in rules.iter().enumerate() {
                         staged.push((
                             Method::POST,

@@ -1,5 +1,5 @@
 //! Observation: one `full_section` read of all backends (with their servers and slots), one
-//! native-stats read for run-time state and sessions, the four route maps, and (with
+//! native-stats read for run-time state and sessions, the route maps, and (with
 //! `haproxy.frontend`) the frontend's rules and the map files in storage: the same handful of
 //! requests whatever the number of services. Everything the core needs to plan goes into [`Live`]:
 //! the configuration version, the free slots and what each slot carries itself, the frontend's
@@ -14,12 +14,13 @@ use super::error::DataplaneError;
 use super::objects::wire::{
     self, BackendSwitchingRule, MapEntry, NativeStats, ProxyMode, StorageMap, Toggle,
 };
-use super::objects::{parse_settings, parse_slot, server_port, server_weight};
+use super::objects::{parse_settings, parse_slot, request_rule_body, server_port, server_weight};
 use super::{CONF, DataplaneDriver, RUNTIME, map_name, seg};
 use crate::live::{FrontendRules, Live, LiveBackend, LiveServer, SlotCarries};
 use crate::model::{
     AdminState, Endpoint, MatchKind, Mode, OWNER_MARKER, OpState, RouteKey, route_rules,
 };
+use crate::path_rules::request_rules;
 use crate::plan::slots::slot_number;
 
 impl DataplaneDriver {
@@ -176,6 +177,17 @@ impl DataplaneDriver {
                 .await?;
             let rules: Vec<BackendSwitchingRule> = rules.parse()?;
             let existing: Vec<&str> = rules.iter().map(|r| r.name.as_str()).collect();
+            let requests = self
+                .client
+                .call(
+                    Method::GET,
+                    "http_request_rules",
+                    &seg(&CONF, &["frontends", fe, "http_request_rules"]),
+                    &[],
+                    NO_BODY,
+                )
+                .await?;
+            let requests: Vec<wire::HttpRequestRule> = requests.parse()?;
             let mut frontend = FrontendRules {
                 frontend: fe.clone(),
                 count: existing.len(),
@@ -184,8 +196,15 @@ impl DataplaneDriver {
                     .filter(|(name, _)| !existing.contains(&name.as_str()))
                     .collect(),
                 missing_maps: Vec::new(),
+                request_count: requests.len(),
+                // A rule is the connector's when every field it writes is equal.
+                missing_requests: request_rules(&self.opts.maps_dir)
+                    .into_iter()
+                    .filter(|r| !requests.contains(&request_rule_body(r)))
+                    .collect(),
             };
-            live.route_rules_missing = !frontend.missing.is_empty();
+            live.route_rules_missing =
+                !frontend.missing.is_empty() || !frontend.missing_requests.is_empty();
             maps_may_be_unloaded = live.route_rules_missing;
             if live.route_rules_missing {
                 // The rules are about to be inserted: the map files they reference must exist
@@ -228,6 +247,14 @@ impl DataplaneDriver {
                 Ok(a) => a,
                 // Not loaded yet: the rules that reference it arrive with this pass's commit.
                 Err(DataplaneError::NotFound { .. }) if maps_may_be_unloaded => continue,
+                // A frontend written before path routes existed: host routes still work; path
+                // routes are refused until the README's rules are added.
+                Err(DataplaneError::NotFound { message })
+                    if matches!(kind, MatchKind::Path | MatchKind::Redirect) =>
+                {
+                    tracing::warn!(map = kind.map_file(), error = %message, "path or redirect map not loaded by HAProxy; add the frontend rules from the README or set haproxy.frontend");
+                    continue;
+                }
                 Err(DataplaneError::NotFound { message }) => {
                     return Err(DataplaneError::Invalid {
                         status: 404,

@@ -114,7 +114,7 @@ impl DataplaneDriver {
                         self.opts.maps_dir
                     )));
                 } else if missing.is_empty() {
-                    out.push(Ok("the four map files exist".into()));
+                    out.push(Ok("the map files exist".into()));
                 } else if self.opts.frontend.is_some() {
                     out.push(Ok(format!(
                         "map files {} are missing and will be created by the first pass",

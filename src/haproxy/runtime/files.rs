@@ -1,4 +1,4 @@
-//! The runtime driver's file writes: the fragment, the four map files and the candidate fragment
+//! The runtime driver's file writes: the fragment, the six map files and the candidate fragment
 //! `haproxy -c` checks. One rule for all of them, so HAProxy never reads half a file and the
 //! connector never writes somewhere it was not asked to:
 //!

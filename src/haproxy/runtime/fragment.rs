@@ -1,5 +1,5 @@
 //! The files the runtime driver owns, rendered deterministically: the configuration fragment
-//! (every owned backend with its settings and servers) and the four host-route map files. Pure:
+//! (every owned backend with its settings and servers) and the route map files (hosts, paths, redirects). Pure:
 //! text in, text out.
 //!
 //! Each backend in the fragment carries a machine-readable comment, `# hnc-settings …`, holding

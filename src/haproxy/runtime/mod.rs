@@ -1,5 +1,5 @@
 //! The runtime-socket driver: HAProxy without the Data Plane API. It owns one configuration
-//! fragment (loaded by HAProxy with an extra `-f`) and four host-route map files, and talks to
+//! fragment (loaded by HAProxy with an extra `-f`) and six route map files (hosts, paths, redirects), and talks to
 //! HAProxy through the master CLI (`-S`) and the admin stats socket (or the master's `@1`).
 //!
 //! What each kind of change does, and how it survives a reload or restart:

@@ -1,5 +1,5 @@
 //! Observation: `show backend`, `show servers state`, `show stat`, the fragment on disk (which
-//! backends are the connector's, with their settings) and `show map` of the four host maps.
+//! backends are the connector's, with their settings) and `show map` of the six route maps.
 
 use std::collections::BTreeMap;
 

@@ -16,9 +16,9 @@ use serde_json::{Value, json};
 use super::cli;
 use super::model::{BackendModel, ConfigModel, MAPS_DIR, RtMapEntry, RtServer, render_map_file};
 use super::schema::{
-    self, Acl, AdminState, ApiError, Backend, BackendSwitchingRule, HttpCheck, MapEntry,
-    MapEntryValue, OperationalState, RuntimeAddServer, RuntimeServerPut, Server, Toggle, Validate,
-    to_json,
+    self, Acl, AdminState, ApiError, Backend, BackendSwitchingRule, HttpCheck, HttpRequestRule,
+    MapEntry, MapEntryValue, OperationalState, RuntimeAddServer, RuntimeServerPut, Server, Toggle,
+    Validate, to_json,
 };
 use super::{Applied, Shared, State, Txn, TxnStatus, current_route, lock, reply, version_mismatch};
 
@@ -90,6 +90,17 @@ pub(crate) fn routes(st: &Shared) -> Router<Shared> {
                 .post(il_insert::<Rules>)
                 .put(il_put::<Rules>)
                 .delete(il_delete::<Rules>)),
+        )
+        .route(
+            &format!("{CONF}/frontends/{{parent_name}}/http_request_rules"),
+            a(get(il_list::<Requests>).put(il_replace::<Requests>)),
+        )
+        .route(
+            &format!("{CONF}/frontends/{{parent_name}}/http_request_rules/{{index}}"),
+            a(get(il_get::<Requests>)
+                .post(il_insert::<Requests>)
+                .put(il_put::<Requests>)
+                .delete(il_delete::<Requests>)),
         )
         .route(
             "/v3/services/haproxy/transactions",
@@ -794,7 +805,8 @@ async fn frontend_get(AxState(st): AxState<Shared>, Path(name): Path<String>, Qu
 
 // ---------------------------------------------------------------- index-addressed lists
 
-/// A child list addressed by position: http_checks, acls, backend_switching_rules.
+/// A child list addressed by position: http_checks, acls, backend_switching_rules,
+/// http_request_rules.
 pub(crate) trait IndexList: Send + Sync + 'static {
     type Item: Serialize + DeserializeOwned + Validate + Clone + Send + 'static;
     const PARENT: &'static str;
@@ -843,6 +855,23 @@ impl IndexList for Rules {
         parent: &str,
     ) -> Option<&'a mut Vec<BackendSwitchingRule>> {
         cfg.frontend_mut(parent).map(|f| &mut f.rules)
+    }
+}
+
+pub(crate) struct Requests;
+
+impl IndexList for Requests {
+    type Item = HttpRequestRule;
+    const PARENT: &'static str = "frontend";
+    const ITEM: &'static str = "http request rule";
+    fn list<'a>(cfg: &'a ConfigModel, parent: &str) -> Option<&'a Vec<HttpRequestRule>> {
+        cfg.frontend(parent).map(|f| &f.requests)
+    }
+    fn list_mut<'a>(
+        cfg: &'a mut ConfigModel,
+        parent: &str,
+    ) -> Option<&'a mut Vec<HttpRequestRule>> {
+        cfg.frontend_mut(parent).map(|f| &mut f.requests)
     }
 }
 

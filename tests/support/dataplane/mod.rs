@@ -112,6 +112,7 @@ impl FrontendSpec {
             default_backend: None,
             acls: Vec::new(),
             rules: Vec::new(),
+            requests: Vec::new(),
         })
     }
     pub fn default_backend(mut self, b: &str) -> FrontendSpec {
@@ -126,6 +127,25 @@ impl FrontendSpec {
     /// A `backend_switching_rule` JSON object, e.g. `{"name":"api","cond":"if","cond_test":"is_api METH_GET"}`.
     pub fn rule(mut self, v: Value) -> FrontendSpec {
         self.0.rules.push(parse_fixture::<BackendSwitchingRule>(v));
+        self
+    }
+    /// An `http_request_rule` JSON object, e.g. `{"type":"set-var","var_scope":"txn",…}`.
+    pub fn request_rule(mut self, v: Value) -> FrontendSpec {
+        self.0
+            .requests
+            .push(parse_fixture::<schema::HttpRequestRule>(v));
+        self
+    }
+    /// The connector's route rules for maps under `maps_dir`, as a user writes them: its
+    /// `http-request` rules and its `use_backend` rules (after those already added).
+    pub fn connector_rules(mut self, maps_dir: &str) -> FrontendSpec {
+        for r in haproxy_nomad_connector::path_rules::request_rules(maps_dir) {
+            let body = haproxy_nomad_connector::haproxy::dataplane::objects::request_rule_body(&r);
+            self = self.request_rule(serde_json::to_value(body).expect("json"));
+        }
+        for (name, cond) in haproxy_nomad_connector::model::route_rules(maps_dir) {
+            self = self.rule(serde_json::json!({"name": name, "cond": "if", "cond_test": cond}));
+        }
         self
     }
 }

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use super::schema::{
     Acl, AdminState, Algorithm, Backend, BackendSwitchingRule, DefaultServer, HashMethod,
-    HttpCheck, Mode, OperationalState, Server, Toggle, to_json,
+    HttpCheck, HttpRequestRule, Mode, OperationalState, Server, Toggle, to_json,
 };
 
 /// Where map files live (DPAPI's `--maps-dir` default).
@@ -76,6 +76,7 @@ pub struct FrontendModel {
     pub default_backend: Option<String>,
     pub acls: Vec<Acl>,
     pub rules: Vec<BackendSwitchingRule>,
+    pub requests: Vec<HttpRequestRule>,
 }
 
 impl FrontendModel {
@@ -94,6 +95,9 @@ impl FrontendModel {
             }
             if !self.rules.is_empty() {
                 obj.insert("backend_switching_rule_list".into(), to_json(&self.rules));
+            }
+            if !self.requests.is_empty() {
+                obj.insert("http_request_rule_list".into(), to_json(&self.requests));
             }
         }
         v
@@ -171,6 +175,7 @@ impl ConfigModel {
                         .iter()
                         .map(|a| format!("{} {}\n", a.criterion, a.value.as_deref().unwrap_or(""))),
                 )
+                .chain(f.requests.iter().map(request_rule_text))
                 .collect();
             let prefix = format!("{MAPS_DIR}/");
             for (i, _) in text.match_indices(&prefix) {
@@ -310,6 +315,9 @@ impl ConfigModel {
                 text.push(' ');
                 text.push_str(r.cond_test.as_deref().unwrap_or(""));
                 text.push('\n');
+            }
+            for r in &f.requests {
+                text.push_str(&request_rule_text(r));
             }
         }
         storage
@@ -575,5 +583,14 @@ pub fn render_map_file(entries: &[RtMapEntry]) -> String {
     entries
         .iter()
         .map(|e| format!("{} {}\n", e.key, e.value))
+        .collect()
+}
+
+/// The expressions of an `http-request` rule, where map files are referenced.
+fn request_rule_text(r: &HttpRequestRule) -> String {
+    [&r.var_expr, &r.path_fmt, &r.redir_value, &r.cond_test]
+        .iter()
+        .filter_map(|v| v.as_deref())
+        .map(|v| format!("{v}\n"))
         .collect()
 }

@@ -1,6 +1,7 @@
 //! Request bodies of the Data Plane API v3.2, as typed Rust written from reading the spec's
 //! definitions (`backend`, `cookie`, `server`, `default_server`, `http_check`, `acl`,
-//! `backend_switching_rule`, `map_entry`, `runtime_server`, `runtime_add_server`).
+//! `backend_switching_rule`, `http_request_rule`, `map_entry`, `runtime_server`,
+//! `runtime_add_server`).
 //!
 //! Only the spec's own fields are modelled, and every struct denies unknown fields: the real API
 //! silently drops a field it does not know (or a readOnly one), which hides a misspelt field in
@@ -628,6 +629,76 @@ impl Validate for BackendSwitchingRule {
     fn validate(&self, p: &str) -> Result<(), ApiError> {
         check_required(p, "name", &self.name)?;
         check_pattern(p, "name", Some(&self.name), Pat::NoWs)
+    }
+}
+
+/// `http_request_rule`: the fields of the rule types the connector writes (`set-var`,
+/// `set-path`; the spec's other properties belong to other types and are refused here, so a
+/// misspelt field still fails), with the spec's `x-dependency` requirements for those types.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpRequestRule {
+    #[serde(rename = "type")]
+    pub kind: HttpRequestRuleType,
+    pub var_scope: Option<String>,
+    pub var_name: Option<String>,
+    pub var_expr: Option<String>,
+    pub path_fmt: Option<String>,
+    pub path_match: Option<String>,
+    pub redir_type: Option<RedirType>,
+    pub redir_value: Option<String>,
+    pub redir_code: Option<i64>,
+    pub cond: Option<Cond>,
+    pub cond_test: Option<String>,
+    pub metadata: Option<Metadata>,
+}
+
+str_enum!(RedirType { Location = "location", Prefix = "prefix", Scheme = "scheme" });
+
+str_enum!(HttpRequestRuleType {
+    AddAcl = "add-acl", AddHeader = "add-header", Allow = "allow", Auth = "auth", CacheUse = "cache-use", Capture = "capture", DelAcl = "del-acl", DelHeader = "del-header", DelMap = "del-map", Deny = "deny", DisableL7Retry = "disable-l7-retry", DoResolve = "do-resolve", EarlyHint = "early-hint", Lua = "lua", NormalizeUri = "normalize-uri", Pause = "pause", Redirect = "redirect", Reject = "reject", ReplaceHeader = "replace-header", ReplacePath = "replace-path", ReplacePathq = "replace-pathq", ReplaceUri = "replace-uri", ReplaceValue = "replace-value", Return = "return", ScAddGpc = "sc-add-gpc", ScIncGpc = "sc-inc-gpc", ScIncGpc0 = "sc-inc-gpc0", ScIncGpc1 = "sc-inc-gpc1", ScSetGpt = "sc-set-gpt", ScSetGpt0 = "sc-set-gpt0", SendSpoeGroup = "send-spoe-group", SetBcMark = "set-bc-mark", SetBcTos = "set-bc-tos", SetDst = "set-dst", SetDstPort = "set-dst-port", SetFcMark = "set-fc-mark", SetFcTos = "set-fc-tos", SetHeader = "set-header", SetLogLevel = "set-log-level", SetMap = "set-map", SetMark = "set-mark", SetMethod = "set-method", SetNice = "set-nice", SetPath = "set-path", SetPathq = "set-pathq", SetPriorityClass = "set-priority-class", SetPriorityOffset = "set-priority-offset", SetQuery = "set-query", SetSrc = "set-src", SetSrcPort = "set-src-port", SetTimeout = "set-timeout", SetTos = "set-tos", SetUri = "set-uri", SetVar = "set-var", SetVarFmt = "set-var-fmt", SilentDrop = "silent-drop", StrictMode = "strict-mode", Tarpit = "tarpit", TrackSc = "track-sc", UnsetVar = "unset-var", UseService = "use-service", WaitForBody = "wait-for-body", WaitForHandshake = "wait-for-handshake", SetBandwidthLimit = "set-bandwidth-limit", SetRetries = "set-retries", DoLog = "do-log"
+});
+
+impl Validate for HttpRequestRule {
+    fn validate(&self, p: &str) -> Result<(), ApiError> {
+        check_pattern(p, "var_scope", self.var_scope.as_deref(), Pat::NoWs)?;
+        check_pattern(p, "var_name", self.var_name.as_deref(), Pat::NoWs)?;
+        check_pattern(p, "path_fmt", self.path_fmt.as_deref(), Pat::NoWs)?;
+        check_pattern(p, "path_match", self.path_match.as_deref(), Pat::NoWs)?;
+        check_pattern(p, "redir_value", self.redir_value.as_deref(), Pat::NoWs)?;
+        if let Some(code) = self.redir_code
+            && ![301, 302, 303, 307, 308].contains(&code)
+        {
+            return Err(ApiError::schema(
+                ENUM,
+                format!("{p}redir_code in body should be one of [301 302 303 307 308]"),
+            ));
+        }
+        let need = |field: &str, v: &Option<String>| match v {
+            Some(s) if !s.is_empty() => Ok(()),
+            _ => Err(ApiError::schema(
+                REQUIRED,
+                format!("{p}{field} in body is required"),
+            )),
+        };
+        match self.kind {
+            HttpRequestRuleType::SetVar => {
+                need("var_scope", &self.var_scope)?;
+                need("var_name", &self.var_name)?;
+                need("var_expr", &self.var_expr)
+            }
+            HttpRequestRuleType::SetPath => need("path_fmt", &self.path_fmt),
+            HttpRequestRuleType::Redirect => {
+                if self.redir_type.is_none() {
+                    return Err(ApiError::schema(
+                        REQUIRED,
+                        format!("{p}redir_type in body is required"),
+                    ));
+                }
+                need("redir_value", &self.redir_value)
+            }
+            _ => Ok(()),
+        }
     }
 }
 

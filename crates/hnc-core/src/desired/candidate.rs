@@ -26,7 +26,12 @@ pub(super) struct Candidate {
     /// Settings per field where instances disagree (field name), to resolve against live.
     pub(super) disagreements: Vec<&'static str>,
     pub(super) servers: BTreeMap<Endpoint, ServerSpec>,
+    /// Route keys claimed: domains, and path routes ([`MatchKind::Path`]).
     pub(super) domains: BTreeSet<(MatchKind, String)>,
+    /// Path route keys whose prefix is stripped, with its length in bytes.
+    pub(super) strips: BTreeMap<String, usize>,
+    /// `redirect.https`: the hosts of the routes it wins redirect plain HTTP to https.
+    pub(super) redirect_https: bool,
     /// Age for conflict resolution: the oldest registration wins.
     pub(super) age: (u64, ServiceKey),
 }
@@ -122,7 +127,20 @@ pub(super) fn candidate(
                     "verifying the servers' certificates (server.verify=required, the default with server.ssl=true) needs haproxy.server_ca_file in the connector's configuration; set it, or server.verify=none; service skipped, its live objects left unchanged".into(),
                 ));
             }
-            Ok(t) if t.enabled => {
+            Ok(mut t) if t.enabled => {
+                if let Err(why) =
+                    super::default_domain::apply(&mut t, key, policy.default_domain.as_deref())
+                {
+                    desired.diagnostics.push(diag(
+                        key,
+                        Severity::Warning,
+                        Reason::InvalidDefaultDomain,
+                        None,
+                        format!(
+                            "haproxy.default_domain renders {why}; the service is served without a default host route"
+                        ),
+                    ));
+                }
                 for u in &t.unknown {
                     desired.diagnostics.push(diag(
                         key,
@@ -358,10 +376,9 @@ pub(super) fn candidate(
     if differs(&|a, b| a.tls != b.tls) {
         disagreements.push("server.tls");
     }
-    let domains = variants
-        .iter()
-        .flat_map(|v| v.parsed.domains.iter().cloned())
-        .collect();
+    let domains = variants.iter().flat_map(|v| v.parsed.routes()).collect();
+    let strips = variants.iter().flat_map(|v| v.parsed.strips()).collect();
+    let redirect_https = variants.iter().any(|v| v.parsed.redirect_https);
     let oldest = members
         .iter()
         .map(|(i, _)| i.create_index)
@@ -375,6 +392,8 @@ pub(super) fn candidate(
         disagreements,
         servers,
         domains,
+        strips,
+        redirect_https,
         age: (oldest, key.clone()),
     })
 }
@@ -494,7 +513,11 @@ fn instance_settings(
         }
     };
     let mode = t.mode.unwrap_or(
-        if !t.domains.is_empty() || explicit.wants_http() || t.sticky.is_some() {
+        if !t.domains.is_empty()
+            || !t.paths.is_empty()
+            || explicit.wants_http()
+            || t.sticky.is_some()
+        {
             Mode::Http
         } else {
             Mode::Tcp

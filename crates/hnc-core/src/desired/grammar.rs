@@ -86,6 +86,7 @@ fn domain_key(value: &str, kind: MatchKind) -> Result<(MatchKind, String), Strin
         }
         MatchKind::Prefix | MatchKind::Suffix => Ok((kind, host(value)?)),
         MatchKind::Regex => Ok((kind, regex(value)?)),
+        MatchKind::Path | MatchKind::Redirect => Err("is not a domain match type".into()),
     }
 }
 
@@ -160,6 +161,38 @@ pub fn path(value: &str) -> Result<String, String> {
         return Err(format!(
             "contains `{c}`, which is not allowed in a check path"
         ));
+    }
+    Ok(value.to_string())
+}
+
+/// A path route's prefix (`path`): starts with `/`, at most
+/// [`crate::path_rules::MAX_PATH_LEN`] bytes, path characters only (RFC 3986 unreserved, `/`, and
+/// the sub-delimiters `!`, `(`, `)`, `+`, `,`, `=`, `:`, `@`). No `?` (it ends an exact path's key),
+/// no `%` (HAProxy matches the path as sent, undecoded) and no dot segments (URLs normalise them).
+pub fn route_path(value: &str) -> Result<String, String> {
+    no_forbidden(value)?;
+    if !value.starts_with('/') {
+        return Err("must start with `/`".into());
+    }
+    if value.len() > crate::path_rules::MAX_PATH_LEN {
+        return Err(format!(
+            "is longer than {} bytes",
+            crate::path_rules::MAX_PATH_LEN
+        ));
+    }
+    if let Some(c) = value.chars().find(|c| {
+        !(c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                '-' | '.' | '_' | '~' | '/' | '!' | '(' | ')' | '+' | ',' | '=' | ':' | '@'
+            ))
+    }) {
+        return Err(format!(
+            "contains `{c}`; a route path has only letters, digits and `-._~/!()+,=:@`"
+        ));
+    }
+    if value.split('/').any(|seg| seg == "." || seg == "..") {
+        return Err("contains a `.` or `..` segment, which URLs normalise away".into());
     }
     Ok(value.to_string())
 }

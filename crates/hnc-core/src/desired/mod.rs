@@ -3,6 +3,7 @@
 //! disagree). No I/O.
 
 mod candidate;
+pub mod default_domain;
 pub mod grammar;
 pub mod host_regex;
 pub mod tags;
@@ -61,6 +62,9 @@ pub struct Policy {
     pub denied_ranges: Vec<ipnet::IpNet>,
     /// The CA file HAProxy verifies servers' certificates with (`haproxy.server_ca_file`).
     pub server_ca_file: Option<String>,
+    /// The host-name template that gives services without `domain` or `path` tags a host route
+    /// (`haproxy.default_domain`, e.g. `{service}.{namespace}.apps.example.com`).
+    pub default_domain: Option<String>,
 }
 
 impl Default for Policy {
@@ -72,6 +76,7 @@ impl Default for Policy {
             allow_regex_domains: true,
             denied_ranges: Vec::new(),
             server_ca_file: None,
+            default_domain: None,
         }
     }
 }
@@ -186,6 +191,7 @@ pub enum Reason {
     IncompatibleBackend,
     BackendExists,
     Disagreement,
+    InvalidDefaultDomain,
 }
 
 impl Reason {
@@ -202,6 +208,7 @@ impl Reason {
             Reason::IncompatibleBackend => "incompatible_backend",
             Reason::BackendExists => "backend_exists",
             Reason::Disagreement => "disagreement",
+            Reason::InvalidDefaultDomain => "invalid_default_domain",
         }
     }
 }
@@ -407,6 +414,8 @@ pub fn build(snapshot: &Snapshot, live: &Live, policy: &Policy) -> Result<Desire
         .flat_map(|(i, (c, _))| c.domains.iter().map(move |d| (d, &c.age, i)))
         .collect();
     claims.sort_unstable();
+    // Hosts to redirect to https: those of the routes won by a service that asks for it.
+    let mut redirects: BTreeSet<String> = BTreeSet::new();
     let mut grouped: Vec<((MatchKind, String), Vec<usize>)> = Vec::new();
     for (domain, _, i) in claims {
         match grouped.last_mut() {
@@ -436,17 +445,48 @@ pub fn build(snapshot: &Snapshot, live: &Live, policy: &Policy) -> Result<Desire
                     Reason::DomainConflict,
                     None,
                     format!(
-                        "{} domain `{key}` is claimed by {}; {outcome}",
-                        kind.as_str(),
+                        "{} `{key}` is claimed by {}; {outcome}",
+                        if kind == MatchKind::Path {
+                            "path route".to_string()
+                        } else {
+                            format!("{} domain", kind.as_str())
+                        },
                         names.join(", ")
                     ),
                 ));
             }
         }
         let winner = &accepted[owners[0]].0;
-        desired
-            .routes
-            .insert(RouteKey { kind, key }, winner.backend.clone());
+        let value = match winner.strips.get(&key) {
+            Some(n) if kind == MatchKind::Path => {
+                crate::path_rules::route_value(&winner.backend, Some(*n))
+            }
+            _ => winner.backend.clone(),
+        };
+        if winner.redirect_https {
+            match kind {
+                MatchKind::Exact => {
+                    redirects.insert(key.clone());
+                }
+                MatchKind::Path if !key.starts_with('/') => {
+                    if let Some((host, _)) = key.split_once('/') {
+                        redirects.insert(host.to_string());
+                    }
+                }
+                _ => {}
+            }
+        }
+        desired.routes.insert(RouteKey { kind, key }, value);
+    }
+
+    for host in redirects {
+        desired.routes.insert(
+            RouteKey {
+                kind: MatchKind::Redirect,
+                key: host,
+            },
+            crate::path_rules::REDIRECT_VALUE.to_string(),
+        );
     }
 
     for (c, ownership) in accepted {
@@ -500,3 +540,12 @@ pub(crate) mod tests;
 
 #[cfg(test)]
 mod settings_tests;
+
+#[cfg(test)]
+mod path_tests;
+
+#[cfg(test)]
+mod redirect_tests;
+
+#[cfg(test)]
+mod default_domain_tests;

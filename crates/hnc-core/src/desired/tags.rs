@@ -5,7 +5,8 @@
 //! `check.method`, `check.host`, `check.type`, `check.disabled`, `check.interval`,
 //! `check.timeout`, `check.rise`, `check.fall`, `check.expect`, `balance`, `mode`, `maxconn`,
 //! `weight`, `timeout.server`, `timeout.connect`, `timeout.tunnel`, `sticky`, `sticky.cookie`,
-//! `server.ssl`, `server.sni`, `server.verify`.
+//! `server.ssl`, `server.sni`, `server.verify`, `path` (repeatable), `path.type`, `path.strip`,
+//! `redirect.https`.
 
 use std::collections::BTreeMap;
 
@@ -13,7 +14,7 @@ use super::grammar;
 use crate::model::{Balance, DEFAULT_STICKY_COOKIE, MatchKind, Mode, Sni, StickyCookie, Timeouts};
 
 /// Every key the grammar knows (for typo reports and documentation).
-pub const KEYS: [&str; 27] = [
+pub const KEYS: [&str; 31] = [
     "enable",
     "backend",
     "backend.name",
@@ -41,6 +42,10 @@ pub const KEYS: [&str; 27] = [
     "server.ssl",
     "server.sni",
     "server.verify",
+    "path",
+    "path.type",
+    "path.strip",
+    "redirect.https",
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,6 +111,14 @@ pub struct InstanceTags {
     pub sticky: Option<StickyCookie>,
     /// TLS to the servers (`server.ssl=true`, with `server.sni` and `server.verify`).
     pub tls: Option<TlsTags>,
+    /// Path routes, sorted and de-duplicated (`path`), on the exact domains or on any host.
+    pub paths: Vec<String>,
+    /// `path.type=exact`: the paths match whole, not as prefixes.
+    pub path_exact: bool,
+    /// `path.strip=true`: the matched path prefix is removed before the request is forwarded.
+    pub path_strip: bool,
+    /// `redirect.https=true`: plain-HTTP requests for the service's exact hosts get a 301 to https.
+    pub redirect_https: bool,
     /// Keys under the prefix that the grammar does not know (typos), as written.
     pub unknown: Vec<String>,
 }
@@ -225,17 +238,33 @@ pub fn parse(tags: &[String], prefix: &str) -> Result<InstanceTags, TagError> {
         },
         sticky: sticky(&mut p, &values)?,
         tls: tls(&mut p, &values)?,
+        paths: Vec::new(),
+        path_exact: false,
+        path_strip: false,
+        redirect_https: false,
         unknown,
     };
     if parsed.mode == Some(Mode::Tcp) && parsed.sticky.is_some() {
-        let (tag, value) = first_tag(&values, "mode");
+        let (tag, value) = first_of(&values, "mode");
         return Err(TagError {
             tag,
             value,
             reason: "sticky cookies need mode http".into(),
         });
     }
-    if parsed.mode == Some(Mode::Tcp) && !parsed.domains.is_empty() {
+    let mut parsed = path_tags(parsed, &values, &mut p)?;
+    parsed.redirect_https = p
+        .single("redirect.https", grammar::boolean)?
+        .unwrap_or(false);
+    if parsed.redirect_https && !parsed.domains.iter().any(|(k, _)| *k == MatchKind::Exact) {
+        let (tag, value) = first_of(&values, "redirect.https");
+        return Err(TagError {
+            tag,
+            value,
+            reason: "redirect.https needs an exact domain (the hosts it redirects)".into(),
+        });
+    }
+    if parsed.mode == Some(Mode::Tcp) && !(parsed.domains.is_empty() && parsed.paths.is_empty()) {
         let (tag, value) = values
             .get("mode")
             .and_then(|v| v.first())
@@ -244,10 +273,120 @@ pub fn parse(tags: &[String], prefix: &str) -> Result<InstanceTags, TagError> {
         return Err(TagError {
             tag,
             value,
-            reason: "host routing (domain tags) needs mode http".into(),
+            reason: if parsed.domains.is_empty() {
+                "path routing (path tags) needs mode http".into()
+            } else {
+                "host routing (domain tags) needs mode http".into()
+            },
         });
     }
     Ok(parsed)
+}
+
+/// The first value written for `key`, as (tag, value).
+fn first_of(values: &BTreeMap<&str, Vec<(&str, &str)>>, key: &str) -> (String, String) {
+    values
+        .get(key)
+        .and_then(|v| v.first())
+        .map(|(t, v)| ((*t).to_string(), (*v).to_string()))
+        .unwrap_or_default()
+}
+
+/// `path` (repeatable), `path.type` and `path.strip`, checked against the domains they combine with.
+fn path_tags(
+    mut parsed: InstanceTags,
+    values: &BTreeMap<&str, Vec<(&str, &str)>>,
+    p: &mut Parser<'_>,
+) -> Result<InstanceTags, TagError> {
+    for (tag, value) in values.get("path").map(Vec::as_slice).unwrap_or_default() {
+        parsed
+            .paths
+            .push(grammar::route_path(value).map_err(|reason| TagError {
+                tag: (*tag).to_string(),
+                value: (*value).to_string(),
+                reason,
+            })?);
+    }
+    parsed.paths.sort();
+    parsed.paths.dedup();
+    parsed.path_exact = p
+        .single("path.type", |v| match v {
+            "prefix" => Ok(false),
+            "exact" => Ok(true),
+            _ => Err("expected prefix or exact".to_string()),
+        })?
+        .unwrap_or(false);
+    parsed.path_strip = p.single("path.strip", grammar::boolean)?.unwrap_or(false);
+    if parsed.paths.is_empty() {
+        for key in ["path.type", "path.strip"] {
+            if values.contains_key(key) {
+                let (tag, value) = first_of(values, key);
+                return Err(TagError {
+                    tag,
+                    value,
+                    reason: format!("`{key}` applies only with `path`"),
+                });
+            }
+        }
+    } else if parsed.domains.iter().any(|(k, _)| *k != MatchKind::Exact) {
+        let (tag, value) = match first_of(values, "domain.type") {
+            (t, v) if !t.is_empty() => (t, v),
+            _ => first_of(values, "domain"),
+        };
+        return Err(TagError {
+            tag,
+            value,
+            reason: "path routes combine only with exact domains".into(),
+        });
+    }
+    Ok(parsed)
+}
+
+impl InstanceTags {
+    /// The route keys this registration claims: its domains; with paths, each path on each exact
+    /// domain (the domain alone is then not claimed), or on any host without domains.
+    pub fn routes(&self) -> Vec<(MatchKind, String)> {
+        if self.paths.is_empty() {
+            return self.domains.clone();
+        }
+        let hosts: Vec<Option<&str>> = if self.domains.is_empty() {
+            vec![None]
+        } else {
+            self.domains.iter().map(|(_, d)| Some(d.as_str())).collect()
+        };
+        hosts
+            .iter()
+            .flat_map(|h| {
+                self.paths.iter().map(move |p| {
+                    (
+                        MatchKind::Path,
+                        crate::path_rules::path_key(*h, p, self.path_exact),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// The bytes a route's path prefix takes, to strip, for the keys of [`InstanceTags::routes`]
+    /// that strip.
+    pub fn strips(&self) -> Vec<(String, usize)> {
+        if !self.path_strip {
+            return Vec::new();
+        }
+        let hosts: Vec<Option<&str>> = if self.domains.is_empty() {
+            vec![None]
+        } else {
+            self.domains.iter().map(|(_, d)| Some(d.as_str())).collect()
+        };
+        hosts
+            .iter()
+            .flat_map(|h| {
+                self.paths
+                    .iter()
+                    .map(move |p| (crate::path_rules::path_key(*h, p, self.path_exact), p.len()))
+            })
+            .collect()
+    }
 }
 
 impl CheckTags {
@@ -274,7 +413,7 @@ fn sticky(
         })),
         (false, None) => Ok(None),
         (false, Some(_)) => {
-            let (tag, value) = first_tag(values, "sticky.cookie");
+            let (tag, value) = first_of(values, "sticky.cookie");
             Err(TagError {
                 tag,
                 value,
@@ -309,7 +448,7 @@ fn tls(
         .into_iter()
         .find(|k| values.contains_key(k))
     {
-        let (tag, value) = first_tag(values, key);
+        let (tag, value) = first_of(values, key);
         return Err(TagError {
             tag,
             value,
@@ -317,14 +456,6 @@ fn tls(
         });
     }
     Ok(None)
-}
-
-fn first_tag(values: &BTreeMap<&str, Vec<(&str, &str)>>, key: &str) -> (String, String) {
-    values
-        .get(key)
-        .and_then(|v| v.first())
-        .map(|(t, v)| ((*t).to_string(), (*v).to_string()))
-        .unwrap_or_default()
 }
 
 fn check_http_field_tag(values: &BTreeMap<&str, Vec<(&str, &str)>>) -> (String, String) {

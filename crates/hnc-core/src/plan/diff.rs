@@ -90,6 +90,8 @@ pub fn diff(desired: &Desired, live: &Live, now: Instant, policy: &Policy) -> Pl
                 frontend: fe.frontend,
                 at: fe.count,
                 rules: fe.missing,
+                request_rules: fe.missing_requests,
+                request_at: fe.request_count,
                 create_maps: fe.missing_maps,
             },
             "the frontend lacks the connector's host-map rules",
@@ -379,9 +381,9 @@ fn routes(plan: &mut Plan, desired: &Desired, live: &Live, still_draining: &BTre
             continue;
         }
         let held = targets.iter().find(|t| {
-            desired.frozen.contains(t.as_str())
-                || (still_draining.contains(t.as_str())
-                    && !desired.backends.contains_key(t.as_str()))
+            let t = crate::path_rules::route_backend(t);
+            desired.frozen.contains(t)
+                || (still_draining.contains(t) && !desired.backends.contains_key(t))
         });
         if held.is_some() {
             continue;

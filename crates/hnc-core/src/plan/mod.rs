@@ -124,11 +124,16 @@ pub enum Action {
     },
     /// Insert the connector's host-map `use_backend` rules into the configured frontend (after
     /// its own rules, from position `at`; the frontend's other rules and ACLs are left as they
-    /// are). `create_maps`: the map files they reference that must be created first (empty).
+    /// are), and its path-route `http-request` rules (after the frontend's own, from
+    /// `request_at`). `create_maps`: the map files they reference that must be created first
+    /// (empty).
     InsertRouteRules {
         frontend: String,
         at: usize,
         rules: Vec<(String, String)>,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        request_rules: Vec<crate::path_rules::RequestRule>,
+        request_at: usize,
         create_maps: Vec<MatchKind>,
     },
     /// Rewrite one route map whole with `entries` (key, backend): `keys` changed or left and no

@@ -4,7 +4,7 @@ use std::fmt::Write;
 
 use super::{Action, OpKind, Plan};
 use crate::desired::Diagnostic;
-use crate::model::{BackendSettings, CheckSpec, Sni};
+use crate::model::{BackendSettings, CheckSpec, MatchKind, Sni};
 
 /// A short description of backend settings, e.g. `http, roundrobin, check http GET /health`.
 pub fn settings(s: &BackendSettings) -> String {
@@ -134,13 +134,33 @@ fn describe(a: &Action) -> (char, String) {
         Action::RemoveServer { backend, server } => {
             ('-', format!("remove server {backend}/{server}"))
         }
-        Action::AddRoute { route, backend } => ('+', format!("route {route} → {backend}")),
-        Action::SetRoute { route, backend, .. } => ('~', format!("route {route} → {backend}")),
+        Action::AddRoute { route, .. } if route.kind == MatchKind::Redirect => (
+            '+',
+            format!("redirect http://{}/ to https (301)", route.key),
+        ),
+        Action::RemoveRoute { route } if route.kind == MatchKind::Redirect => (
+            '-',
+            format!("stop redirecting http://{}/ to https", route.key),
+        ),
+        Action::AddRoute { route, backend } => {
+            ('+', format!("route {route} → {}", target(backend)))
+        }
+        Action::SetRoute { route, backend, .. } => {
+            ('~', format!("route {route} → {}", target(backend)))
+        }
         Action::RemoveRoute { route } => ('-', format!("remove route {route}")),
         Action::InsertRouteRules { frontend, .. } => (
             '+',
-            format!("insert the host-map rules into the frontend {frontend}"),
+            format!("insert the route-map rules into the frontend {frontend}"),
         ),
+    }
+}
+
+/// A route's map value for people: the backend, and the bytes a path route strips.
+fn target(value: &str) -> String {
+    match value.split_once('/') {
+        Some((backend, n)) => format!("{backend} (strips the first {n} bytes of the path)"),
+        None => value.to_string(),
     }
 }
 

@@ -299,3 +299,39 @@ pub fn parse_settings(b: &Backend) -> Option<BackendSettings> {
 
 #[cfg(test)]
 mod tests;
+
+/// The Data Plane API object of one of the connector's `http-request` rules.
+pub fn request_rule_body(rule: &crate::path_rules::RequestRule) -> wire::HttpRequestRule {
+    use crate::path_rules::RequestAction;
+    let mut body = wire::HttpRequestRule {
+        kind: String::new(),
+        var_scope: None,
+        var_name: None,
+        var_expr: None,
+        path_fmt: None,
+        redir_type: None,
+        redir_value: None,
+        redir_code: None,
+        cond: rule.cond.as_ref().map(|_| wire::Cond::If),
+        cond_test: rule.cond.clone(),
+    };
+    match &rule.action {
+        RequestAction::SetVar { scope, name, expr } => {
+            body.kind = "set-var".into();
+            body.var_scope = Some(scope.clone());
+            body.var_name = Some(name.clone());
+            body.var_expr = Some(expr.clone());
+        }
+        RequestAction::SetPath { fmt } => {
+            body.kind = "set-path".into();
+            body.path_fmt = Some(fmt.clone());
+        }
+        RequestAction::RedirectScheme { scheme, code } => {
+            body.kind = "redirect".into();
+            body.redir_type = Some("scheme".into());
+            body.redir_value = Some(scheme.clone());
+            body.redir_code = Some(i64::from(*code));
+        }
+    }
+    body
+}

@@ -423,6 +423,32 @@ pub struct BackendSwitchingRule {
     pub metadata: Option<BTreeMap<String, Map<String, Value>>>,
 }
 
+/// `http_request_rule` (`type` is required): a frontend's `http-request` rule. Only the fields
+/// of the types the connector writes (`set-var`, `set-path`, `redirect`) are typed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpRequestRule {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub var_scope: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub var_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub var_expr: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_fmt: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redir_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redir_value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redir_code: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cond: Option<Cond>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cond_test: Option<String>,
+}
+
 /// `runtime_server.admin_state`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -470,4 +496,5 @@ pub enum ConfigBody {
     HttpChecks(Vec<HttpCheck>),
     Server(Server),
     BackendSwitchingRule(BackendSwitchingRule),
+    HttpRequestRule(HttpRequestRule),
 }
