@@ -18,6 +18,7 @@ pub fn is_removal(a: &Action) -> bool {
     matches!(
         a,
         Action::DrainServer { .. }
+            | Action::MaintServer { .. }
             | Action::RemoveServer { .. }
             | Action::RemoveRoute { .. }
             | Action::DeleteBackend { .. }

@@ -30,6 +30,9 @@ mod tests;
 #[cfg(test)]
 mod props;
 
+#[cfg(test)]
+mod gating_tests;
+
 /// Whether an operation changes HAProxy's configuration structure (a reload under some driver)
 /// or only its run-time state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -97,6 +100,12 @@ pub enum Action {
     },
     /// Take a server out of rotation, letting its sessions finish.
     DrainServer {
+        backend: String,
+        server: String,
+    },
+    /// Put a drained server in maintenance, keeping it (its Nomad checks fail:
+    /// `nomad.gate_on_checks`); [`Action::ReadyServer`] brings it back.
+    MaintServer {
         backend: String,
         server: String,
     },
@@ -172,6 +181,7 @@ impl Action {
             Action::EnableCheck { .. } => "enable_check",
             Action::SetWeight { .. } => "set_weight",
             Action::DrainServer { .. } => "drain_server",
+            Action::MaintServer { .. } => "maint_server",
             Action::RemoveServer { .. } => "remove_server",
             Action::AddRoute { .. } => "add_route",
             Action::SetRoute { .. } => "set_route",
@@ -195,6 +205,7 @@ impl Action {
             | Action::EnableCheck { backend, .. }
             | Action::SetWeight { backend, .. }
             | Action::DrainServer { backend, .. }
+            | Action::MaintServer { backend, .. }
             | Action::RemoveServer { backend, .. }
             | Action::AddRoute { backend, .. }
             | Action::SetRoute { backend, .. } => Some(backend),
@@ -213,6 +224,7 @@ impl Action {
             | Action::EnableCheck { server, .. }
             | Action::SetWeight { server, .. }
             | Action::DrainServer { server, .. }
+            | Action::MaintServer { server, .. }
             | Action::RemoveServer { server, .. } => Some(server),
             _ => None,
         }
@@ -229,7 +241,7 @@ impl Action {
             Action::ReadyServer { .. } | Action::EnableCheck { .. } | Action::SetWeight { .. } => 3,
             // A map rewritten whole reloads: before the drains, which a reload would undo.
             Action::AddRoute { .. } | Action::SetRoute { .. } | Action::RewriteMap { .. } => 4,
-            Action::DrainServer { .. } => 5,
+            Action::DrainServer { .. } | Action::MaintServer { .. } => 5,
             Action::RemoveRoute { .. } => 6,
             Action::RemoveServer { .. } => 7,
             Action::DeleteBackend { .. } => 8,
