@@ -17,6 +17,7 @@ mod dataplane_double;
 mod dataplane_driver;
 mod dataplane_objects;
 mod e2e_dataplane;
+mod e2e_gating;
 mod e2e_runtime;
 mod haproxy_harness;
 mod hostile;

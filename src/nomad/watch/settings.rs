@@ -24,7 +24,8 @@ pub struct Tuning {
     pub startup_stream_wait: Duration,
     /// Service reads in flight at once during a relist; also check-result reads in flight.
     pub read_concurrency: usize,
-    /// Period of the check-results poll (`nomad.gate_on_checks`).
+    /// Period of the check-results poll (`nomad.gate_on_checks`): 5 s, or the resync interval
+    /// when shorter.
     pub check_poll: Duration,
     /// Most allocations whose checks one poll reads; the next poll goes on from there.
     pub check_reads_max: usize,
@@ -74,13 +75,16 @@ pub struct WatcherSettings {
 
 impl WatcherSettings {
     pub fn from_config(config: &NomadConfig) -> Self {
+        let mut tuning = Tuning::default();
+        // Check results are polled at least once per resync (a shorter resync polls faster).
+        tuning.check_poll = tuning.check_poll.min(config.resync_interval);
         WatcherSettings {
             namespaces: config.namespaces.clone(),
             namespace_deny: config.namespace_deny.clone(),
             tag_prefix: config.tag_prefix.clone(),
             resync_interval: config.resync_interval,
             gate_on_checks: config.gate_on_checks,
-            tuning: Tuning::default(),
+            tuning,
         }
     }
 
