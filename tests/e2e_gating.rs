@@ -40,7 +40,7 @@ const MAPS: [&str; 4] = [
     "hnc_regex.map",
 ];
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -59,10 +59,10 @@ fn put_checked_job(nomad: &NomadDouble) {
     );
 }
 
-fn env(nomad: &NomadDouble) -> Vec<(&'static str, String)> {
+pub(crate) fn env(nomad: &NomadDouble, gate: bool) -> Vec<(&'static str, String)> {
     vec![
         ("NOMAD_ADDR", nomad.url().to_string()),
-        ("NOMAD_GATE_ON_CHECKS", "true".into()),
+        ("NOMAD_GATE_ON_CHECKS", gate.to_string()),
         ("HAPROXY_DRAIN_TIMEOUT_SEC", "5s".into()),
         ("RECONCILE_RESYNC_INTERVAL", "1s".into()),
         ("NOMAD_RESYNC_INTERVAL", "1s".into()),
@@ -70,17 +70,20 @@ fn env(nomad: &NomadDouble) -> Vec<(&'static str, String)> {
     ]
 }
 
-struct World {
+/// Real HAProxy (runtime driver), the Nomad double and the connector; also used by
+/// [`crate::e2e_canary`].
+pub(crate) struct World {
     _rt: tokio::runtime::Runtime,
-    nomad: NomadDouble,
-    lb: Haproxy,
-    connector: Connector,
-    port: u16,
+    pub(crate) nomad: NomadDouble,
+    pub(crate) lb: Haproxy,
+    pub(crate) connector: Connector,
+    pub(crate) port: u16,
     _files: tempfile::TempDir,
 }
 
 impl World {
-    fn start() -> World {
+    /// `gate`: `nomad.gate_on_checks`.
+    pub(crate) fn start(gate: bool) -> World {
         let rt = runtime();
         let nomad = rt.block_on(NomadDouble::start());
         let files = tempfile::tempdir().expect("tempdir");
@@ -103,7 +106,7 @@ impl World {
              backend hand_default\n    http-request return status 404 content-type text/plain string nobody\n"
         );
         let lb = Haproxy::start_with(&body, std::slice::from_ref(&confd));
-        let mut env = env(&nomad);
+        let mut env = env(&nomad, gate);
         env.extend([
             ("HAPROXY_DRIVER", "runtime".to_string()),
             (
@@ -135,7 +138,7 @@ impl World {
 
     /// `address:port` → admin state bits (`srv_admin_state`: 0x01 maintenance, 0x08 drain) of
     /// every server of `backend` with an address, per `show servers state`.
-    fn admin_states(&self, backend: &str) -> BTreeMap<String, u32> {
+    pub(crate) fn admin_states(&self, backend: &str) -> BTreeMap<String, u32> {
         self.lb
             .admin(&format!("show servers state {backend}"))
             .lines()
@@ -153,7 +156,7 @@ impl World {
     }
 
     /// The master's reload counter (`show proc`).
-    fn reloads(&self) -> u64 {
+    pub(crate) fn reloads(&self) -> u64 {
         self.lb
             .master("show proc")
             .lines()
@@ -163,7 +166,7 @@ impl World {
             .expect("master line in show proc")
     }
 
-    fn wait(&self, what: &str, within: Duration, mut cond: impl FnMut(&World) -> bool) {
+    pub(crate) fn wait(&self, what: &str, within: Duration, mut cond: impl FnMut(&World) -> bool) {
         let deadline = Instant::now() + within;
         while !cond(self) {
             assert!(
@@ -190,7 +193,7 @@ fn answers(port: u16, n: usize) -> Vec<String> {
 
 #[test]
 fn a_failing_instance_stops_getting_traffic_and_comes_back_without_reload() {
-    let w = World::start();
+    let w = World::start(true);
     put_checked_job(&w.nomad);
     let instances: Vec<Instance> = (0..3).map(|i| Instance::start(&format!("i{i}"))).collect();
     let addr = |i: usize| format!("127.0.0.1:{}", instances[i].port);
@@ -210,7 +213,9 @@ fn a_failing_instance_stops_getting_traffic_and_comes_back_without_reload() {
     });
     let all: std::collections::BTreeSet<String> = answers(w.port, 30).into_iter().collect();
     assert_eq!(all, ["i0", "i1", "i2"].map(String::from).into());
+    w.connector.wait_settled();
     let reloads = w.reloads();
+    let connector_reloads = w.connector.metrics().sum("hnc_haproxy_reloads_total", &[]);
 
     // i1's Nomad check fails (HAProxy's own check is disabled: only Nomad's verdict counts).
     w.nomad.set_check("a1", "app", "alive", "failure");
@@ -251,10 +256,15 @@ fn a_failing_instance_stops_getting_traffic_and_comes_back_without_reload() {
         answers(w.port, 12).iter().any(|a| a == "i1")
     });
     assert_eq!(w.reloads(), reloads, "gating is run-time only: no reload");
+    assert_eq!(
+        w.connector.metrics().sum("hnc_haproxy_reloads_total", &[]),
+        connector_reloads,
+        "the connector caused no reload"
+    );
     assert!(w.nomad.requests("checks") > 0);
 }
 
-fn dp_base() -> BaseConfig {
+pub(crate) fn dp_base() -> BaseConfig {
     let mut fe = FrontendSpec::new("http-in").default_backend("legacy");
     for (name, cond) in route_rules("/etc/haproxy/maps") {
         fe = fe.rule(json!({"name": name, "cond": "if", "cond_test": cond}));
@@ -274,7 +284,7 @@ fn dataplane_driver_drains_then_maintains_a_failing_instance_without_reload() {
     let nomad = rt.block_on(NomadDouble::start());
     let dp = rt.block_on(DataplaneDouble::start(dp_base(), DpOptions::fast()));
     put_checked_job(&nomad);
-    let mut env = env(&nomad);
+    let mut env = env(&nomad, true);
     env.extend([
         ("HAPROXY_DATAPLANE_URL", dp.url()),
         ("HAPROXY_USERNAME", dp.user()),
@@ -301,7 +311,7 @@ fn dataplane_driver_drains_then_maintains_a_failing_instance_without_reload() {
             && state("10.0.0.2:8080").as_deref() == Some("ready")
     });
     // Let the creation's reload settle, then count from here.
-    std::thread::sleep(Duration::from_secs(2));
+    c.wait_settled();
     let reloads = dp.reload_count();
 
     nomad.set_check("a1", "app", "alive", "failure");

@@ -16,6 +16,7 @@ mod cli;
 mod dataplane_double;
 mod dataplane_driver;
 mod dataplane_objects;
+mod e2e_canary;
 mod e2e_dataplane;
 mod e2e_gating;
 mod e2e_runtime;

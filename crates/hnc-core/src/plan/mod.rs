@@ -33,6 +33,9 @@ mod props;
 #[cfg(test)]
 mod gating_tests;
 
+#[cfg(test)]
+mod canary_tests;
+
 /// Whether an operation changes HAProxy's configuration structure (a reload under some driver)
 /// or only its run-time state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
