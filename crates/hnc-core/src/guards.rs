@@ -239,6 +239,15 @@ mod tests {
     }
 
     #[test]
+    fn taking_a_server_out_for_failing_checks_is_a_removal() {
+        // Drain and maintenance for failing Nomad checks fall under the same guards as drains.
+        assert!(is_removal(&Action::MaintServer {
+            backend: "web".into(),
+            server: "x".into()
+        }));
+    }
+
+    #[test]
     fn small_removals_proceed() {
         let mut g = MassDeleteGuard::new(0.5, HOLD, 3);
         let mut p = drains(5);
