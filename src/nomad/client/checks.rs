@@ -95,4 +95,25 @@ mod tests {
             serde_json::from_str("null").expect("null");
         assert!(none.is_none());
     }
+
+    #[test]
+    fn hostile_bodies_are_errors_or_harmless_never_panics() {
+        for body in [
+            r#"{"c": {"Status": 5}}"#,
+            r#"{"c": "failure"}"#,
+            r#"[1, 2]"#,
+            "\u{0}",
+            r#"{"c": {"Status": "failure""#,
+        ] {
+            assert!(
+                serde_json::from_str::<Option<BTreeMap<String, CheckResult>>>(body).is_err(),
+                "{body}"
+            );
+        }
+        // Unknown statuses and odd service names are not failures; missing fields default.
+        let body = r#"{"a": {"Status": "FAILURE", "Service": "wéb\u0007"}, "b": {}, "c": {"Status": "weird", "Service": ""}}"#;
+        let results: BTreeMap<String, CheckResult> = serde_json::from_str(body).expect("json");
+        let h = health(&results);
+        assert!(h.values().all(|h| *h == CheckHealth::Passing), "{h:?}");
+    }
 }
