@@ -48,6 +48,7 @@ fn snapshot() -> Snapshot {
         stale: None,
         denied: false,
         index: 1,
+        check_health: Default::default(),
     }
 }
 

@@ -64,6 +64,7 @@ fn snapshot(services: Vec<(&str, Vec<Instance>)>) -> Snapshot {
         stale: None,
         denied: false,
         index: 1,
+        check_health: Default::default(),
     }
 }
 

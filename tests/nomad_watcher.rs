@@ -37,6 +37,7 @@ fn tuning() -> Tuning {
         explain_grace: Duration::from_millis(200),
         startup_stream_wait: Duration::from_millis(500),
         read_concurrency: 8,
+        ..Tuning::default()
     }
 }
 
@@ -46,6 +47,7 @@ fn settings(namespaces: Namespaces, resync: Duration) -> WatcherSettings {
         namespace_deny: Vec::new(),
         tag_prefix: "haproxy".into(),
         resync_interval: resync,
+        gate_on_checks: false,
         tuning: tuning(),
     }
 }

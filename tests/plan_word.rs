@@ -202,6 +202,7 @@ impl Catalog {
             stale: None,
             denied: false,
             index: 1,
+            check_health: Default::default(),
         }
     }
 }

@@ -169,6 +169,14 @@ keys! {
         default: Value("60s"),
         doc: "How often the whole catalog is checked against Nomad: the wait of the blocking list query (at most 300 s is sent) and the period of the full re-read when the index moved. Integer seconds or a duration.",
     },
+    NomadGateOnChecks {
+        json: "nomad.gate_on_checks",
+        env: ["NOMAD_GATE_ON_CHECKS"],
+        flag: "--nomad-gate-on-checks" <BOOL> "Take instances whose Nomad checks fail out of rotation (true/false)",
+        kind: Bool,
+        default: Value("false"),
+        doc: "Read the results of Nomad's own service checks (`GET /v1/client/allocation/<id>/checks`, needs `read-job`) for the registrations whose job declares a check, and put an instance whose checks fail in `drain`, then `maint` (never deleted for it) until they pass. Costs up to 256 reads per check poll, 8 at a time (see \"Gating on Nomad checks\").",
+    },
     NomadCaCert {
         json: "nomad.ca_cert",
         env: ["NOMAD_CACERT"],

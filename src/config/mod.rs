@@ -185,6 +185,9 @@ pub struct NomadConfig {
     /// (one per interval and scope on an idle cluster); longer lets a change that Nomad reported
     /// with no event (garbage collection) linger up to this long.
     pub resync_interval: Duration,
+    /// Read Nomad's check results and take instances whose checks fail out of rotation. Off by
+    /// default: it costs one request per checked allocation and poll.
+    pub gate_on_checks: bool,
     pub tls: NomadTls,
 }
 
@@ -342,6 +345,7 @@ impl Config {
                     namespace_deny: v.get(Key::NomadNamespaceDeny).unwrap_or_default(),
                     tag_prefix: v.get(Key::NomadTagPrefix)?,
                     resync_interval: v.get(Key::NomadResyncInterval)?,
+                    gate_on_checks: v.get(Key::NomadGateOnChecks)?,
                     tls: NomadTls {
                         ca_cert: v.get(Key::NomadCaCert),
                         client_cert: v.get(Key::NomadClientCert),
@@ -427,6 +431,7 @@ impl Config {
                 "namespace_deny": self.nomad.namespace_deny,
                 "tag_prefix": self.nomad.tag_prefix,
                 "resync_interval": humantime::format_duration(self.nomad.resync_interval).to_string(),
+                "gate_on_checks": self.nomad.gate_on_checks,
                 "ca_cert": path(&self.nomad.tls.ca_cert),
                 "client_cert": path(&self.nomad.tls.client_cert),
                 "client_key": path(&self.nomad.tls.client_key),

@@ -21,6 +21,7 @@ use super::wire::{Job, NamespaceServices, Registration};
 use crate::call_metrics::{CallMetrics, STATUS_ERROR, STATUS_TIMEOUT};
 use crate::config::NomadConfig;
 
+mod checks;
 mod error;
 
 pub use error::{NomadError, SetupError};

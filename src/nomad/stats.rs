@@ -18,6 +18,8 @@ pub enum Endpoint {
     Leader,
     /// `GET /v1/event/stream`
     Stream,
+    /// `GET /v1/client/allocation/:alloc_id/checks`
+    Checks,
 }
 
 impl Endpoint {
@@ -28,6 +30,7 @@ impl Endpoint {
             Endpoint::Job => "job",
             Endpoint::Leader => "leader",
             Endpoint::Stream => "stream",
+            Endpoint::Checks => "checks",
         }
     }
 }

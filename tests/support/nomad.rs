@@ -173,6 +173,8 @@ struct Cluster {
     denied_namespaces: BTreeSet<String>,
     counters: BTreeMap<&'static str, u64>,
     outage: bool,
+    /// Check results by allocation ID: check ID → Nomad's `QueryResult` JSON.
+    checks: BTreeMap<String, BTreeMap<String, Value>>,
 }
 
 impl Cluster {
@@ -451,6 +453,25 @@ impl NomadDouble {
         st.jobs.insert((namespace.to_string(), id.to_string()), job);
     }
 
+    /// Sets the result of check `check` of `service` in allocation `alloc` (`status`:
+    /// `success`, `failure` or `pending`), as the Nomad client running it reports it.
+    pub fn set_check(&self, alloc: &str, service: &str, check: &str, status: &str) {
+        let mut st = self.shared.lock();
+        let id = format!("{alloc}-{service}-{check}");
+        let timestamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let result = json!({
+            "ID": id, "Mode": "healthiness", "Status": status,
+            "Output": if status == "failure" { "HTTP 503" } else { "HTTP 200" },
+            "Timestamp": timestamp, "Group": service, "Service": service, "Check": check,
+        });
+        st.checks
+            .entry(alloc.to_string())
+            .or_default()
+            .insert(id, result);
+    }
+
     pub fn add_namespace(&self, namespace: &str) {
         self.shared.lock().extra_namespaces.insert(namespace.into());
     }
@@ -583,7 +604,7 @@ impl NomadDouble {
 
     // ---- counters ----
 
-    /// Requests received on a route: `list`, `service`, `job`, `leader`, `stream`.
+    /// Requests received on a route: `list`, `service`, `job`, `leader`, `stream`, `checks`.
     pub fn requests(&self, route: &str) -> u64 {
         self.shared
             .lock()
@@ -616,6 +637,10 @@ fn router(shared: Arc<Shared>) -> Router {
             get(read_service).fallback(invalid_method),
         )
         .route("/v1/job/{id}", get(read_job).fallback(invalid_method))
+        .route(
+            "/v1/client/allocation/{id}/checks",
+            get(alloc_checks).fallback(invalid_method),
+        )
         .route("/v1/status/leader", get(leader).fallback(invalid_method))
         .route(
             "/v1/event/stream",
@@ -962,6 +987,51 @@ async fn read_job(
         Some(job) => indexed(st.raft_index.max(1), job.clone()),
         None => text(StatusCode::NOT_FOUND, "job not found"),
     }
+}
+
+/// `GET /v1/client/allocation/<id>/checks`, as a server agent answers it (Nomad
+/// `nomad/client_alloc_endpoint.go` `Checks`): the token must authenticate (else 403), the
+/// allocation must exist (404 `Unknown allocation`), and the token needs `read-job` in the
+/// allocation's own namespace (the `namespace` parameter plays no part), else 403
+/// `Permission denied`. The body is the map of check ID to result, `null` when there are none.
+async fn alloc_checks(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    count(&shared, "checks");
+    let token = token(&headers);
+    let st = shared.lock();
+    if st.outage {
+        return text(StatusCode::INTERNAL_SERVER_ERROR, "No cluster leader");
+    }
+    if !st.known_token(token.as_deref()) {
+        return text(StatusCode::FORBIDDEN, "Permission denied");
+    }
+    let Some(namespace) = st
+        .registrations
+        .values()
+        .find(|r| r.alloc_id == id)
+        .map(|r| r.namespace.clone())
+    else {
+        return text(
+            StatusCode::NOT_FOUND,
+            &format!("Unknown allocation \"{id}\""),
+        );
+    };
+    if !st.can_read(token.as_deref(), &namespace) {
+        return text(StatusCode::FORBIDDEN, "Permission denied");
+    }
+    let body = match st.checks.get(&id) {
+        Some(results) if !results.is_empty() => json!(results),
+        _ => Value::Null,
+    };
+    (
+        StatusCode::OK,
+        [("Content-Type", "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 async fn leader(State(shared): State<Arc<Shared>>) -> Response {

@@ -18,6 +18,7 @@ pub fn is_removal(a: &Action) -> bool {
     matches!(
         a,
         Action::DrainServer { .. }
+            | Action::MaintServer { .. }
             | Action::RemoveServer { .. }
             | Action::RemoveRoute { .. }
             | Action::DeleteBackend { .. }
@@ -235,6 +236,15 @@ mod tests {
 
     fn at(t0: Instant, secs: u64) -> Instant {
         t0 + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn taking_a_server_out_for_failing_checks_is_a_removal() {
+        // Drain and maintenance for failing Nomad checks fall under the same guards as drains.
+        assert!(is_removal(&Action::MaintServer {
+            backend: "web".into(),
+            server: "x".into()
+        }));
     }
 
     #[test]

@@ -209,6 +209,10 @@ impl DataplaneDriver {
                     self.runtime_state(backend, server, wire::AdminState::Drain)
                         .await?
                 }
+                Action::MaintServer { backend, server } => {
+                    self.runtime_state(backend, server, wire::AdminState::Maint)
+                        .await?
+                }
                 Action::EnableCheck {
                     backend,
                     server,

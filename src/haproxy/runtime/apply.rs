@@ -216,6 +216,17 @@ impl RuntimeDriver {
                 self.refusal(&cmd, &[], report, "drain_server", backend, server)
                     .await
             }
+            Action::MaintServer { backend, server } => {
+                let [t] = args!(
+                    "maint_server",
+                    backend,
+                    server,
+                    [Arg::Plain(&format!("{backend}/{server}"))]
+                );
+                let cmd = format!("set server {t} state maint");
+                self.refusal(&cmd, &[], report, "maint_server", backend, server)
+                    .await
+            }
             Action::RemoveServer { backend, server } => {
                 let [t] = args!(
                     "remove_server",

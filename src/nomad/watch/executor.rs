@@ -266,6 +266,25 @@ impl Executor {
                     let _ = tx.send(Input::Read(results));
                 });
             }
+            Command::ReadChecks { allocs } => {
+                let client = self.client.clone();
+                let tx = self.tx.clone();
+                let concurrency = self.settings.tuning.read_concurrency.max(1);
+                self.work(async move {
+                    let results = futures::stream::iter(allocs)
+                        .map(|(namespace, alloc)| {
+                            let client = client.clone();
+                            async move {
+                                let result = client.alloc_checks(&namespace, &alloc).await;
+                                (alloc, result)
+                            }
+                        })
+                        .buffer_unordered(concurrency)
+                        .collect()
+                        .await;
+                    let _ = tx.send(Input::ChecksRead(results));
+                });
+            }
             Command::ForgetJobs { before } => self.reader.forget_jobs_older_than(before),
             Command::ConsumeRelistRequests => {
                 let _ = self.relist_request.notified().now_or_never();

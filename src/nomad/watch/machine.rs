@@ -23,7 +23,7 @@ use tracing::{debug, warn};
 
 use super::relist::Relist;
 use super::settings::WatcherSettings;
-use crate::catalog::{Service, ServiceKey, Snapshot, Store};
+use crate::catalog::{AllocHealth, Service, ServiceKey, Snapshot, Store};
 use crate::nomad::client::{Indexed, NomadError};
 use crate::nomad::stream::Resume;
 use crate::nomad::wire::{Event, NamespaceServices};
@@ -33,6 +33,10 @@ pub type ListResult = Result<Indexed<Vec<NamespaceServices>>, NomadError>;
 /// What a service read answered: the service as the catalog holds it, or `None` when it has no
 /// registration or is not enabled.
 pub type ReadResult = Result<Option<Service>, NomadError>;
+
+/// What an allocation's check read answered: its health per service, `None` when Nomad no
+/// longer knows the allocation.
+pub type ChecksResult = Result<Option<AllocHealth>, NomadError>;
 
 /// What happened, as the executor tells the machine.
 #[derive(Debug)]
@@ -66,6 +70,8 @@ pub enum Input {
     Listed(Vec<(String, ListResult)>),
     /// The reads of a [`Command::Read`].
     Read(Vec<(ServiceKey, ReadResult)>),
+    /// The check reads of a [`Command::ReadChecks`], by allocation ID.
+    ChecksRead(Vec<(String, ChecksResult)>),
     /// Stop: after the work in flight, if any.
     Shutdown,
 }
@@ -99,6 +105,9 @@ pub enum Command {
         keys: Vec<ServiceKey>,
         generation: u64,
     },
+    /// Read the check results of these allocations, as (namespace, allocation ID); answer with
+    /// [`Input::ChecksRead`].
+    ReadChecks { allocs: Vec<(String, String)> },
     /// Drop the job definitions cached before relist generation `before`.
     ForgetJobs { before: u64 },
     /// A relist starts: relist requests made until now are served by it.
@@ -153,6 +162,8 @@ pub(super) enum Work {
     Relist(Relist),
     /// Reads of services named by events.
     HintedRead,
+    /// Reads of allocations' check results (`nomad.gate_on_checks`).
+    Checks,
 }
 
 /// One scope's blocking list and event stream.
@@ -203,6 +214,11 @@ pub struct Machine {
     pub(super) work: Option<Work>,
     pub(super) held: VecDeque<Held>,
     pub(super) stopping: bool,
+    /// When the next check-results poll starts (`None`: gating is off).
+    pub(super) checks_at: Option<Instant>,
+    /// Where the next check poll starts in the list of checked allocations, when there are
+    /// more than one poll reads.
+    pub(super) checks_cursor: usize,
     /// State of the jitter seeds handed to new backoffs.
     seed: u64,
 }
@@ -228,6 +244,8 @@ impl Machine {
             work: None,
             held: VecDeque::new(),
             stopping: false,
+            checks_at: settings.gate_on_checks.then_some(now),
+            checks_cursor: 0,
             seed,
             settings,
         };
@@ -270,6 +288,7 @@ impl Machine {
                 Some(self.next_resync),
                 self.relist_due,
                 self.explain.map(|(_, at)| at),
+                self.checks_at.filter(|_| self.store.synced()),
             ]
             .into_iter()
             .flatten()
@@ -323,6 +342,7 @@ impl Machine {
             }
             Input::Listed(results) => self.relist_listed(results, now, &mut out),
             Input::Read(results) => self.read_done(results, now, &mut out),
+            Input::ChecksRead(results) => self.checks_done(results, now, &mut out),
             Input::Shutdown => {
                 self.stopping = true;
                 if self.work.is_none() {
@@ -404,7 +424,9 @@ impl Machine {
                     keys,
                     generation: self.generation,
                 });
+                return;
             }
+            self.start_checks(now, out);
             return;
         }
     }

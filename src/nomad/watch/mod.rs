@@ -19,6 +19,7 @@
 //! clock passed in); the [`executor`] runs its commands with the Nomad client and feeds the
 //! answers back ([`io`] holds the reads and the stream connection).
 
+mod checks;
 mod executor;
 mod io;
 pub(crate) mod machine;

@@ -22,8 +22,13 @@ pub struct Tuning {
     /// At start, how long the first relist waits for the streams to subscribe (so one relist
     /// serves both the start and the first connect).
     pub startup_stream_wait: Duration,
-    /// Service reads in flight at once during a relist.
+    /// Service reads in flight at once during a relist; also check-result reads in flight.
     pub read_concurrency: usize,
+    /// Period of the check-results poll (`nomad.gate_on_checks`): 5 s, or the resync interval
+    /// when shorter.
+    pub check_poll: Duration,
+    /// Most allocations whose checks one poll reads; the next poll goes on from there.
+    pub check_reads_max: usize,
 }
 
 impl Default for Tuning {
@@ -36,6 +41,8 @@ impl Default for Tuning {
             explain_grace: Duration::from_secs(2),
             startup_stream_wait: Duration::from_secs(2),
             read_concurrency: 8,
+            check_poll: Duration::from_secs(5),
+            check_reads_max: 256,
         }
     }
 }
@@ -61,17 +68,23 @@ pub struct WatcherSettings {
     pub namespace_deny: Vec<String>,
     pub tag_prefix: String,
     pub resync_interval: Duration,
+    /// Poll Nomad's check results (`nomad.gate_on_checks`).
+    pub gate_on_checks: bool,
     pub tuning: Tuning,
 }
 
 impl WatcherSettings {
     pub fn from_config(config: &NomadConfig) -> Self {
+        let mut tuning = Tuning::default();
+        // Check results are polled at least once per resync (a shorter resync polls faster).
+        tuning.check_poll = tuning.check_poll.min(config.resync_interval);
         WatcherSettings {
             namespaces: config.namespaces.clone(),
             namespace_deny: config.namespace_deny.clone(),
             tag_prefix: config.tag_prefix.clone(),
             resync_interval: config.resync_interval,
-            tuning: Tuning::default(),
+            gate_on_checks: config.gate_on_checks,
+            tuning,
         }
     }
 

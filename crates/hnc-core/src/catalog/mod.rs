@@ -4,5 +4,7 @@
 mod model;
 mod store;
 
-pub use model::{Instance, NomadCheck, NomadCheckKind, Service, ServiceKey, Snapshot};
+pub use model::{
+    AllocHealth, CheckHealth, Instance, NomadCheck, NomadCheckKind, Service, ServiceKey, Snapshot,
+};
 pub use store::{Applied, Store, is_enabled};

@@ -75,6 +75,30 @@ pub struct Service {
     pub instances: Vec<Instance>,
 }
 
+/// What Nomad's own service checks say about one allocation
+/// (`GET /v1/client/allocation/<alloc_id>/checks`, read only with `nomad.gate_on_checks`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckHealth {
+    /// No check of the allocation reports `failure` (passing or still pending).
+    Passing,
+    /// At least one check of the allocation reports `failure`.
+    Failing,
+}
+
+/// One allocation's check health per service name.
+pub type AllocHealth = BTreeMap<String, CheckHealth>;
+
+impl Snapshot {
+    /// Whether Nomad's checks of this registration (allocation and service) fail.
+    pub fn checks_failing(&self, alloc_id: &str, service: &str) -> bool {
+        self.check_health
+            .get(alloc_id)
+            .and_then(|a| a.get(service))
+            .is_some_and(|h| *h == CheckHealth::Failing)
+    }
+}
+
 /// An immutable view of the catalog, handed to the controller.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
@@ -88,4 +112,8 @@ pub struct Snapshot {
     pub denied: bool,
     /// Nomad's table-wide service index of the last successful list.
     pub index: u64,
+    /// Check health by allocation ID, then service name (an allocation runs the checks of all
+    /// its group's services), for the allocations whose checks were read (only with
+    /// `nomad.gate_on_checks`); a registration absent here is not gated.
+    pub check_health: BTreeMap<String, AllocHealth>,
 }

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::model::{Instance, Service, ServiceKey, Snapshot};
+use super::model::{AllocHealth, Instance, Service, ServiceKey, Snapshot};
 
 /// What one write changed, for logs and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -49,6 +49,7 @@ pub struct Store {
     index: u64,
     /// Bumped on every change a reader can see; the watcher publishes when it moves.
     version: u64,
+    check_health: BTreeMap<String, AllocHealth>,
 }
 
 impl Store {
@@ -62,6 +63,7 @@ impl Store {
             denied: false,
             index: 0,
             version: 0,
+            check_health: BTreeMap::new(),
         }
     }
 
@@ -157,6 +159,44 @@ impl Store {
         true
     }
 
+    /// The allocations (among those the catalog still holds) whose Nomad check results were read,
+    /// with their health: a read answer replaces what was known of them; allocations that left
+    /// the catalog are forgotten. Returns whether anything visible changed.
+    pub fn set_check_health(&mut self, read: BTreeMap<String, AllocHealth>) -> bool {
+        let mut next = self.check_health.clone();
+        next.extend(read);
+        let live: std::collections::BTreeSet<&str> = self
+            .services
+            .values()
+            .flat_map(|s| s.instances.iter().map(|i| i.alloc_id.as_str()))
+            .collect();
+        next.retain(|alloc, _| live.contains(alloc.as_str()));
+        let changed = next != self.check_health;
+        self.check_health = next;
+        if changed {
+            self.version += 1;
+        }
+        changed
+    }
+
+    /// Allocation IDs of the registrations whose job declares a check, with their namespace,
+    /// sorted and unique: what a check-health read covers.
+    pub fn checked_allocations(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = self
+            .services
+            .iter()
+            .flat_map(|(key, s)| {
+                s.instances
+                    .iter()
+                    .filter(|i| i.nomad_check.is_some())
+                    .map(|i| (key.namespace.clone(), i.alloc_id.clone()))
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// Reads succeed again.
     pub fn clear_stale(&mut self) -> bool {
         self.denied = false;
@@ -218,6 +258,7 @@ impl Store {
             stale: self.stale.clone(),
             denied: self.denied,
             index: self.index,
+            check_health: self.check_health.clone(),
         }
     }
 }

@@ -333,7 +333,13 @@ pub(super) fn candidate(
     endpoints.dedup_by_key(|(e, _)| *e);
     let servers: BTreeMap<Endpoint, ServerSpec> = endpoints
         .into_iter()
-        .map(|(e, weight)| (e, ServerSpec { weight }))
+        .map(|(e, weight)| {
+            let spec = ServerSpec {
+                weight,
+                failing_checks: false,
+            };
+            (e, spec)
+        })
         .collect();
     if let Some(inst) = bad {
         let d = diag(

@@ -4,6 +4,7 @@
 
 mod candidate;
 pub mod default_domain;
+mod gating;
 pub mod grammar;
 pub mod host_regex;
 pub mod tags;
@@ -137,6 +138,9 @@ pub struct DesiredBackend {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct ServerSpec {
     pub weight: u16,
+    /// Nomad's checks of every registration at this endpoint fail (`nomad.gate_on_checks`):
+    /// the server is kept but taken out of rotation (drain, then maintenance).
+    pub failing_checks: bool,
 }
 
 /// The default server weight (HAProxy's).
@@ -257,7 +261,8 @@ pub fn build(snapshot: &Snapshot, live: &Live, policy: &Policy) -> Result<Desire
     let mut desired = Desired::default();
     let mut candidates = Vec::new();
     for (key, service) in &snapshot.services {
-        if let Some(c) = candidate(key, &service.instances, policy, &mut desired) {
+        if let Some(mut c) = candidate(key, &service.instances, policy, &mut desired) {
+            gating::mark_failing(&mut c.servers, key, &service.instances, snapshot);
             candidates.push(c);
         }
     }

@@ -115,7 +115,13 @@ fn defaults_for_a_bare_service() {
         }
     );
     let e = Endpoint::new("10.0.0.1".parse().expect("ip"), 8080);
-    assert_eq!(b.servers.get(&e), Some(&ServerSpec { weight: 1 }));
+    assert_eq!(
+        b.servers.get(&e),
+        Some(&ServerSpec {
+            weight: 1,
+            failing_checks: false
+        })
+    );
     assert!(d.routes.is_empty());
     assert!(d.diagnostics.is_empty());
 }

@@ -37,7 +37,8 @@ pub fn diff(desired: &Desired, live: &Live, now: Instant, policy: &Policy) -> Pl
                         },
                         format!("new service {}", d.service),
                     ));
-                    for (endpoint, spec) in &d.servers {
+                    // Instances whose Nomad checks fail wait for them to pass.
+                    for (endpoint, spec) in d.servers.iter().filter(|(_, s)| !s.failing_checks) {
                         plan.ops.push(add_server(name, d, endpoint, spec.weight));
                     }
                 }
@@ -240,7 +241,10 @@ fn servers(
         let (list, tail) = rest.split_at(run);
         rest = tail;
         if list.is_empty() {
-            plan.ops.push(add_server(backend, d, endpoint, spec.weight));
+            // A new instance whose Nomad checks already fail waits for them to pass.
+            if !spec.failing_checks {
+                plan.ops.push(add_server(backend, d, endpoint, spec.weight));
+            }
             continue;
         }
         // Keep the server with the endpoint's own name (else the first); extra ones leave.
@@ -258,7 +262,11 @@ fn servers(
             keep
         };
         let server = &keep.name;
+        if spec.failing_checks {
+            gate(plan, backend, keep, endpoint, now, policy);
+        }
         match keep.admin {
+            _ if spec.failing_checks => {}
             AdminState::Ready => {}
             AdminState::Drain => plan.ops.push(Op::new(
                 Action::ReadyServer {
@@ -394,5 +402,52 @@ fn routes(plan: &mut Plan, desired: &Desired, live: &Live, still_draining: &BTre
             },
             format!("no service claims {route} any more"),
         ));
+    }
+}
+
+/// A kept server whose Nomad checks fail: drained first (its sessions finish), then put in
+/// maintenance once no session is left or the drain timeout has passed. Never removed for it.
+fn gate(
+    plan: &mut Plan,
+    backend: &str,
+    server: &LiveServer,
+    endpoint: &Endpoint,
+    now: Instant,
+    policy: &Policy,
+) {
+    let op = |action, why: String| Op::new(action, why);
+    match server.admin {
+        AdminState::Ready => plan.ops.push(op(
+            Action::DrainServer {
+                backend: backend.to_string(),
+                server: server.name.clone(),
+            },
+            format!("Nomad checks of instance {endpoint} fail: draining"),
+        )),
+        AdminState::Drain => {
+            let elapsed = server.drain_started.map_or(std::time::Duration::ZERO, |t| {
+                now.saturating_duration_since(t)
+            });
+            if server.sessions == 0 || elapsed >= policy.drain_timeout {
+                plan.ops.push(op(
+                    Action::MaintServer {
+                        backend: backend.to_string(),
+                        server: server.name.clone(),
+                    },
+                    format!(
+                        "Nomad checks of instance {endpoint} fail; drained ({} sessions left)",
+                        server.sessions
+                    ),
+                ));
+            } else {
+                plan.pending_drains.push(PendingDrain {
+                    backend: backend.to_string(),
+                    server: server.name.clone(),
+                    sessions: server.sessions,
+                    remaining: policy.drain_timeout.saturating_sub(elapsed),
+                });
+            }
+        }
+        AdminState::Maint => {}
     }
 }

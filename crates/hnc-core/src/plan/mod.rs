@@ -33,6 +33,12 @@ mod props;
 #[cfg(test)]
 mod settings_tests;
 
+#[cfg(test)]
+mod gating_tests;
+
+#[cfg(test)]
+mod canary_tests;
+
 /// Whether an operation changes HAProxy's configuration structure (a reload under some driver)
 /// or only its run-time state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -100,6 +106,12 @@ pub enum Action {
     },
     /// Take a server out of rotation, letting its sessions finish.
     DrainServer {
+        backend: String,
+        server: String,
+    },
+    /// Put a drained server in maintenance, keeping it (its Nomad checks fail:
+    /// `nomad.gate_on_checks`); [`Action::ReadyServer`] brings it back.
+    MaintServer {
         backend: String,
         server: String,
     },
@@ -180,6 +192,7 @@ impl Action {
             Action::EnableCheck { .. } => "enable_check",
             Action::SetWeight { .. } => "set_weight",
             Action::DrainServer { .. } => "drain_server",
+            Action::MaintServer { .. } => "maint_server",
             Action::RemoveServer { .. } => "remove_server",
             Action::AddRoute { .. } => "add_route",
             Action::SetRoute { .. } => "set_route",
@@ -203,6 +216,7 @@ impl Action {
             | Action::EnableCheck { backend, .. }
             | Action::SetWeight { backend, .. }
             | Action::DrainServer { backend, .. }
+            | Action::MaintServer { backend, .. }
             | Action::RemoveServer { backend, .. }
             | Action::AddRoute { backend, .. }
             | Action::SetRoute { backend, .. } => Some(backend),
@@ -221,6 +235,7 @@ impl Action {
             | Action::EnableCheck { server, .. }
             | Action::SetWeight { server, .. }
             | Action::DrainServer { server, .. }
+            | Action::MaintServer { server, .. }
             | Action::RemoveServer { server, .. } => Some(server),
             _ => None,
         }
@@ -237,7 +252,7 @@ impl Action {
             Action::ReadyServer { .. } | Action::EnableCheck { .. } | Action::SetWeight { .. } => 3,
             // A map rewritten whole reloads: before the drains, which a reload would undo.
             Action::AddRoute { .. } | Action::SetRoute { .. } | Action::RewriteMap { .. } => 4,
-            Action::DrainServer { .. } => 5,
+            Action::DrainServer { .. } | Action::MaintServer { .. } => 5,
             Action::RemoveRoute { .. } => 6,
             Action::RemoveServer { .. } => 7,
             Action::DeleteBackend { .. } => 8,

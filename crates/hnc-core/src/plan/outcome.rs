@@ -183,6 +183,11 @@ pub fn apply(live: &mut Live, plan: &Plan) {
                     s.admin = AdminState::Drain;
                 }
             }
+            Action::MaintServer { backend, server } => {
+                if let Some(s) = server_mut(live, backend, server) {
+                    s.admin = AdminState::Maint;
+                }
+            }
             Action::RemoveServer { backend, server } => {
                 if let Some(b) = live.backends.get_mut(backend) {
                     b.servers.remove(server);

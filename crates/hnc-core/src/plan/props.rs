@@ -128,6 +128,7 @@ fn snapshot() -> impl Strategy<Value = Snapshot> {
         stale: None,
         denied: false,
         index: 1,
+        check_health: Default::default(),
     })
 }
 
@@ -266,6 +267,7 @@ fn assert_owned_only(plan: &Plan, live: &Live, desired: &Desired) {
                 backend, server, ..
             }
             | Action::DrainServer { backend, server }
+            | Action::MaintServer { backend, server }
             | Action::RemoveServer { backend, server } => {
                 assert!(
                     is_owned_server(server),

@@ -131,6 +131,9 @@ fn describe(a: &Action) -> (char, String) {
         Action::DrainServer { backend, server } => {
             ('~', format!("drain server {backend}/{server}"))
         }
+        Action::MaintServer { backend, server } => {
+            ('~', format!("put server {backend}/{server} in maintenance"))
+        }
         Action::RemoveServer { backend, server } => {
             ('-', format!("remove server {backend}/{server}"))
         }

@@ -22,7 +22,12 @@ pub fn live_of(desired: &Desired) -> Live {
                     LiveServer {
                         name: server,
                         endpoint: Some(*e),
-                        admin: AdminState::Ready,
+                        // A server whose Nomad checks fail is realised in maintenance.
+                        admin: if spec.failing_checks {
+                            AdminState::Maint
+                        } else {
+                            AdminState::Ready
+                        },
                         op: OpState::Up,
                         check_enabled: b.settings.check.is_enabled(),
                         weight: spec.weight,

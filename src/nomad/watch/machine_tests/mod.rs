@@ -3,6 +3,7 @@
 //! and its helpers; [`catalog`] what the catalog becomes, [`timing`] when things happen.
 
 mod catalog;
+mod checks;
 mod timing;
 
 use std::sync::Arc;
@@ -22,6 +23,7 @@ pub(super) const MAX: Duration = Duration::from_millis(1600);
 pub(super) const GRACE: Duration = Duration::from_millis(200);
 pub(super) const STARTUP: Duration = Duration::from_millis(500);
 pub(super) const STABLE: Duration = Duration::from_secs(1);
+pub(super) const CHECK_POLL: Duration = Duration::from_secs(3);
 
 pub(super) fn settings(namespaces: Namespaces) -> WatcherSettings {
     WatcherSettings {
@@ -29,6 +31,7 @@ pub(super) fn settings(namespaces: Namespaces) -> WatcherSettings {
         namespace_deny: vec!["secret".into()],
         tag_prefix: "haproxy".into(),
         resync_interval: RESYNC,
+        gate_on_checks: false,
         tuning: Tuning {
             heartbeat_timeout: Duration::from_secs(5),
             backoff_min: MIN,
@@ -37,6 +40,8 @@ pub(super) fn settings(namespaces: Namespaces) -> WatcherSettings {
             explain_grace: GRACE,
             startup_stream_wait: STARTUP,
             read_concurrency: 8,
+            check_poll: CHECK_POLL,
+            check_reads_max: 2,
         },
     }
 }
