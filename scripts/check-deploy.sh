@@ -63,7 +63,8 @@ step "haproxy -c on the shipped configurations"
 # The configurations name absolute paths; the checks use copies whose paths point at the shipped
 # empty maps (dev) or at empty maps and an empty fragment directory (runtime driver example).
 mkdir -p "$work/maps" "$work/conf.d"
-for kind in exact prefix suffix regex; do : >"$work/maps/hnc_$kind.map"; done
+# The connector's map files, as the dev stack ships them (empty).
+for map in deploy/dev/maps/*.map; do : >"$work/maps/$(basename "$map")"; done
 sed "s#/usr/local/etc/haproxy/maps#$root/deploy/dev/maps#g" deploy/dev/haproxy.cfg >"$work/dev.cfg"
 sed "s#/etc/haproxy/maps#$work/maps#g" deploy/haproxy-runtime.cfg >"$work/runtime.cfg"
 for bin in "${haproxy_bins[@]}"; do
