@@ -225,11 +225,11 @@ fn servers(
         }
     }
     owned.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.name.cmp(&b.1.name)));
-    let empty = BTreeMap::new();
-    let wanted = want.map_or(&empty, |d| &d.servers);
+    let wanted = want
+        .into_iter()
+        .flat_map(|d| d.servers.iter().map(move |(e, spec)| (e, spec, d)));
     let mut rest = owned.as_slice();
-    for (endpoint, spec) in wanted {
-        let d = want.expect("wanted servers come from a desired backend");
+    for (endpoint, spec, d) in wanted {
         // Live servers for endpoints before this one are not desired.
         while let Some(((e, s), tail)) = rest.split_first()
             && e < endpoint
