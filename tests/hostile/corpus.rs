@@ -285,11 +285,19 @@ fn poison() -> impl Strategy<Value = Poison> {
                 "haproxy.path=/a?b",
                 "haproxy.path=/a/../b",
                 "haproxy.path.strip=sometimes",
+                "haproxy.path=/a\u{0}b",
+                "haproxy.path=/a%20b",
+                "haproxy.redirect.https=maybe",
+                "haproxy.server.sni=a b",
             ][..]
         )
         .prop_map(|t| Poison::Tag(t.to_string())),
         Just(Poison::Tag(format!(
             "haproxy.domain={}",
+            "a".repeat(100_000)
+        ))),
+        Just(Poison::Tag(format!(
+            "haproxy.path=/{}",
             "a".repeat(100_000)
         ))),
         proptest::sample::select(
